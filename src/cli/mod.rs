@@ -1,0 +1,133 @@
+//! The `provisioner` command line: raw arguments become a validated [`Cli`], which [`run`]
+//! executes, returning the process exit code.
+
+mod catalog;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::prelude::*;
+
+/// Exit code for success.
+pub const EXIT_OK: u8 = 0;
+/// Exit code when the input is invalid (e.g. the catalog has errors).
+pub const EXIT_INVALID: u8 = 1;
+/// Exit code for usage errors and I/O failures.
+pub const EXIT_USAGE: u8 = 2;
+
+/// The provisioner command line.
+#[derive(Debug, Parser)]
+#[command(name = "provisioner", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Log line format on stderr (`RUST_LOG` sets the level, default `info`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate, show and compare catalogs.
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
+}
+
+/// Output format of reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Format {
+    /// For people.
+    #[default]
+    Text,
+    /// For machines: one JSON document on stdout.
+    Json,
+}
+
+/// Output format of `catalog show`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum ShowFormat {
+    /// YAML, the catalog's own language.
+    #[default]
+    Yaml,
+    /// JSON.
+    Json,
+}
+
+/// `provisioner catalog …`
+#[derive(Debug, Subcommand)]
+pub enum CatalogCommand {
+    /// Check a catalog and print every problem as `path:line:column: error: message`.
+    ///
+    /// Exit status: 0 valid (warnings allowed), 1 invalid, 2 usage or I/O error.
+    Validate {
+        /// The catalog directory.
+        #[arg(default_value = "catalog")]
+        dir: PathBuf,
+        /// Report format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Print the resolved catalog (defaults filled in) with each product's revision.
+    Show {
+        /// The catalog directory.
+        #[arg(default_value = "catalog")]
+        dir: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: ShowFormat,
+    },
+    /// List products and accounts added, removed and changed between two catalogs, with the
+    /// fields that changed. OLD and NEW are directories, or `REV:PATH` for a directory at a git
+    /// revision of the repository around the current directory (e.g. `HEAD~1:catalog`).
+    Diff {
+        /// The catalog before.
+        old: String,
+        /// The catalog after.
+        new: String,
+        /// Report format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+}
+
+/// Installs the global tracing subscriber writing to stderr. `RUST_LOG` takes tracing's target
+/// syntax (`info`, `provisioner=debug,warn`); an unparsable value falls back to `info`.
+pub fn init_logging(format: LogFormat) {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = match format {
+        LogFormat::Text => registry.with(layer).try_init(),
+        LogFormat::Json => registry.with(layer.json()).try_init(),
+    };
+    if let Err(e) = result {
+        eprintln!("warning: logging was already set up: {e}");
+    }
+}
+
+/// Runs a parsed command line.
+///
+/// # Errors
+/// Failures that are not a verdict on the input (I/O, git): printed by `main` with their causes,
+/// exit code 2.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Catalog(c) => catalog::run(c),
+    }
+}

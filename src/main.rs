@@ -1,0 +1,43 @@
+//! The `provisioner` binary: parses arguments, sets up logging, runs the command, and turns the
+//! outcome into an exit code (0 success, 1 invalid input such as a bad catalog, 2 usage or I/O
+//! error), printing the whole cause chain of an error.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use provisioner::cli::{self, Cli};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(cli::EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    cli::init_logging(cli.log_format);
+    match cli::run(cli) {
+        Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::from(cli::EXIT_USAGE)
+        }
+    }
+}
+
+/// `provisioner catalog show | head` closes stdout early; that is not an error worth printing.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
