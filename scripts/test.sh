@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Runs every test of provisioner. This is the test command of README.md and of .ci/run.
+# Runs every test of provisioner: the README's test command, and what .ci/run calls.
 #
-# Everything a test needs is started here: today the catalog tests need nothing but Rust and
-# git; the store's PostgreSQL server will be started by this script too when it arrives.
+# The store's contract suite runs against SQLite (a temporary file) and PostgreSQL; a
+# throwaway PostgreSQL server is started for it unless TEST_DATABASE_URL names one (see
+# scripts/with-postgres.sh). Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 command -v git >/dev/null || { echo "scripts/test.sh: git is required (catalog tests use it)" >&2; exit 2; }
 
-cargo test --locked "$@"
+bash scripts/with-postgres.sh cargo test --locked "$@"

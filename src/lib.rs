@@ -9,11 +9,15 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`catalog`] | the YAML catalog: located parsing, validation with every error at `file:line:column`, product revisions, diffs, hot reload |
+//! | [`store`] | instances, the transition log, product revisions and manual tasks on SQLite or PostgreSQL; the billing contract |
+//! | [`secrets`] | root passwords and panel credentials sealed at rest; keys and rotation |
 //! | [`cli`] | the `provisioner` command line: arguments, output formats, exit codes |
 //!
-//! Still to come, each in its own module: `store` (instances, transitions, billing contract;
-//! SQLite and PostgreSQL), `provider` (sim, manual, hetzner, digitalocean, ovh), `reconcile`
-//! (planner and executor) and `api` (health, metrics).
+//! Still to come, each in its own module: `provider` (sim, manual, hetzner, digitalocean, ovh),
+//! `reconcile` (planner and executor) and `api` (health, metrics).
 
 pub mod catalog;
 pub mod cli;
+pub mod secrets;
+pub mod store;
+mod vocab;

@@ -2,6 +2,7 @@
 //! executes, returning the process exit code.
 
 mod catalog;
+mod instances;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,6 +25,15 @@ pub struct Cli {
     /// Log line format on stderr (`RUST_LOG` sets the level, default `info`).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// The database: `sqlite://FILE` (created on first use) or `postgres://USER@HOST/DB`.
+    #[arg(
+        long,
+        global = true,
+        env = "DATABASE_URL",
+        default_value = crate::store::DEFAULT_DATABASE_URL,
+        hide_env_values = true
+    )]
+    pub database_url: String,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -44,6 +54,106 @@ pub enum Command {
     /// Validate, show and compare catalogs.
     #[command(subcommand)]
     Catalog(CatalogCommand),
+    /// Create the database (SQLite) and apply pending migrations.
+    Migrate,
+    /// Create, inspect and change customer servers through the billing columns.
+    #[command(subcommand)]
+    Instances(InstancesCommand),
+}
+
+/// `provisioner instances …`
+#[derive(Debug, Subcommand)]
+pub enum InstancesCommand {
+    /// Insert an order, as billing does when it is paid.
+    Create {
+        /// Billing's customer id.
+        #[arg(long)]
+        customer: String,
+        /// Catalog product id.
+        #[arg(long)]
+        product: String,
+        /// Location (default: the product's first).
+        #[arg(long)]
+        location: Option<String>,
+        /// OS image (default: the product's first).
+        #[arg(long = "os")]
+        os_image: Option<String>,
+        /// Hostname (default: derived from the id).
+        #[arg(long)]
+        hostname: Option<String>,
+        /// Billing's order reference.
+        #[arg(long)]
+        order: Option<String>,
+        /// A file of SSH public keys, one per line.
+        #[arg(long)]
+        ssh_keys_file: Option<PathBuf>,
+        /// The catalog to check product, location and OS against.
+        #[arg(long, default_value = "catalog")]
+        catalog: PathBuf,
+        /// Skip the catalog check (the database accepts unknown products; the reconciler
+        /// records why it cannot provision them).
+        #[arg(long)]
+        no_catalog_check: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// List instances.
+    List {
+        /// Only this observed status (pending, provisioning, active, suspended, failed, lost, …).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only this desired status (active, suspended, terminated).
+        #[arg(long)]
+        desired: Option<String>,
+        /// Only this customer's.
+        #[arg(long)]
+        customer: Option<String>,
+        /// Only this product's.
+        #[arg(long)]
+        product: Option<String>,
+        /// At most this many.
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Show one instance: desired against observed, provider ids, addresses, errors, next check.
+    Show {
+        /// Instance id.
+        id: i64,
+        /// Decrypt and print stored credentials (needs the secret key).
+        #[arg(long)]
+        show_secrets: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Print an instance's transition log, oldest first.
+    History {
+        /// Instance id.
+        id: i64,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Change what an instance should be (as billing does on non-payment, payment, cancellation).
+    Set {
+        /// Instance id.
+        id: i64,
+        /// active, suspended or terminated.
+        #[arg(long)]
+        desired: String,
+        /// Why (e.g. non-payment); recorded in `suspend_reason`.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Ask for one reboot (increments `reboot_requested`).
+    Reboot {
+        /// Instance id.
+        id: i64,
+    },
 }
 
 /// Output format of reports.
@@ -129,5 +239,18 @@ pub fn init_logging(format: LogFormat) {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Catalog(c) => catalog::run(c),
+        Command::Migrate => block_on(instances::migrate(&cli.database_url)),
+        Command::Instances(c) => block_on(instances::run(&cli.database_url, c)),
     }
+}
+
+/// Runs a command's future on a fresh tokio runtime.
+fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(
+    fut: F,
+) -> anyhow::Result<ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(fut)
 }

@@ -1,0 +1,671 @@
+//! The two database engines: connection, migrations, SQL dialect, and a small executor that
+//! runs a statement and hands back engine-neutral rows.
+//!
+//! SQL is written once with `$1`-style parameters and two tokens: `{now}` (the database's
+//! clock, as each engine stores time) and `{later:$N}` (now plus `$N` seconds). Each engine
+//! rewrites them; everything engine-specific beyond that (the claim statement, row locks) is a
+//! field of [`Dialect`].
+
+use std::borrow::Cow;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Column, Postgres, Row as _, Sqlite, Transaction, TypeInfo, ValueRef};
+
+use super::StoreError;
+
+/// Which database engine a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// Embedded, one file; one writer at a time.
+    Sqlite,
+    /// Production; several daemons may share it.
+    Postgres,
+}
+
+impl Engine {
+    /// The engine a `DATABASE_URL` names.
+    ///
+    /// # Errors
+    /// [`StoreError::Url`] for anything but `sqlite:` and `postgres:` / `postgresql:` URLs.
+    pub fn of_url(url: &str) -> Result<Engine, StoreError> {
+        if url.starts_with("sqlite:") {
+            Ok(Engine::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Engine::Postgres)
+        } else {
+            Err(StoreError::Url(format!(
+                "unsupported database URL `{}`: use sqlite://FILE or postgres://USER@HOST/DB",
+                redact_url(url)
+            )))
+        }
+    }
+}
+
+/// The URL with any password replaced by `***`, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = match rest.find(['/', '?']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            let masked = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                user.to_owned()
+            };
+            let mut out = format!("{scheme}://{masked}@{host}{tail}");
+            // Passwords can also come as a query parameter.
+            if let Some(i) = out.find("password=") {
+                let end = out[i..].find('&').map_or(out.len(), |j| i + j);
+                out.replace_range(i..end, "password=***");
+            }
+            out
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// What differs between the engines' SQL.
+pub(crate) struct Dialect {
+    pub(crate) engine: Engine,
+    now: &'static str,
+    /// Locks the selected rows until commit, where the engine has row locks.
+    pub(crate) for_update: &'static str,
+    /// Claims due instances: `$1` owner, `$2` lease seconds, `$3` limit; returns the rows.
+    /// A claim also moves `next_check_at` to the lease's expiry: leased rows leave the head of
+    /// the due index, and a crashed worker's instances come due exactly when its leases end.
+    pub(crate) claim: &'static str,
+}
+
+const SQLITE_NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+
+pub(crate) static SQLITE: Dialect = Dialect {
+    engine: Engine::Sqlite,
+    now: SQLITE_NOW,
+    for_update: "",
+    // SQLite has one writer at a time: the claim is a single statement in an immediate
+    // transaction, so no two workers can take the same row.
+    claim: "UPDATE instances
+               SET lease_owner = $1,
+                   lease_expires_at = {later:$2},
+                   next_check_at = {later:$2},
+                   lease_epoch = lease_epoch + 1
+             WHERE id IN (SELECT id FROM instances
+                           WHERE next_check_at <= {now}
+                             AND (lease_expires_at IS NULL OR lease_expires_at <= {now})
+                           ORDER BY next_check_at, id
+                           LIMIT $3)
+         RETURNING *",
+};
+
+pub(crate) static POSTGRES: Dialect = Dialect {
+    engine: Engine::Postgres,
+    now: "now()",
+    for_update: " FOR UPDATE",
+    // SKIP LOCKED lets several daemons claim disjoint batches without waiting on each other.
+    claim: "UPDATE instances AS i
+               SET lease_owner = $1,
+                   lease_expires_at = {later:$2},
+                   next_check_at = {later:$2},
+                   lease_epoch = i.lease_epoch + 1
+              FROM (SELECT id FROM instances
+                     WHERE next_check_at <= {now}
+                       AND (lease_expires_at IS NULL OR lease_expires_at <= {now})
+                     ORDER BY next_check_at, id
+                     LIMIT $3
+                       FOR UPDATE SKIP LOCKED) AS due
+             WHERE i.id = due.id
+         RETURNING i.*",
+};
+
+impl Dialect {
+    /// Rewrites a statement written with `$N`, `{now}` and `{later:$N}` for this engine.
+    pub(crate) fn sql<'a>(&self, template: &'a str) -> Cow<'a, str> {
+        if self.engine == Engine::Postgres && !template.contains('{') {
+            return Cow::Borrowed(template);
+        }
+        let mut out = String::with_capacity(template.len() + 64);
+        let mut rest = template;
+        while let Some(i) = rest.find('{') {
+            out.push_str(&rest[..i]);
+            let end = rest[i..].find('}').map_or(rest.len(), |j| i + j);
+            let token = &rest[i + 1..end];
+            if token == "now" {
+                out.push_str(self.now);
+            } else if let Some(param) = token.strip_prefix("later:") {
+                match self.engine {
+                    Engine::Postgres => {
+                        out.push_str(&format!("(now() + {param} * interval '1 second')"));
+                    }
+                    Engine::Sqlite => out.push_str(&format!(
+                        "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', printf('%+.3f seconds', {param}))"
+                    )),
+                }
+            } else {
+                out.push_str(&rest[i..=end.min(rest.len() - 1)]);
+            }
+            rest = &rest[(end + 1).min(rest.len())..];
+        }
+        out.push_str(rest);
+        if self.engine == Engine::Sqlite {
+            // SQLite's numbered parameters are `?N`.
+            out = out.replace('$', "?");
+        }
+        Cow::Owned(out)
+    }
+}
+
+/// A statement parameter.
+#[derive(Debug, Clone)]
+pub(crate) enum Arg {
+    Int(i64),
+    Float(f64),
+    Text(Option<String>),
+    Json(Value),
+}
+
+impl From<i64> for Arg {
+    fn from(v: i64) -> Self {
+        Arg::Int(v)
+    }
+}
+
+impl From<&str> for Arg {
+    fn from(v: &str) -> Self {
+        Arg::Text(Some(v.to_owned()))
+    }
+}
+
+impl From<String> for Arg {
+    fn from(v: String) -> Self {
+        Arg::Text(Some(v))
+    }
+}
+
+impl From<Option<String>> for Arg {
+    fn from(v: Option<String>) -> Self {
+        Arg::Text(v)
+    }
+}
+
+impl From<Option<&str>> for Arg {
+    fn from(v: Option<&str>) -> Self {
+        Arg::Text(v.map(str::to_owned))
+    }
+}
+
+/// A column value, whatever the engine.
+#[derive(Debug, Clone)]
+enum Val {
+    Null,
+    Int(i64),
+    Float(f64),
+    Text(String),
+    Ts(DateTime<Utc>),
+    Json(Value),
+}
+
+/// A result row, by column name.
+#[derive(Debug, Clone)]
+pub(crate) struct Row {
+    names: Vec<String>,
+    values: Vec<Val>,
+}
+
+fn corrupt(column: &str, what: &str) -> StoreError {
+    StoreError::Corrupt(format!("column `{column}`: {what}"))
+}
+
+impl Row {
+    fn get(&self, name: &str) -> Result<&Val, StoreError> {
+        self.names
+            .iter()
+            .position(|n| n == name)
+            .map(|i| &self.values[i])
+            .ok_or_else(|| corrupt(name, "missing from the result"))
+    }
+
+    pub(crate) fn int(&self, name: &str) -> Result<i64, StoreError> {
+        match self.get(name)? {
+            Val::Int(v) => Ok(*v),
+            Val::Float(v) => Ok(*v as i64),
+            _ => Err(corrupt(name, "expected an integer")),
+        }
+    }
+
+    pub(crate) fn opt_text(&self, name: &str) -> Result<Option<String>, StoreError> {
+        match self.get(name)? {
+            Val::Null => Ok(None),
+            Val::Text(s) => Ok(Some(s.clone())),
+            Val::Int(v) => Ok(Some(v.to_string())),
+            _ => Err(corrupt(name, "expected text")),
+        }
+    }
+
+    pub(crate) fn text(&self, name: &str) -> Result<String, StoreError> {
+        self.opt_text(name)?
+            .ok_or_else(|| corrupt(name, "unexpected NULL"))
+    }
+
+    pub(crate) fn parse<T: FromStr>(&self, name: &str) -> Result<T, StoreError> {
+        let text = self.text(name)?;
+        text.parse()
+            .map_err(|_| corrupt(name, &format!("unknown value `{text}`")))
+    }
+
+    pub(crate) fn opt_ts(&self, name: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        match self.get(name)? {
+            Val::Null => Ok(None),
+            Val::Ts(t) => Ok(Some(*t)),
+            Val::Text(s) => DateTime::parse_from_rfc3339(s)
+                .map(|t| Some(t.with_timezone(&Utc)))
+                .map_err(|_| corrupt(name, &format!("not a timestamp: `{s}`"))),
+            _ => Err(corrupt(name, "expected a timestamp")),
+        }
+    }
+
+    pub(crate) fn ts(&self, name: &str) -> Result<DateTime<Utc>, StoreError> {
+        self.opt_ts(name)?
+            .ok_or_else(|| corrupt(name, "unexpected NULL"))
+    }
+
+    pub(crate) fn json(&self, name: &str) -> Result<Value, StoreError> {
+        match self.get(name)? {
+            Val::Null => Ok(Value::Null),
+            Val::Json(v) => Ok(v.clone()),
+            Val::Text(s) => serde_json::from_str(s).map_err(|_| corrupt(name, "invalid JSON")),
+            _ => Err(corrupt(name, "expected JSON")),
+        }
+    }
+}
+
+fn sqlite_row(row: &SqliteRow) -> Result<Row, sqlx::Error> {
+    let mut names = Vec::with_capacity(row.len());
+    let mut values = Vec::with_capacity(row.len());
+    for (i, column) in row.columns().iter().enumerate() {
+        names.push(column.name().to_owned());
+        let raw = row.try_get_raw(i)?;
+        let value = if raw.is_null() {
+            Val::Null
+        } else {
+            match raw.type_info().name() {
+                "INTEGER" | "INT8" | "BIGINT" | "BOOLEAN" => Val::Int(row.try_get(i)?),
+                "REAL" => Val::Float(row.try_get(i)?),
+                _ => Val::Text(row.try_get(i)?),
+            }
+        };
+        values.push(value);
+    }
+    Ok(Row { names, values })
+}
+
+fn pg_row(row: &PgRow) -> Result<Row, sqlx::Error> {
+    let mut names = Vec::with_capacity(row.len());
+    let mut values = Vec::with_capacity(row.len());
+    for (i, column) in row.columns().iter().enumerate() {
+        names.push(column.name().to_owned());
+        let raw = row.try_get_raw(i)?;
+        let value = if raw.is_null() {
+            Val::Null
+        } else {
+            match column.type_info().name() {
+                "INT8" => Val::Int(row.try_get(i)?),
+                "INT4" => Val::Int(i64::from(row.try_get::<i32, _>(i)?)),
+                "INT2" => Val::Int(i64::from(row.try_get::<i16, _>(i)?)),
+                "FLOAT8" => Val::Float(row.try_get(i)?),
+                "TIMESTAMPTZ" => Val::Ts(row.try_get(i)?),
+                "JSONB" | "JSON" => Val::Json(row.try_get(i)?),
+                "BOOL" => Val::Int(i64::from(row.try_get::<bool, _>(i)?)),
+                _ => Val::Text(row.try_get(i)?),
+            }
+        };
+        values.push(value);
+    }
+    Ok(Row { names, values })
+}
+
+/// An open transaction on either engine.
+pub(crate) enum Tx {
+    Sqlite(Transaction<'static, Sqlite>),
+    Postgres(Transaction<'static, Postgres>),
+}
+
+macro_rules! bind_all {
+    ($query:expr, $args:expr, $json:expr) => {{
+        let mut q = $query;
+        for arg in $args {
+            q = match arg {
+                Arg::Int(v) => q.bind(v),
+                Arg::Float(v) => q.bind(v),
+                Arg::Text(v) => q.bind(v),
+                Arg::Json(v) => q.bind($json(v)),
+            };
+        }
+        q
+    }};
+}
+
+impl Tx {
+    pub(crate) fn dialect(&self) -> &'static Dialect {
+        match self {
+            Tx::Sqlite(_) => &SQLITE,
+            Tx::Postgres(_) => &POSTGRES,
+        }
+    }
+
+    /// Runs a statement and returns its rows.
+    pub(crate) async fn rows(
+        &mut self,
+        template: &str,
+        args: Vec<Arg>,
+    ) -> Result<Vec<Row>, StoreError> {
+        let sql = self.dialect().sql(template);
+        match self {
+            Tx::Sqlite(tx) => {
+                let q = bind_all!(sqlx::query(&sql), args, |v: Value| v.to_string());
+                let rows = q.fetch_all(&mut **tx).await?;
+                rows.iter()
+                    .map(sqlite_row)
+                    .collect::<Result<_, _>>()
+                    .map_err(Into::into)
+            }
+            Tx::Postgres(tx) => {
+                let q = bind_all!(sqlx::query(&sql), args, sqlx::types::Json);
+                let rows = q.fetch_all(&mut **tx).await?;
+                rows.iter()
+                    .map(pg_row)
+                    .collect::<Result<_, _>>()
+                    .map_err(Into::into)
+            }
+        }
+    }
+
+    /// Runs a statement and returns its first row, if any.
+    pub(crate) async fn row(
+        &mut self,
+        template: &str,
+        args: Vec<Arg>,
+    ) -> Result<Option<Row>, StoreError> {
+        Ok(self.rows(template, args).await?.into_iter().next())
+    }
+
+    /// Runs a statement and returns the number of rows it changed.
+    pub(crate) async fn execute(
+        &mut self,
+        template: &str,
+        args: Vec<Arg>,
+    ) -> Result<u64, StoreError> {
+        let sql = self.dialect().sql(template);
+        Ok(match self {
+            Tx::Sqlite(tx) => bind_all!(sqlx::query(&sql), args, |v: Value| v.to_string())
+                .execute(&mut **tx)
+                .await?
+                .rows_affected(),
+            Tx::Postgres(tx) => bind_all!(sqlx::query(&sql), args, sqlx::types::Json)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected(),
+        })
+    }
+
+    /// Commits.
+    pub(crate) async fn commit(self) -> Result<(), StoreError> {
+        match self {
+            Tx::Sqlite(tx) => tx.commit().await?,
+            Tx::Postgres(tx) => tx.commit().await?,
+        }
+        Ok(())
+    }
+}
+
+/// Connection pools of either engine.
+#[derive(Debug, Clone)]
+pub(crate) enum Pool {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+/// Settings for opening a store.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Most connections in the pool.
+    pub max_connections: u32,
+    /// How long a writer waits for SQLite's lock before failing.
+    pub sqlite_busy_timeout: Duration,
+    /// How long to wait for a pooled connection before failing.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            max_connections: 8,
+            sqlite_busy_timeout: Duration::from_secs(10),
+            acquire_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+impl Pool {
+    pub(crate) async fn connect(url: &str, options: &ConnectOptions) -> Result<Pool, StoreError> {
+        let connect_error = |source: sqlx::Error| StoreError::Connect {
+            url: redact_url(url),
+            source,
+        };
+        match Engine::of_url(url)? {
+            Engine::Sqlite => {
+                let opts = SqliteConnectOptions::from_str(url)
+                    .map_err(connect_error)?
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .foreign_keys(true)
+                    .busy_timeout(options.sqlite_busy_timeout);
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(options.max_connections.max(1))
+                    .acquire_timeout(options.acquire_timeout)
+                    .connect_with(opts)
+                    .await
+                    .map_err(connect_error)?;
+                Ok(Pool::Sqlite(pool))
+            }
+            Engine::Postgres => {
+                let opts = PgConnectOptions::from_str(url).map_err(connect_error)?;
+                // One direct connection first: the pool would retry until its timeout and then
+                // report only "timed out", hiding "connection refused" or "password failed".
+                let probe = tokio::time::timeout(
+                    options.acquire_timeout,
+                    <sqlx::PgConnection as sqlx::Connection>::connect_with(&opts),
+                )
+                .await
+                .map_err(|_| connect_error(sqlx::Error::PoolTimedOut))?
+                .map_err(connect_error)?;
+                sqlx::Connection::close(probe)
+                    .await
+                    .map_err(connect_error)?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(options.max_connections.max(1))
+                    .acquire_timeout(options.acquire_timeout)
+                    .connect_with(opts)
+                    .await
+                    .map_err(connect_error)?;
+                Ok(Pool::Postgres(pool))
+            }
+        }
+    }
+
+    pub(crate) fn engine(&self) -> Engine {
+        match self {
+            Pool::Sqlite(_) => Engine::Sqlite,
+            Pool::Postgres(_) => Engine::Postgres,
+        }
+    }
+
+    /// Begins a transaction that will write. On SQLite it takes the write lock up front
+    /// (`BEGIN IMMEDIATE`), so it waits for other writers instead of failing half-way.
+    pub(crate) async fn write(&self) -> Result<Tx, StoreError> {
+        Ok(match self {
+            Pool::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
+            Pool::Postgres(p) => Tx::Postgres(p.begin().await?),
+        })
+    }
+
+    /// Begins a read-only unit of work.
+    pub(crate) async fn read(&self) -> Result<Tx, StoreError> {
+        Ok(match self {
+            Pool::Sqlite(p) => Tx::Sqlite(p.begin().await?),
+            Pool::Postgres(p) => Tx::Postgres(p.begin().await?),
+        })
+    }
+
+    pub(crate) async fn close(&self) {
+        match self {
+            Pool::Sqlite(p) => p.close().await,
+            Pool::Postgres(p) => p.close().await,
+        }
+    }
+
+    /// Applies the migrations of this engine that are not applied yet, in order, each in the
+    /// same transaction as its bookkeeping row. Returns the versions applied.
+    pub(crate) async fn migrate(&self) -> Result<Vec<i64>, StoreError> {
+        let migrations: &[(i64, &str, &str)] = match self.engine() {
+            Engine::Sqlite => SQLITE_MIGRATIONS,
+            Engine::Postgres => POSTGRES_MIGRATIONS,
+        };
+        let mut tx = self.write().await?;
+        if let Tx::Postgres(t) = &mut tx {
+            // Two daemons starting together: one migrates, the other waits, then finds it done.
+            sqlx::query("SELECT pg_advisory_xact_lock(7262851160)")
+                .execute(&mut **t)
+                .await?;
+        }
+        tx.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                 version     BIGINT PRIMARY KEY,
+                 description TEXT NOT NULL,
+                 checksum    TEXT NOT NULL,
+                 applied_at  TEXT NOT NULL
+             )",
+            vec![],
+        )
+        .await?;
+        let applied: Vec<(i64, String)> = tx
+            .rows(
+                "SELECT version, checksum FROM schema_migrations ORDER BY version",
+                vec![],
+            )
+            .await?
+            .iter()
+            .map(|r| Ok((r.int("version")?, r.text("checksum")?)))
+            .collect::<Result<_, StoreError>>()?;
+        let mut done = Vec::new();
+        for (version, description, sql) in migrations {
+            let checksum = checksum(sql);
+            if let Some((_, stored)) = applied.iter().find(|(v, _)| v == version) {
+                if *stored != checksum {
+                    return Err(StoreError::Migration(format!(
+                        "migration {version} ({description}) was changed after it was applied; \
+                         migrations are append-only: add a new one instead"
+                    )));
+                }
+                continue;
+            }
+            match &mut tx {
+                Tx::Sqlite(t) => sqlx::raw_sql(sql).execute(&mut **t).await.map(drop),
+                Tx::Postgres(t) => sqlx::raw_sql(sql).execute(&mut **t).await.map(drop),
+            }
+            .map_err(|e| {
+                StoreError::Migration(format!("migration {version} ({description}) failed: {e}"))
+            })?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, description, checksum, applied_at)
+                 VALUES ($1, $2, $3, $4)",
+                vec![
+                    Arg::Int(*version),
+                    (*description).into(),
+                    checksum.into(),
+                    Utc::now().to_rfc3339().into(),
+                ],
+            )
+            .await?;
+            done.push(*version);
+        }
+        if let Some(&latest) = applied.iter().map(|(v, _)| v).max() {
+            let known = migrations.iter().map(|(v, _, _)| *v).max().unwrap_or(0);
+            if latest > known {
+                return Err(StoreError::Migration(format!(
+                    "the database is at schema version {latest}, newer than this provisioner \
+                     knows ({known}); upgrade provisioner"
+                )));
+            }
+        }
+        tx.commit().await?;
+        Ok(done)
+    }
+}
+
+fn checksum(sql: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(sql.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "store",
+    include_str!("../../migrations/sqlite/0001_store.sql"),
+)];
+
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "store",
+    include_str!("../../migrations/postgres/0001_store.sql"),
+)];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db.example.com:5432/prov"),
+            "postgres://app:***@db.example.com:5432/prov"
+        );
+        assert_eq!(
+            redact_url("postgres://app@db/prov?password=s3cret&sslmode=require"),
+            "postgres://app@db/prov?password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact_url("sqlite://provisioner.db"),
+            "sqlite://provisioner.db"
+        );
+    }
+
+    #[test]
+    fn statements_are_rewritten_per_engine() {
+        let t = "UPDATE x SET a = $1, b = {now}, c = {later:$2} WHERE id = $3";
+        assert_eq!(
+            POSTGRES.sql(t),
+            "UPDATE x SET a = $1, b = now(), c = (now() + $2 * interval '1 second') WHERE id = $3"
+        );
+        assert_eq!(
+            SQLITE.sql(t),
+            "UPDATE x SET a = ?1, b = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), c = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', printf('%+.3f seconds', ?2)) WHERE id = ?3"
+        );
+    }
+}

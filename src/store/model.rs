@@ -1,0 +1,466 @@
+//! What the store holds: instances, transitions, product revisions and manual tasks, and the
+//! vocabulary their text columns take.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::secrets::Sealed;
+use crate::vocab::vocabulary;
+
+vocabulary! {
+    /// What billing wants a server to be (`instances.desired_status`).
+    DesiredStatus {
+        /// Running and usable.
+        Active => "active",
+        /// Kept but not usable (non-payment, abuse).
+        Suspended => "suspended",
+        /// Gone for good. Final.
+        Terminated => "terminated",
+    }
+}
+
+vocabulary! {
+    /// What the reconciler last saw of a server (`instances.observed_status`).
+    ObservedStatus {
+        /// Nothing done yet.
+        Pending => "pending",
+        /// Being created.
+        Provisioning => "provisioning",
+        /// Running.
+        Active => "active",
+        /// Being powered off for suspension.
+        Suspending => "suspending",
+        /// Powered off for suspension.
+        Suspended => "suspended",
+        /// Being powered on again.
+        Unsuspending => "unsuspending",
+        /// Rebooting on request.
+        Rebooting => "rebooting",
+        /// Being deleted.
+        Terminating => "terminating",
+        /// Deleted. Final.
+        Terminated => "terminated",
+        /// The reconciler gave up; a person must look (reason recorded).
+        Failed => "failed",
+        /// The server vanished at the provider without being asked to.
+        Lost => "lost",
+    }
+}
+
+vocabulary! {
+    /// What a transition did.
+    Action {
+        /// Create a server.
+        Create => "create",
+        /// Power off for suspension.
+        Suspend => "suspend",
+        /// Power on after suspension.
+        Unsuspend => "unsuspend",
+        /// Reboot on request.
+        Reboot => "reboot",
+        /// Delete the server.
+        Terminate => "terminate",
+        /// Look at the server.
+        Observe => "observe",
+        /// Take over a server found by its label after an uncertain create.
+        Adopt => "adopt",
+        /// Wait (out of stock, unknown product, …) without calling the provider.
+        Wait => "wait",
+        /// Give up and hand over to a person.
+        Fail => "fail",
+        /// A person took a failed instance up again.
+        Retry => "retry",
+    }
+}
+
+vocabulary! {
+    /// Why a transition happened.
+    Cause {
+        /// Billing changed the desired state.
+        DesiredChange => "desired_change",
+        /// The provider's state drifted from what was recorded.
+        Drift => "drift",
+        /// A retry after an error.
+        Retry => "retry",
+        /// A person asked (CLI, task inbox).
+        Manual => "manual",
+        /// The catalog changed.
+        Catalog => "catalog",
+        /// A periodic check.
+        Poll => "poll",
+    }
+}
+
+vocabulary! {
+    /// How a transition ended.
+    Outcome {
+        /// Intent recorded before a provider call; the call's outcome follows.
+        Started => "started",
+        /// The call or change succeeded.
+        Succeeded => "succeeded",
+        /// The call failed (error recorded).
+        Failed => "failed",
+        /// Nothing was done for now (reason recorded).
+        Deferred => "deferred",
+    }
+}
+
+vocabulary! {
+    /// What an admin is asked to do by the manual module.
+    TaskKind {
+        /// Set up a server and record its address and credentials.
+        Provision => "provision",
+        /// Make the server unusable.
+        Suspend => "suspend",
+        /// Make it usable again.
+        Unsuspend => "unsuspend",
+        /// Reboot it.
+        Reboot => "reboot",
+        /// Wipe and take it back.
+        Terminate => "terminate",
+    }
+}
+
+vocabulary! {
+    /// Where a manual task stands.
+    TaskState {
+        /// Waiting for an admin.
+        Open => "open",
+        /// Done; what the admin recorded is in the task.
+        Done => "done",
+        /// No longer needed.
+        Cancelled => "cancelled",
+    }
+}
+
+/// One customer server, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Instance {
+    /// Database id.
+    pub id: i64,
+    /// Billing's customer.
+    pub customer_id: String,
+    /// Billing's order reference.
+    pub order_id: Option<String>,
+    /// Catalog product id.
+    pub product_id: String,
+    /// Requested location; `None` means the product's first.
+    pub location: Option<String>,
+    /// Requested OS image; `None` means the product's first.
+    pub os_image: Option<String>,
+    /// Requested hostname; `None` means derived from the id.
+    pub hostname: Option<String>,
+    /// SSH public keys, one per line.
+    pub ssh_keys: Option<String>,
+    /// What billing wants.
+    pub desired_status: DesiredStatus,
+    /// Why it is suspended.
+    pub suspend_reason: Option<String>,
+    /// Reboots asked for, ever.
+    pub reboot_requested: i64,
+    /// Bumped by the database on every change of a billing column.
+    pub desired_generation: i64,
+    /// When a billing column last changed.
+    pub desired_changed_at: DateTime<Utc>,
+    /// The desired generation the reconciler last acted on.
+    pub observed_generation: i64,
+    /// What the reconciler last saw.
+    pub observed_status: ObservedStatus,
+    /// Why the instance is in its status (waiting, failed, lost).
+    pub status_reason: Option<String>,
+    /// Provider account holding the server.
+    pub provider_account: Option<String>,
+    /// The provider's id of the server.
+    pub provider_server_id: Option<String>,
+    /// Public IPv4 address.
+    pub ipv4: Option<String>,
+    /// Public IPv6 address or network.
+    pub ipv6: Option<String>,
+    /// Product revision the server was sold under, pinned when first taken up.
+    pub product_revision: Option<String>,
+    /// Reboots carried out; converged when equal to `reboot_requested`.
+    pub reboot_handled: i64,
+    /// Root password and panel credentials, sealed (see `crate::secrets`).
+    pub credentials: Option<Sealed>,
+    /// Last error met.
+    pub last_error: Option<String>,
+    /// Consecutive failed attempts.
+    pub attempts: i64,
+    /// The action in flight, recorded before the provider call.
+    pub pending_action: Option<String>,
+    /// The provider's id of the action in flight.
+    pub pending_action_id: Option<String>,
+    /// When the action in flight started.
+    pub pending_since: Option<DateTime<Utc>>,
+    /// When the reconciler looks again; `None` never (final).
+    pub next_check_at: Option<DateTime<Utc>>,
+    /// The worker holding the instance.
+    pub lease_owner: Option<String>,
+    /// When that lease expires.
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// Fencing epoch, bumped by every claim.
+    pub lease_epoch: i64,
+    /// When billing inserted it.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Instance {
+    /// The sealing context of this instance's credentials.
+    pub fn secret_context(&self) -> String {
+        format!("instance:{}", self.id)
+    }
+
+    /// Whether observed matches desired and every requested reboot was carried out.
+    pub fn is_converged(&self) -> bool {
+        let status_matches = matches!(
+            (self.desired_status, self.observed_status),
+            (DesiredStatus::Active, ObservedStatus::Active)
+                | (DesiredStatus::Suspended, ObservedStatus::Suspended)
+                | (DesiredStatus::Terminated, ObservedStatus::Terminated)
+        );
+        status_matches && self.reboot_handled == self.reboot_requested
+    }
+}
+
+/// An order, as billing (or `provisioner instances create`) inserts it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NewInstance {
+    /// Billing's customer.
+    pub customer_id: String,
+    /// Billing's order reference.
+    pub order_id: Option<String>,
+    /// Catalog product id.
+    pub product_id: String,
+    /// Location, or the product's first.
+    pub location: Option<String>,
+    /// OS image, or the product's first.
+    pub os_image: Option<String>,
+    /// Hostname, or derived from the id.
+    pub hostname: Option<String>,
+    /// SSH public keys, one per line.
+    pub ssh_keys: Option<String>,
+    /// Usually `None` (active).
+    pub desired_status: Option<DesiredStatus>,
+    /// Why it starts suspended, if it does.
+    pub suspend_reason: Option<String>,
+}
+
+/// Which instances to list.
+#[derive(Debug, Clone, Default)]
+pub struct InstanceFilter {
+    /// Only this observed status.
+    pub observed_status: Option<ObservedStatus>,
+    /// Only this desired status.
+    pub desired_status: Option<DesiredStatus>,
+    /// Only this customer's.
+    pub customer_id: Option<String>,
+    /// Only this product's.
+    pub product_id: Option<String>,
+    /// Only ids greater than this (paging).
+    pub after_id: Option<i64>,
+    /// At most this many.
+    pub limit: Option<u32>,
+}
+
+/// One row of the transition log.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Transition {
+    /// Database id (orders transitions of one instance).
+    pub id: i64,
+    /// The instance.
+    pub instance_id: i64,
+    /// When it was recorded.
+    pub at: DateTime<Utc>,
+    /// Observed status before.
+    pub from_status: Option<String>,
+    /// Observed status after.
+    pub to_status: Option<String>,
+    /// What was done.
+    pub action: String,
+    /// Why.
+    pub cause: String,
+    /// How it ended.
+    pub outcome: String,
+    /// The error, when it failed.
+    pub error: Option<String>,
+    /// Provider request and action ids, and anything else worth keeping.
+    pub details: Value,
+    /// The product revision in force.
+    pub product_revision: Option<String>,
+}
+
+/// A transition to append, with the state change it records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTransition {
+    /// What was done.
+    pub action: Action,
+    /// Why.
+    pub cause: Cause,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The error, when it failed.
+    pub error: Option<String>,
+    /// Provider ids and other facts (never secrets).
+    pub details: Value,
+}
+
+impl NewTransition {
+    /// A transition with empty details and no error.
+    pub fn new(action: Action, cause: Cause, outcome: Outcome) -> Self {
+        NewTransition {
+            action,
+            cause,
+            outcome,
+            error: None,
+            details: Value::Object(serde_json::Map::new()),
+        }
+    }
+}
+
+/// A worker's exclusive right to act on one instance, until another claim bumps the epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The instance.
+    pub instance_id: i64,
+    /// Who holds it.
+    pub owner: String,
+    /// The fencing epoch every write is checked against.
+    pub epoch: i64,
+    /// The desired generation when claimed: if billing changes the instance during the lease,
+    /// any later schedule the worker writes becomes "now", so the change is never slept on.
+    pub desired_generation: i64,
+}
+
+/// A claimed instance and the lease to write with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claim {
+    /// The instance as claimed.
+    pub instance: Instance,
+    /// The lease.
+    pub lease: Lease,
+}
+
+/// When the reconciler should look at an instance again.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum NextCheck {
+    /// As soon as possible.
+    Now,
+    /// After this long.
+    After(Duration),
+    /// Never (the instance is final).
+    Never,
+}
+
+/// Reconciler-owned columns to change; `None` leaves a column as it is.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ObservedPatch {
+    /// New observed status.
+    pub observed_status: Option<ObservedStatus>,
+    /// New status reason (`Some(None)` clears it).
+    pub status_reason: Option<Option<String>>,
+    /// Provider account.
+    pub provider_account: Option<Option<String>>,
+    /// Provider's server id.
+    pub provider_server_id: Option<Option<String>>,
+    /// Public IPv4.
+    pub ipv4: Option<Option<String>>,
+    /// Public IPv6.
+    pub ipv6: Option<Option<String>>,
+    /// Pinned product revision.
+    pub product_revision: Option<String>,
+    /// Reboots carried out.
+    pub reboot_handled: Option<i64>,
+    /// The desired generation acted on.
+    pub observed_generation: Option<i64>,
+    /// Sealed credentials (`Some(None)` clears them).
+    pub credentials: Option<Option<Sealed>>,
+    /// Last error (`Some(None)` clears it).
+    pub last_error: Option<Option<String>>,
+    /// Consecutive failed attempts.
+    pub attempts: Option<i64>,
+    /// Action in flight and its provider id (`Some(None)` clears it).
+    pub pending: Option<Option<(Action, Option<String>)>>,
+    /// Next check.
+    pub next_check: Option<NextCheck>,
+}
+
+/// A product revision as stored when the catalog loaded it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRevision {
+    /// Product id.
+    pub product_id: String,
+    /// Revision.
+    pub revision: String,
+    /// The normalised definition.
+    pub definition: Value,
+    /// When first loaded.
+    pub loaded_at: DateTime<Utc>,
+    /// Catalog git commit at that time.
+    pub git_commit: Option<String>,
+}
+
+/// A manual task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Task {
+    /// Database id.
+    pub id: i64,
+    /// The instance.
+    pub instance_id: i64,
+    /// What to do.
+    pub kind: TaskKind,
+    /// Where it stands.
+    pub state: TaskState,
+    /// When opened.
+    pub created_at: DateTime<Utc>,
+    /// When completed or cancelled.
+    pub completed_at: Option<DateTime<Utc>>,
+    /// Who completed it.
+    pub completed_by: Option<String>,
+    /// What the reconciler asked and what the admin recorded (address, note; never secrets).
+    pub details: Value,
+    /// The password the admin recorded, sealed.
+    pub secret: Option<Sealed>,
+}
+
+impl Task {
+    /// The sealing context of this task's secret.
+    pub fn secret_context(&self) -> String {
+        format!("task:{}", self.id)
+    }
+}
+
+/// What an admin recorded when completing a task.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TaskCompletion {
+    /// Who.
+    pub by: String,
+    /// Address, note and other non-secret facts, merged into the task's details.
+    pub details: Value,
+    /// The root password, sealed with the task's context.
+    pub secret: Option<Sealed>,
+}
+
+/// Which tasks to list.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    /// Only open tasks.
+    pub open_only: bool,
+    /// Only this instance's.
+    pub instance_id: Option<i64>,
+}
+
+/// The size of the work queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueStats {
+    /// Instances due now.
+    pub due: i64,
+    /// Instances leased by a worker.
+    pub leased: i64,
+    /// All instances.
+    pub total: i64,
+}

@@ -1,0 +1,292 @@
+//! `provisioner migrate` and `provisioner instances …` as an operator runs them: the real binary
+//! on a SQLite file, writing through the billing columns.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_provisioner"))
+        .args(args)
+        .arg("--catalog-placeholder-never-used")
+        .current_dir(dir)
+        .output()
+        .expect("run provisioner")
+}
+
+fn provisioner(dir: &Path, args: &[&str]) -> Output {
+    let db = format!("sqlite://{}", dir.join("provisioner.db").display());
+    Command::new(env!("CARGO_BIN_EXE_provisioner"))
+        .args(args)
+        .env("DATABASE_URL", db)
+        .env_remove("PROVISIONER_SECRET_KEY")
+        .env_remove("PROVISIONER_SECRET_KEY_FILE")
+        .current_dir(dir)
+        .output()
+        .expect("run provisioner")
+}
+
+fn json(o: &Output) -> Value {
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).expect("JSON output")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn setup() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Path::new(env!("CARGO_MANIFEST_DIR")).join("catalog");
+    let copy = Command::new("cp")
+        .arg("-r")
+        .arg(&catalog)
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(copy.success());
+    dir
+}
+
+#[test]
+fn migrate_creates_the_database_and_a_private_key_file() {
+    let dir = setup();
+    let o = provisioner(dir.path(), &["migrate"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("applied migration(s) 1"));
+    let key = dir.path().join("provisioner.db.key");
+    assert!(
+        key.exists(),
+        "a key file is generated beside the SQLite database"
+    );
+    assert!(
+        stderr(&o).contains("provisioner.db.key"),
+        "a log line says where: {}",
+        stderr(&o)
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let o = provisioner(dir.path(), &["migrate"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("schema up to date"));
+}
+
+#[test]
+fn orders_go_through_the_billing_columns() {
+    let dir = setup();
+    let d = dir.path();
+    let created = json(&provisioner(
+        d,
+        &[
+            "instances",
+            "create",
+            "--customer",
+            "cust-7",
+            "--product",
+            "sim-vps-small",
+            "--os",
+            "debian-12",
+            "--order",
+            "o-1",
+            "--format",
+            "json",
+        ],
+    ));
+    let id = created["id"].as_i64().unwrap();
+    assert_eq!(created["desired_status"], "active");
+    assert_eq!(created["observed_status"], "pending");
+    assert_eq!(created["os_image"], "debian-12");
+
+    let o = provisioner(
+        d,
+        &[
+            "instances",
+            "set",
+            &id.to_string(),
+            "--desired",
+            "suspended",
+            "--reason",
+            "non-payment",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("desired suspended (generation 2)"));
+    let o = provisioner(d, &["instances", "reboot", &id.to_string()]);
+    assert_eq!(o.status.code(), Some(0));
+    let shown = json(&provisioner(
+        d,
+        &["instances", "show", &id.to_string(), "--format", "json"],
+    ));
+    assert_eq!(shown["desired_status"], "suspended");
+    assert_eq!(shown["suspend_reason"], "non-payment");
+    assert_eq!(shown["reboot_requested"], 1);
+    assert_eq!(shown["desired_generation"], 3);
+    assert_eq!(shown["converged"], false);
+    assert_eq!(shown["root_password"], Value::Null);
+
+    let listed = json(&provisioner(
+        d,
+        &[
+            "instances",
+            "list",
+            "--customer",
+            "cust-7",
+            "--format",
+            "json",
+        ],
+    ));
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    let listed = json(&provisioner(
+        d,
+        &[
+            "instances",
+            "list",
+            "--status",
+            "active",
+            "--format",
+            "json",
+        ],
+    ));
+    assert!(listed.as_array().unwrap().is_empty());
+    let history = json(&provisioner(
+        d,
+        &["instances", "history", &id.to_string(), "--format", "json"],
+    ));
+    assert_eq!(history, Value::Array(vec![]));
+
+    let o = provisioner(
+        d,
+        &[
+            "instances",
+            "set",
+            &id.to_string(),
+            "--desired",
+            "terminated",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0));
+    let o = provisioner(
+        d,
+        &["instances", "set", &id.to_string(), "--desired", "active"],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("is terminated"), "{}", stderr(&o));
+}
+
+#[test]
+fn bad_input_is_refused_with_a_reason() {
+    let dir = setup();
+    let d = dir.path();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "instances",
+                "create",
+                "--customer",
+                "c",
+                "--product",
+                "vps-nope",
+            ],
+            "unknown product `vps-nope`",
+        ),
+        (
+            &[
+                "instances",
+                "create",
+                "--customer",
+                "c",
+                "--product",
+                "sim-vps-small",
+                "--location",
+                "mars",
+            ],
+            "is not sold in `mars`",
+        ),
+        (
+            &[
+                "instances",
+                "create",
+                "--customer",
+                "c",
+                "--product",
+                "sim-vps-small",
+                "--os",
+                "windows-95",
+            ],
+            "does not offer `windows-95`",
+        ),
+        (&["instances", "show", "42"], "instance 42 does not exist"),
+        (
+            &["instances", "set", "42", "--desired", "suspended"],
+            "instance 42 does not exist",
+        ),
+        (
+            &["instances", "set", "1", "--desired", "paused"],
+            "unknown desired status `paused`",
+        ),
+        (
+            &["instances", "list", "--status", "running"],
+            "unknown observed status `running`",
+        ),
+    ];
+    for (args, message) in cases {
+        let o = provisioner(d, args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(message), "{args:?}: {}", stderr(&o));
+    }
+    // The database itself accepts products the catalog does not know yet.
+    let o = provisioner(
+        d,
+        &[
+            "instances",
+            "create",
+            "--customer",
+            "c",
+            "--product",
+            "from-the-future",
+            "--no-catalog-check",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = run(d, &["instances", "list"]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "unknown arguments are usage errors"
+    );
+}
+
+#[test]
+fn unreachable_databases_fail_fast_without_leaking_the_password() {
+    let dir = setup();
+    let o = Command::new(env!("CARGO_BIN_EXE_provisioner"))
+        .args([
+            "--database-url",
+            "postgres://billing:hunter2@127.0.0.1:1/prov",
+            "instances",
+            "list",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(
+        err.contains("postgres://billing:***@127.0.0.1:1/prov"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+    assert!(err.to_lowercase().contains("refused"), "{err}");
+}

@@ -1,0 +1,1025 @@
+//! The store's contract, run against both engines: SQLite in a temporary file and PostgreSQL
+//! for real (a fresh database per test on the server named by `TEST_DATABASE_URL`, which
+//! `scripts/test.sh` starts). Billing's side is tested the way billing works: raw SQL.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use provisioner::catalog;
+use provisioner::secrets::{Keyring, SecretString};
+use provisioner::store::{
+    Action, Cause, ConnectOptions, DesiredStatus, Engine, InstanceFilter, NewInstance,
+    NewTransition, NextCheck, ObservedPatch, ObservedStatus, Outcome, SqlStore, Store, StoreError,
+    TaskCompletion, TaskFilter, TaskKind, TaskState,
+};
+use serde_json::json;
+
+/// One database for one test; dropped with the test.
+struct Db {
+    store: SqlStore,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn sqlite() -> Db {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let url = format!("sqlite://{}", dir.path().join("store.db").display());
+    let store = SqlStore::open(&url, &ConnectOptions::default())
+        .await
+        .expect("open SQLite store");
+    Db {
+        store,
+        _dir: Some(dir),
+    }
+}
+
+fn skip_banner() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        // Written around the test harness's capture, so it shows on a plain `cargo test`.
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n\
+             ************************************************************************\n\
+             * PostgreSQL half of the store contract suite SKIPPED: TEST_DATABASE_URL *\n\
+             * is not set. Run `bash scripts/test.sh`, which starts a server.        *\n\
+             ************************************************************************\n"
+        );
+    });
+}
+
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    format!("{}/{name}{query}", &base[..path_start])
+}
+
+async fn postgres() -> Option<Db> {
+    let Ok(admin_url) = std::env::var("TEST_DATABASE_URL") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the PostgreSQL half: TEST_DATABASE_URL is not set (scripts/test.sh sets it)"
+        );
+        skip_banner();
+        return None;
+    };
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let name = format!(
+        "provisioner_test_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    );
+    let admin = sqlx::PgPool::connect(&admin_url)
+        .await
+        .expect("connect to TEST_DATABASE_URL");
+    sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name}"))
+        .execute(&admin)
+        .await
+        .expect("drop old test database");
+    sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .expect("create test database");
+    admin.close().await;
+    let store = SqlStore::open(
+        &with_database(&admin_url, &name),
+        &ConnectOptions::default(),
+    )
+    .await
+    .expect("open PostgreSQL store");
+    Some(Db { store, _dir: None })
+}
+
+impl Db {
+    /// Runs SQL as the billing system would; returns the database's error message on failure.
+    async fn billing(&self, sql: &str) -> Result<(), String> {
+        let result = match self.store.engine() {
+            Engine::Sqlite => sqlx::raw_sql(sql)
+                .execute(self.store.sqlite_pool().unwrap())
+                .await
+                .map(drop),
+            Engine::Postgres => sqlx::raw_sql(sql)
+                .execute(self.store.postgres_pool().unwrap())
+                .await
+                .map(drop),
+        };
+        result.map_err(|e| {
+            e.as_database_error()
+                .map_or_else(|| e.to_string(), |d| d.message().to_owned())
+        })
+    }
+
+    /// One integer from SQL.
+    async fn scalar(&self, sql: &str) -> i64 {
+        match self.store.engine() {
+            Engine::Sqlite => sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(self.store.sqlite_pool().unwrap())
+                .await
+                .unwrap(),
+            Engine::Postgres => sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(self.store.postgres_pool().unwrap())
+                .await
+                .unwrap(),
+        }
+    }
+
+    async fn insert(&self, customer: &str, product: &str) -> i64 {
+        self.store
+            .create_instance(&NewInstance {
+                customer_id: customer.into(),
+                product_id: product.into(),
+                ..NewInstance::default()
+            })
+            .await
+            .expect("create instance")
+            .id
+    }
+
+    /// Claims exactly this instance (it must be due) and returns its lease.
+    async fn claim(&self, id: i64, owner: &str) -> provisioner::store::Lease {
+        let claims = self.store.claim_due(owner, 1000, 30.0).await.unwrap();
+        let mut lease = None;
+        for c in claims {
+            if c.instance.id == id {
+                lease = Some(c.lease);
+            } else {
+                self.store.release(&c.lease, NextCheck::Now).await.unwrap();
+            }
+        }
+        lease.unwrap_or_else(|| panic!("instance {id} was not due"))
+    }
+}
+
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = super::sqlite().await;
+                    tokio::time::timeout(super::PATIENCE, super::$name(&db))
+                        .await
+                        .expect("the test hung: a lock or a pool starved?");
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(db) = super::postgres().await else { return };
+                    tokio::time::timeout(super::PATIENCE, super::$name(&db))
+                        .await
+                        .expect("the test hung: a lock or a pool starved?");
+                }
+            )*
+        }
+    };
+}
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+contract!(
+    billing_insert_gets_defaults_and_is_due,
+    desired_changes_bump_the_generation_and_make_the_instance_due,
+    unknown_desired_status_is_rejected,
+    terminated_is_final,
+    reboot_requested_never_decreases,
+    reconciler_columns_cannot_be_inserted,
+    reconciler_rules_hold,
+    instances_are_never_deleted,
+    transitions_are_append_only,
+    unknown_products_are_accepted,
+    claims_are_exclusive_and_writes_fenced,
+    expired_leases_are_taken_over_and_the_old_holder_fenced,
+    records_write_state_and_transition_together,
+    release_schedules_the_next_check,
+    revisions_are_synced_once_and_readable,
+    manual_tasks_open_complete_and_cancel,
+    credentials_are_stored_sealed,
+    concurrent_claimers_never_share_an_instance,
+    a_change_during_a_lease_is_not_slept_on,
+    a_backlog_is_claimed_batch_after_batch,
+    listing_filters_and_queue_stats,
+    migrations_are_idempotent,
+    missing_things_are_reported,
+);
+
+async fn billing_insert_gets_defaults_and_is_due(db: &Db) {
+    db.billing(
+        "INSERT INTO instances (customer_id, order_id, product_id) VALUES ('cust-1', 'order-9', 'vps-starter')",
+    )
+    .await
+    .unwrap();
+    let id = db.scalar("SELECT MAX(id) FROM instances").await;
+    let i = db.store.instance(id).await.unwrap().unwrap();
+    assert_eq!(i.customer_id, "cust-1");
+    assert_eq!(i.order_id.as_deref(), Some("order-9"));
+    assert_eq!(i.desired_status, DesiredStatus::Active);
+    assert_eq!(i.observed_status, ObservedStatus::Pending);
+    assert_eq!((i.desired_generation, i.observed_generation), (1, 0));
+    assert_eq!((i.reboot_requested, i.reboot_handled), (0, 0));
+    assert!(i.next_check_at.is_some());
+    let claims = db.store.claim_due("w1", 10, 30.0).await.unwrap();
+    assert_eq!(claims.len(), 1, "a new order is due at once");
+}
+
+async fn desired_changes_bump_the_generation_and_make_the_instance_due(db: &Db) {
+    let id = db.insert("c", "vps-starter").await;
+    let lease = db.claim(id, "w1").await;
+    db.store
+        .release(&lease, NextCheck::After(Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    assert!(db.store.claim_due("w1", 10, 30.0).await.unwrap().is_empty());
+
+    db.billing(&format!(
+        "UPDATE instances SET desired_status = 'suspended', suspend_reason = 'non-payment' WHERE id = {id}"
+    ))
+    .await
+    .unwrap();
+    let i = db.store.instance(id).await.unwrap().unwrap();
+    assert_eq!(i.desired_generation, 2);
+    assert_eq!(i.suspend_reason.as_deref(), Some("non-payment"));
+    let claims = db.store.claim_due("w1", 10, 30.0).await.unwrap();
+    assert_eq!(claims.len(), 1, "the change makes it due now");
+
+    // Every billing column counts, and a no-op update does not.
+    db.store
+        .release(&claims[0].lease, NextCheck::Never)
+        .await
+        .unwrap();
+    db.billing(&format!(
+        "UPDATE instances SET suspend_reason = 'non-payment' WHERE id = {id}"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        db.store
+            .instance(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .desired_generation,
+        2
+    );
+    db.billing(&format!(
+        "UPDATE instances SET reboot_requested = reboot_requested + 1 WHERE id = {id}"
+    ))
+    .await
+    .unwrap();
+    let i = db.store.instance(id).await.unwrap().unwrap();
+    assert_eq!(i.desired_generation, 3);
+    assert!(i.next_check_at.is_some());
+}
+
+async fn unknown_desired_status_is_rejected(db: &Db) {
+    let id = db.insert("c", "vps-starter").await;
+    let err = db
+        .billing(&format!(
+            "UPDATE instances SET desired_status = 'paused' WHERE id = {id}"
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("desired_status must be active, suspended or terminated"),
+        "{err}"
+    );
+    let err = db
+        .billing("INSERT INTO instances (customer_id, product_id, desired_status) VALUES ('c', 'p', 'ACTIVE')")
+        .await
+        .unwrap_err();
+    assert!(err.contains("desired_status must be"), "{err}");
+    let i = db.store.instance(id).await.unwrap().unwrap();
+    assert_eq!(
+        (i.desired_status, i.desired_generation),
+        (DesiredStatus::Active, 1)
+    );
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM instances").await, 1);
+}
+
+async fn terminated_is_final(db: &Db) {
+    let id = db.insert("c", "vps-starter").await;
+    db.billing(&format!(
+        "UPDATE instances SET desired_status = 'terminated' WHERE id = {id}"
+    ))
+    .await
+    .unwrap();
+    for sql in [
+        format!("UPDATE instances SET desired_status = 'active' WHERE id = {id}"),
+        format!("UPDATE instances SET desired_status = 'suspended', suspend_reason = 'x' WHERE id = {id}"),
+        format!("UPDATE instances SET reboot_requested = 1 WHERE id = {id}"),
+    ] {
+        let err = db.billing(&sql).await.unwrap_err();
+        assert!(err.contains("is terminated") && err.contains("new instance"), "{err}");
+    }
+    let i = db.store.instance(id).await.unwrap().unwrap();
+    assert_eq!(i.desired_status, DesiredStatus::Terminated);
+    assert_eq!(i.desired_generation, 2);
+    let err = db
+        .store
+        .set_desired(id, DesiredStatus::Active, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Rejected(ref m) if m.contains("terminated")),
+        "{err}"
+    );
+}
+
+async fn reboot_requested_never_decreases(db: &Db) {
+    let id = db.insert("c", "vps-starter").await;
+    db.billing(&format!(
+        "UPDATE instances SET reboot_requested = 2 WHERE id = {id}"
+    ))
+    .await
+    .unwrap();
+    let err = db
+        .billing(&format!(
+            "UPDATE instances SET reboot_requested = 1 WHERE id = {id}"
+        ))
+        .await
+        .unwrap_err();
+    assert!(err.contains("reboot_requested never decreases"), "{err}");
+    assert_eq!(
+        db.store
+            .instance(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .reboot_requested,
+        2
+    );
+    let err = db
+        .billing("INSERT INTO instances (customer_id, product_id, reboot_requested) VALUES ('c', 'p', -1)")
+        .await
+        .unwrap_err();
+    assert!(err.to_lowercase().contains("check"), "{err}");
+    let after = db.store.request_reboot(id).await.unwrap();
+    assert_eq!(after.reboot_requested, 3);
+}
+
+async fn reconciler_columns_cannot_be_inserted(db: &Db) {
+    for column in [
+        "observed_status = 'active'",
+        "provider_server_id = '42'",
+        "lease_owner = 'me'",
+    ] {
+        let (col, value) = column.split_once(" = ").unwrap();
+        let err = db
+            .billing(&format!(
+                "INSERT INTO instances (customer_id, product_id, {col}) VALUES ('c', 'p', {value})"
+            ))
+            .await
+            .unwrap_err();
+        assert!(
+            err.contains("reconciler-owned columns cannot be set"),
+            "{err}"
+        );
+    }
+    let err = db
+        .billing("INSERT INTO instances (customer_id, product_id) VALUES ('', 'p')")
+        .await
+        .unwrap_err();
+    assert!(err.to_lowercase().contains("check"), "{err}");
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM instances").await, 0);
+}
+
+async fn reconciler_rules_hold(db: &Db) {
+    let id = db.insert("c", "vps-starter").await;
+    let err = db
+        .billing(&format!(
+            "UPDATE instances SET observed_status = 'running' WHERE id = {id}"
+        ))
+        .await
+        .unwrap_err();
+    assert!(err.to_lowercase().contains("check"), "{err}");
+    let err = db
+        .billing(&format!(
+            "UPDATE instances SET reboot_handled = 1 WHERE id = {id}"
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_lowercase().contains("check"),
+        "handled may not exceed requested: {err}"
+    );
+    db.billing(&format!(
+        "UPDATE instances SET observed_status = 'terminated' WHERE id = {id}"
+    ))
+    .await
+    .unwrap();
+    let err = db
+        .billing(&format!(
+            "UPDATE instances SET observed_status = 'active' WHERE id = {id}"
+        ))
+        .await
+        .unwrap_err();
+    assert!(err.contains("observed_status terminated is final"), "{err}");
+    let err = db
+        .billing(&format!(
+            "UPDATE instances SET lease_epoch = -1 WHERE id = {id}"
+        ))
+        .await
+        .unwrap_err();
+    assert!(err.contains("never decrease"), "{err}");
+}
+
+async fn instances_are_never_deleted(db: &Db) {
+    let id = db.insert("c", "vps-starter").await;
+    let err = db
+        .billing(&format!("DELETE FROM instances WHERE id = {id}"))
+        .await
+        .unwrap_err();
+    assert!(err.contains("instances are never deleted"), "{err}");
+    assert!(db.store.instance(id).await.unwrap().is_some());
+}
+
+async fn transitions_are_append_only(db: &Db) {
+    let id = db.insert("c", "vps-starter").await;
+    let lease = db.claim(id, "w1").await;
+    db.store
+        .record(
+            &lease,
+            &ObservedPatch::default(),
+            Some(&NewTransition::new(
+                Action::Observe,
+                Cause::Poll,
+                Outcome::Succeeded,
+            )),
+        )
+        .await
+        .unwrap();
+    let err = db
+        .billing("UPDATE instance_transitions SET outcome = 'failed'")
+        .await
+        .unwrap_err();
+    assert!(err.contains("append-only"), "{err}");
+    let err = db
+        .billing("DELETE FROM instance_transitions")
+        .await
+        .unwrap_err();
+    assert!(err.contains("append-only"), "{err}");
+    let history = db.store.history(id).await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].outcome, "succeeded");
+}
+
+async fn unknown_products_are_accepted(db: &Db) {
+    db.billing(
+        "INSERT INTO instances (customer_id, product_id) VALUES ('c', 'product-from-the-future')",
+    )
+    .await
+    .unwrap();
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM instances").await, 1);
+}
+
+async fn claims_are_exclusive_and_writes_fenced(db: &Db) {
+    let id = db.insert("c", "vps-starter").await;
+    let claims = db.store.claim_due("w1", 10, 30.0).await.unwrap();
+    assert_eq!(claims.len(), 1);
+    let lease = claims[0].lease.clone();
+    assert_eq!(lease.epoch, 1);
+    assert_eq!(claims[0].instance.lease_owner.as_deref(), Some("w1"));
+    assert!(
+        db.store.claim_due("w2", 10, 30.0).await.unwrap().is_empty(),
+        "a leased instance is not claimed again"
+    );
+    let stale = provisioner::store::Lease {
+        epoch: lease.epoch - 1,
+        ..lease.clone()
+    };
+    let patch = ObservedPatch {
+        observed_status: Some(ObservedStatus::Provisioning),
+        ..ObservedPatch::default()
+    };
+    let err = db
+        .store
+        .record(
+            &stale,
+            &patch,
+            Some(&NewTransition::new(
+                Action::Create,
+                Cause::DesiredChange,
+                Outcome::Started,
+            )),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::LeaseLost { instance_id, .. } if instance_id == id),
+        "{err}"
+    );
+    let i = db.store.instance(id).await.unwrap().unwrap();
+    assert_eq!(
+        i.observed_status,
+        ObservedStatus::Pending,
+        "a fenced-out write changes nothing"
+    );
+    assert!(db.store.history(id).await.unwrap().is_empty());
+    db.store.record(&lease, &patch, None).await.unwrap();
+}
+
+async fn expired_leases_are_taken_over_and_the_old_holder_fenced(db: &Db) {
+    let id = db.insert("c", "vps-starter").await;
+    let first = db.store.claim_due("dead-daemon", 10, 0.2).await.unwrap();
+    assert_eq!(first.len(), 1);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let second = db.store.claim_due("w2", 10, 30.0).await.unwrap();
+    assert_eq!(second.len(), 1, "an expired lease is claimable");
+    assert_eq!(second[0].instance.id, id);
+    assert_eq!(second[0].lease.epoch, first[0].lease.epoch + 1);
+    let err = db
+        .store
+        .release(&first[0].lease, NextCheck::Now)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::LeaseLost { .. }), "{err}");
+    db.store
+        .release(&second[0].lease, NextCheck::Now)
+        .await
+        .unwrap();
+}
+
+async fn records_write_state_and_transition_together(db: &Db) {
+    let id = db.insert("c", "vps-starter").await;
+    let lease = db.claim(id, "w1").await;
+    let mut intent = NewTransition::new(Action::Create, Cause::DesiredChange, Outcome::Started);
+    intent.details = json!({"server_name": format!("srv-{id}")});
+    let i = db
+        .store
+        .record(
+            &lease,
+            &ObservedPatch {
+                observed_status: Some(ObservedStatus::Provisioning),
+                product_revision: Some("0123456789abcdef".into()),
+                provider_account: Some(Some("sim-eu".into())),
+                pending: Some(Some((Action::Create, None))),
+                ..ObservedPatch::default()
+            },
+            Some(&intent),
+        )
+        .await
+        .unwrap();
+    assert_eq!(i.pending_action.as_deref(), Some("create"));
+    assert!(i.pending_since.is_some());
+    let done = NewTransition {
+        details: json!({"provider_action_id": "act-7"}),
+        ..NewTransition::new(Action::Create, Cause::DesiredChange, Outcome::Succeeded)
+    };
+    let i = db
+        .store
+        .record(
+            &lease,
+            &ObservedPatch {
+                observed_status: Some(ObservedStatus::Active),
+                provider_server_id: Some(Some("srv-42".into())),
+                ipv4: Some(Some("192.0.2.10".into())),
+                observed_generation: Some(1),
+                pending: Some(None),
+                attempts: Some(0),
+                next_check: Some(NextCheck::After(Duration::from_secs(600))),
+                ..ObservedPatch::default()
+            },
+            Some(&done),
+        )
+        .await
+        .unwrap();
+    assert_eq!(i.observed_status, ObservedStatus::Active);
+    assert_eq!(i.pending_action, None);
+    assert_eq!(i.pending_since, None);
+    assert!(i.next_check_at.unwrap() > chrono::Utc::now() + chrono::Duration::seconds(500));
+    let h = db.store.history(id).await.unwrap();
+    let summary: Vec<(Option<&str>, Option<&str>, &str, &str)> = h
+        .iter()
+        .map(|t| {
+            (
+                t.from_status.as_deref(),
+                t.to_status.as_deref(),
+                t.action.as_str(),
+                t.outcome.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (Some("pending"), Some("provisioning"), "create", "started"),
+            (Some("provisioning"), Some("active"), "create", "succeeded"),
+        ]
+    );
+    assert_eq!(h[1].details["provider_action_id"], "act-7");
+    assert_eq!(h[1].product_revision.as_deref(), Some("0123456789abcdef"));
+    assert_eq!(h[0].details["server_name"], format!("srv-{id}"));
+}
+
+async fn release_schedules_the_next_check(db: &Db) {
+    let id = db.insert("c", "vps-starter").await;
+    let lease = db.claim(id, "w1").await;
+    db.store
+        .release(&lease, NextCheck::After(Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    let i = db.store.instance(id).await.unwrap().unwrap();
+    assert_eq!(i.lease_owner, None);
+    assert!(db.store.claim_due("w1", 10, 30.0).await.unwrap().is_empty());
+    // Sub-second delays are kept: polling an action in flight needs them.
+    db.billing(&format!(
+        "UPDATE instances SET hostname = 'x' WHERE id = {id}"
+    ))
+    .await
+    .unwrap();
+    let lease = db.claim(id, "w1").await;
+    db.store
+        .release(&lease, NextCheck::After(Duration::from_millis(300)))
+        .await
+        .unwrap();
+    assert!(db.store.claim_due("w1", 10, 30.0).await.unwrap().is_empty());
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let lease = db.claim(id, "w1").await;
+    db.store.release(&lease, NextCheck::Never).await.unwrap();
+    assert_eq!(
+        db.store.instance(id).await.unwrap().unwrap().next_check_at,
+        None
+    );
+}
+
+async fn revisions_are_synced_once_and_readable(db: &Db) {
+    let catalog = catalog::load_with_env(
+        std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/catalog")),
+        &|_| true,
+    )
+    .unwrap();
+    let n = catalog.products.len();
+    assert_eq!(db.store.sync_revisions(&catalog).await.unwrap(), n);
+    assert_eq!(
+        db.store.sync_revisions(&catalog).await.unwrap(),
+        0,
+        "idempotent"
+    );
+    let p = catalog.product("sim-vps-small").unwrap();
+    let stored = db
+        .store
+        .product_revision(&p.id, &p.revision.0)
+        .await
+        .unwrap()
+        .expect("stored");
+    assert_eq!(stored.definition, catalog::revision::normalized(p));
+    assert_eq!(
+        stored.git_commit,
+        catalog.source.git.as_ref().map(|g| g.commit.clone())
+    );
+
+    let id = db.insert("c", &p.id).await;
+    db.insert("c", &p.id).await;
+    let lease = db.claim(id, "w1").await;
+    db.store
+        .record(
+            &lease,
+            &ObservedPatch {
+                product_revision: Some(p.revision.0.clone()),
+                ..ObservedPatch::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        db.store.pinned_revisions(&p.id).await.unwrap(),
+        [(None, 1), (Some(p.revision.0.clone()), 1)]
+    );
+}
+
+async fn manual_tasks_open_complete_and_cancel(db: &Db) {
+    let id = db.insert("c", "dedicated-colo-e5").await;
+    let lease = db.claim(id, "w1").await;
+    let task = db
+        .store
+        .open_task(
+            &lease,
+            TaskKind::Provision,
+            &json!({"os_image": "debian-12"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(task.state, TaskState::Open);
+    let again = db
+        .store
+        .open_task(&lease, TaskKind::Provision, &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(again.id, task.id, "one open task per kind and instance");
+    db.store
+        .release(&lease, NextCheck::After(Duration::from_secs(3600)))
+        .await
+        .unwrap();
+
+    let ring = Keyring::from_base64("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=").unwrap();
+    let sealed = ring.seal(&SecretString::new("r00t-pw"), &task.secret_context());
+    let done = db
+        .store
+        .complete_task(
+            task.id,
+            &TaskCompletion {
+                by: "alice".into(),
+                details: json!({"ip": "203.0.113.7", "note": "rack B4"}),
+                secret: Some(sealed),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.state, TaskState::Done);
+    assert_eq!(done.completed_by.as_deref(), Some("alice"));
+    assert_eq!(done.details["ip"], "203.0.113.7");
+    assert_eq!(
+        done.details["os_image"], "debian-12",
+        "the request's details are kept"
+    );
+    assert_eq!(
+        ring.open(done.secret.as_ref().unwrap(), &done.secret_context())
+            .unwrap()
+            .expose(),
+        "r00t-pw"
+    );
+    assert_eq!(
+        db.store.claim_due("w1", 10, 30.0).await.unwrap().len(),
+        1,
+        "completion wakes the instance"
+    );
+    let err = db
+        .store
+        .complete_task(task.id, &TaskCompletion::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::TaskNotOpen {
+                state: TaskState::Done,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(db
+        .store
+        .tasks(&TaskFilter {
+            open_only: true,
+            ..TaskFilter::default()
+        })
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        db.store.tasks(&TaskFilter::default()).await.unwrap().len(),
+        1
+    );
+}
+
+async fn credentials_are_stored_sealed(db: &Db) {
+    let id = db.insert("c", "vps-starter").await;
+    let lease = db.claim(id, "w1").await;
+    let ring = Keyring::from_base64("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=").unwrap();
+    let context = format!("instance:{id}");
+    let sealed = ring.seal(&SecretString::new("correct horse battery staple"), &context);
+    let i = db
+        .store
+        .record(
+            &lease,
+            &ObservedPatch {
+                credentials: Some(Some(sealed)),
+                ..ObservedPatch::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let raw = db
+        .scalar(&format!(
+            "SELECT COUNT(*) FROM instances WHERE id = {id} AND credentials_sealed LIKE '%horse%'"
+        ))
+        .await;
+    assert_eq!(raw, 0, "the password is not stored in clear");
+    let stored = i.credentials.as_ref().unwrap();
+    assert_eq!(stored.key_id, ring.primary_id());
+    assert_eq!(
+        ring.open(stored, &i.secret_context()).unwrap().expose(),
+        "correct horse battery staple"
+    );
+    assert!(!format!("{i:?}").contains("horse"));
+}
+
+async fn concurrent_claimers_never_share_an_instance(db: &Db) {
+    for n in 0..200 {
+        db.insert(&format!("c{n}"), "vps-starter").await;
+    }
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut workers = Vec::new();
+    for w in 0..4 {
+        let store = db.store.clone();
+        let seen = seen.clone();
+        workers.push(tokio::spawn(async move {
+            let owner = format!("worker-{w}");
+            loop {
+                let claims = store.claim_due(&owner, 10, 60.0).await.unwrap();
+                if claims.is_empty() {
+                    break;
+                }
+                for c in claims {
+                    seen.lock().unwrap().push(c.instance.id);
+                    store
+                        .release(&c.lease, NextCheck::After(Duration::from_secs(3600)))
+                        .await
+                        .unwrap();
+                }
+            }
+        }));
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    let seen = seen.lock().unwrap().clone();
+    let unique: HashSet<i64> = seen.iter().copied().collect();
+    assert_eq!(unique.len(), 200, "every instance claimed");
+    assert_eq!(seen.len(), 200, "no instance claimed twice");
+}
+
+async fn a_change_during_a_lease_is_not_slept_on(db: &Db) {
+    let id = db.insert("c", "vps-starter").await;
+    let lease = db.claim(id, "w1").await;
+    // Billing suspends the server while a worker is in the middle of a step…
+    db.billing(&format!(
+        "UPDATE instances SET desired_status = 'suspended' WHERE id = {id}"
+    ))
+    .await
+    .unwrap();
+    // …and the worker, unaware, schedules its next look in an hour.
+    db.store
+        .record(
+            &lease,
+            &ObservedPatch {
+                next_check: Some(NextCheck::After(Duration::from_secs(3600))),
+                ..ObservedPatch::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    db.store
+        .release(&lease, NextCheck::After(Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    let claims = db.store.claim_due("w2", 10, 30.0).await.unwrap();
+    assert_eq!(claims.len(), 1, "the suspension is due now, not in an hour");
+    assert_eq!(claims[0].lease.desired_generation, 2);
+}
+
+async fn a_backlog_is_claimed_batch_after_batch(db: &Db) {
+    db.billing(
+        "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 250)
+         INSERT INTO instances (customer_id, product_id) SELECT 'c' || x, 'vps-starter' FROM n",
+    )
+    .await
+    .unwrap();
+    let mut seen = HashSet::new();
+    for batch in 0..3 {
+        let claims = db.store.claim_due("w", 100, 60.0).await.unwrap();
+        assert_eq!(claims.len(), if batch < 2 { 100 } else { 50 });
+        for c in &claims {
+            assert!(seen.insert(c.instance.id));
+            assert!(
+                c.instance.next_check_at.unwrap() > chrono::Utc::now(),
+                "a leased row is not due"
+            );
+        }
+    }
+    assert!(db.store.claim_due("w", 100, 60.0).await.unwrap().is_empty());
+    assert_eq!(db.store.queue_stats().await.unwrap().due, 0);
+}
+
+async fn listing_filters_and_queue_stats(db: &Db) {
+    let a = db.insert("alice", "vps-starter").await;
+    db.insert("bob", "vps-starter").await;
+    db.insert("alice", "vps-pro").await;
+    db.store
+        .set_desired(a, DesiredStatus::Suspended, Some("abuse"))
+        .await
+        .unwrap();
+    let alice = db
+        .store
+        .list_instances(&InstanceFilter {
+            customer_id: Some("alice".into()),
+            ..InstanceFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(alice.len(), 2);
+    let suspended = db
+        .store
+        .list_instances(&InstanceFilter {
+            desired_status: Some(DesiredStatus::Suspended),
+            ..InstanceFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(suspended.iter().map(|i| i.id).collect::<Vec<_>>(), [a]);
+    assert_eq!(suspended[0].suspend_reason.as_deref(), Some("abuse"));
+    let page = db
+        .store
+        .list_instances(&InstanceFilter {
+            after_id: Some(a),
+            limit: Some(1),
+            ..InstanceFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 1);
+    assert!(page[0].id > a);
+    let pending = db
+        .store
+        .list_instances(&InstanceFilter {
+            observed_status: Some(ObservedStatus::Pending),
+            ..InstanceFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(pending.len(), 3);
+    let stats = db.store.queue_stats().await.unwrap();
+    assert_eq!((stats.due, stats.leased, stats.total), (3, 0, 3));
+    let claims = db.store.claim_due("w", 2, 30.0).await.unwrap();
+    assert_eq!(claims.len(), 2);
+    let stats = db.store.queue_stats().await.unwrap();
+    assert_eq!(stats.leased, 2);
+}
+
+async fn migrations_are_idempotent(db: &Db) {
+    assert!(db.store.migrate().await.unwrap().is_empty());
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM schema_migrations").await, 1);
+}
+
+async fn missing_things_are_reported(db: &Db) {
+    assert!(db.store.instance(999).await.unwrap().is_none());
+    assert!(matches!(
+        db.store.history(999).await,
+        Err(StoreError::InstanceNotFound(999))
+    ));
+    assert!(matches!(
+        db.store
+            .set_desired(999, DesiredStatus::Suspended, None)
+            .await,
+        Err(StoreError::InstanceNotFound(999))
+    ));
+    assert!(matches!(
+        db.store.request_reboot(999).await,
+        Err(StoreError::InstanceNotFound(999))
+    ));
+    assert!(matches!(
+        db.store.complete_task(5, &TaskCompletion::default()).await,
+        Err(StoreError::TaskNotFound(5))
+    ));
+    let lease = provisioner::store::Lease {
+        instance_id: 999,
+        owner: "w".into(),
+        epoch: 1,
+        desired_generation: 1,
+    };
+    assert!(matches!(
+        db.store.release(&lease, NextCheck::Now).await,
+        Err(StoreError::InstanceNotFound(999))
+    ));
+}
+
+/// PostgreSQL only: the trigger's NOTIFY reaches a listener with the instance id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_notifies_desired_changes() {
+    let Some(db) = postgres().await else { return };
+    let pool = db.store.postgres_pool().unwrap().clone();
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
+        .await
+        .unwrap();
+    listener.listen("provisioner_instances").await.unwrap();
+    let id = db.insert("c", "vps-starter").await;
+    let n = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+        .await
+        .expect("a notification for the insert")
+        .unwrap();
+    assert_eq!(n.payload(), id.to_string());
+    db.billing(&format!(
+        "UPDATE instances SET desired_status = 'suspended' WHERE id = {id}"
+    ))
+    .await
+    .unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+        .await
+        .expect("a notification for the update")
+        .unwrap();
+    assert_eq!(n.payload(), id.to_string());
+}
