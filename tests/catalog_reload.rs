@@ -22,11 +22,12 @@ async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("timed out after {PATIENCE:?} waiting for {what}; the watcher probably missed the change"))
 }
 
-async fn next_catalog(
-    rx: &mut watch::Receiver<Arc<Catalog>>,
+/// Waits until the watched value satisfies `pred`, and returns it.
+async fn wait_for<T: Clone>(
+    rx: &mut watch::Receiver<T>,
     what: &str,
-    pred: impl Fn(&Catalog) -> bool,
-) -> Arc<Catalog> {
+    pred: impl Fn(&T) -> bool,
+) -> T {
     within(what, async {
         loop {
             if pred(&rx.borrow_and_update()) {
@@ -38,20 +39,20 @@ async fn next_catalog(
     .await
 }
 
+async fn next_catalog(
+    rx: &mut watch::Receiver<Arc<Catalog>>,
+    what: &str,
+    pred: impl Fn(&Catalog) -> bool,
+) -> Arc<Catalog> {
+    wait_for(rx, what, |c| pred(c)).await
+}
+
 async fn next_status(
     rx: &mut watch::Receiver<ReloadStatus>,
     what: &str,
     pred: impl Fn(&ReloadStatus) -> bool,
 ) -> ReloadStatus {
-    within(what, async {
-        loop {
-            if pred(&rx.borrow_and_update()) {
-                return rx.borrow().clone();
-            }
-            rx.changed().await.expect("watcher alive");
-        }
-    })
-    .await
+    wait_for(rx, what, pred).await
 }
 
 fn monthly(c: &Catalog, id: &str) -> Option<String> {

@@ -168,29 +168,34 @@ async fn dispatch(
             limit,
             format,
         } => {
-            let observed_status = match status.as_deref().map(|s| {
-                parse_vocab(
-                    s,
-                    "observed status",
-                    ObservedStatus::ALL,
-                    ObservedStatus::as_str,
-                )
-            }) {
-                Some(Err(m)) => return invalid(m),
-                Some(Ok(s)) => Some(s),
-                None => None,
-            };
-            let desired_status = match desired.as_deref().map(|s| {
-                parse_vocab(
-                    s,
-                    "desired status",
-                    DesiredStatus::ALL,
-                    DesiredStatus::as_str,
-                )
-            }) {
-                Some(Err(m)) => return invalid(m),
-                Some(Ok(s)) => Some(s),
-                None => None,
+            let parsed = status
+                .as_deref()
+                .map(|s| {
+                    parse_vocab(
+                        s,
+                        "observed status",
+                        ObservedStatus::ALL,
+                        ObservedStatus::as_str,
+                    )
+                })
+                .transpose()
+                .and_then(|observed| {
+                    let desired = desired
+                        .as_deref()
+                        .map(|s| {
+                            parse_vocab(
+                                s,
+                                "desired status",
+                                DesiredStatus::ALL,
+                                DesiredStatus::as_str,
+                            )
+                        })
+                        .transpose()?;
+                    Ok((observed, desired))
+                });
+            let (observed_status, desired_status) = match parsed {
+                Ok(pair) => pair,
+                Err(m) => return invalid(m),
             };
             let list = store
                 .list_instances(&InstanceFilter {
