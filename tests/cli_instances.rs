@@ -60,7 +60,7 @@ fn migrate_creates_the_database_and_a_private_key_file() {
     let dir = setup();
     let o = provisioner(dir.path(), &["migrate"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("applied migration(s) 1"));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("applied migration(s) 1, 2"));
     let key = dir.path().join("provisioner.db.key");
     assert!(
         key.exists(),

@@ -2,10 +2,10 @@
 //! for real (a fresh database per test on the server named by `TEST_DATABASE_URL`, which
 //! `scripts/test.sh` starts). Billing's side is tested the way billing works: raw SQL.
 
+mod common;
+
 use std::collections::HashSet;
-use std::io::Write;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use provisioner::catalog;
@@ -35,66 +35,11 @@ async fn sqlite() -> Db {
     }
 }
 
-fn skip_banner() {
-    static ONCE: OnceLock<()> = OnceLock::new();
-    ONCE.get_or_init(|| {
-        // Written around the test harness's capture, so it shows on a plain `cargo test`.
-        let _ = writeln!(
-            std::io::stderr(),
-            "\n\
-             ************************************************************************\n\
-             * PostgreSQL half of the store contract suite SKIPPED: TEST_DATABASE_URL *\n\
-             * is not set. Run `bash scripts/test.sh`, which starts a server.        *\n\
-             ************************************************************************\n"
-        );
-    });
-}
-
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (url, String::new()),
-    };
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[scheme_end..]
-        .find('/')
-        .map_or(base.len(), |i| scheme_end + i);
-    format!("{}/{name}{query}", &base[..path_start])
-}
-
 async fn postgres() -> Option<Db> {
-    let Ok(admin_url) = std::env::var("TEST_DATABASE_URL") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run the PostgreSQL half: TEST_DATABASE_URL is not set (scripts/test.sh sets it)"
-        );
-        skip_banner();
-        return None;
-    };
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let name = format!(
-        "provisioner_test_{}_{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::SeqCst)
-    );
-    let admin = sqlx::PgPool::connect(&admin_url)
+    let url = common::fresh_postgres_url().await?;
+    let store = SqlStore::open(&url, &ConnectOptions::default())
         .await
-        .expect("connect to TEST_DATABASE_URL");
-    sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name}"))
-        .execute(&admin)
-        .await
-        .expect("drop old test database");
-    sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await
-        .expect("create test database");
-    admin.close().await;
-    let store = SqlStore::open(
-        &with_database(&admin_url, &name),
-        &ConnectOptions::default(),
-    )
-    .await
-    .expect("open PostgreSQL store");
+        .expect("open PostgreSQL store");
     Some(Db { store, _dir: None })
 }
 
@@ -619,6 +564,10 @@ async fn records_write_state_and_transition_together(db: &Db) {
     assert_eq!(h[1].details["provider_action_id"], "act-7");
     assert_eq!(h[1].product_revision.as_deref(), Some("0123456789abcdef"));
     assert_eq!(h[0].details["server_name"], format!("srv-{id}"));
+    assert_eq!(
+        h[0].details["by"], "w1",
+        "every transition names the worker that wrote it"
+    );
 }
 
 async fn release_schedules_the_next_check(db: &Db) {
@@ -962,7 +911,7 @@ async fn listing_filters_and_queue_stats(db: &Db) {
 
 async fn migrations_are_idempotent(db: &Db) {
     assert!(db.store.migrate().await.unwrap().is_empty());
-    assert_eq!(db.scalar("SELECT COUNT(*) FROM schema_migrations").await, 1);
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM schema_migrations").await, 2);
 }
 
 async fn missing_things_are_reported(db: &Db) {

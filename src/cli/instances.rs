@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::str::FromStr;
 
@@ -14,37 +14,12 @@ use super::{Format, InstancesCommand, EXIT_INVALID, EXIT_OK};
 use crate::catalog;
 use crate::secrets::Keyring;
 use crate::store::{
-    redact_url, ConnectOptions, DesiredStatus, Engine, Instance, InstanceFilter, NewInstance,
+    redact_url, ConnectOptions, DesiredStatus, Instance, InstanceFilter, NewInstance,
     ObservedStatus, SqlStore, Store, StoreError, Transition,
 };
 
-/// The key file of a SQLite database: beside it, named after it.
-fn sqlite_key_file(url: &str) -> Option<PathBuf> {
-    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url).ok()?;
-    let file = options.get_filename();
-    if file.as_os_str().is_empty() || file.to_string_lossy().contains(":memory:") {
-        return None;
-    }
-    let mut name = file.as_os_str().to_owned();
-    name.push(".key");
-    Some(PathBuf::from(name))
-}
-
-/// Loads the secret keys; on SQLite without a configured key, generates a key file beside the
-/// database (and says where), as the first start of the daemon does.
-pub(crate) fn keyring(url: &str) -> anyhow::Result<Keyring> {
-    let default_file = match Engine::of_url(url)? {
-        Engine::Sqlite => sqlite_key_file(url),
-        Engine::Postgres => None,
-    };
-    let (ring, generated) = Keyring::load(default_file.as_deref())?;
-    if let Some(path) = generated {
-        tracing::warn!(
-            path = %path.display(),
-            "generated a new secret key for stored credentials; back this file up with the database, without it stored passwords cannot be read"
-        );
-    }
-    Ok(ring)
+pub(crate) fn keyring(url: &str) -> anyhow::Result<std::sync::Arc<Keyring>> {
+    crate::reconcile::daemon::load_keyring(url)
 }
 
 async fn open(url: &str) -> anyhow::Result<SqlStore> {
@@ -203,6 +178,7 @@ async fn dispatch(
                     desired_status,
                     customer_id: customer,
                     product_id: product,
+                    provider_account: None,
                     after_id: None,
                     limit,
                 })
@@ -256,6 +232,19 @@ async fn dispatch(
             println!(
                 "instance {}: desired {} (generation {}), observed {}",
                 i.id, i.desired_status, i.desired_generation, i.observed_status
+            );
+            Ok(ExitCode::from(EXIT_OK))
+        }
+        InstancesCommand::Retry { id } => {
+            let i = store.retry(id).await?;
+            println!(
+                "instance {}: taken up again ({}); the reconciler looks at it now",
+                i.id,
+                i.pending_action
+                    .as_deref()
+                    .map_or("starting over from pending".to_owned(), |_| {
+                        "re-observing its server".to_owned()
+                    })
             );
             Ok(ExitCode::from(EXIT_OK))
         }

@@ -2,7 +2,9 @@
 //! executes, returning the process exit code.
 
 mod catalog;
+mod daemon;
 mod instances;
+mod tasks;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,11 +56,100 @@ pub enum Command {
     /// Validate, show and compare catalogs.
     #[command(subcommand)]
     Catalog(CatalogCommand),
+    /// Run the reconciler daemon until SIGINT/SIGTERM (a second signal exits at once).
+    Run(RunArgs),
+    /// Show provisioner working: a temporary SQLite database, the example catalog's simulated
+    /// cloud, a few dozen servers ordered, suspended, rebooted and terminated. No credentials.
+    Demo {
+        /// The catalog whose `sim` products are sold.
+        #[arg(long, default_value = "catalog")]
+        catalog: PathBuf,
+        /// How many servers to order.
+        #[arg(long, default_value_t = 36)]
+        servers: usize,
+    },
+    /// For every instance that is not converged, the step the reconciler would take now, and
+    /// why — without taking it.
+    Plan {
+        /// The catalog.
+        #[arg(long, default_value = "catalog")]
+        catalog: PathBuf,
+        /// Converged instances too.
+        #[arg(long)]
+        all: bool,
+    },
     /// Create the database (SQLite) and apply pending migrations.
     Migrate,
+    /// The manual module's inbox: work for admins.
+    #[command(subcommand)]
+    Tasks(TasksCommand),
     /// Create, inspect and change customer servers through the billing columns.
     #[command(subcommand)]
     Instances(InstancesCommand),
+}
+
+/// `provisioner run` options.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The catalog directory (hot-reloaded).
+    #[arg(long, default_value = "catalog")]
+    pub catalog: PathBuf,
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub listen: std::net::SocketAddr,
+    /// Most reconcile steps running at once.
+    #[arg(long, default_value_t = 32)]
+    pub workers: usize,
+    /// Seconds between bulk resyncs of each account.
+    #[arg(long, default_value_t = 60.0)]
+    pub resync_seconds: f64,
+    /// Milliseconds between looks for due work when nothing wakes the daemon.
+    #[arg(long, default_value_t = 250)]
+    pub idle_poll_ms: u64,
+    /// Seconds a claim holds an instance before another daemon may take it over.
+    #[arg(long, default_value_t = 60.0)]
+    pub lease_seconds: f64,
+    /// This daemon's name in leases (default: host:pid).
+    #[arg(long)]
+    pub owner: Option<String>,
+}
+
+/// `provisioner tasks …`
+#[derive(Debug, Subcommand)]
+pub enum TasksCommand {
+    /// List tasks, oldest first.
+    List {
+        /// Only open tasks.
+        #[arg(long)]
+        open: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Record what you did for a task; the reconciler observes it.
+    Complete {
+        /// Task id.
+        id: i64,
+        /// The server's IPv4 address (provision tasks).
+        #[arg(long)]
+        ip: Option<String>,
+        /// The server's IPv6 address.
+        #[arg(long)]
+        ipv6: Option<String>,
+        /// The root password (stored sealed). Prefer --password-file: arguments are visible to
+        /// other users of the machine.
+        #[arg(long)]
+        password: Option<String>,
+        /// A file whose first line is the root password.
+        #[arg(long, conflicts_with = "password")]
+        password_file: Option<PathBuf>,
+        /// A note for the record.
+        #[arg(long)]
+        note: Option<String>,
+        /// Who did it (default: $USER).
+        #[arg(long)]
+        by: Option<String>,
+    },
 }
 
 /// `provisioner instances …`
@@ -154,6 +245,11 @@ pub enum InstancesCommand {
         /// Instance id.
         id: i64,
     },
+    /// Take a failed instance up again after fixing the cause.
+    Retry {
+        /// Instance id.
+        id: i64,
+    },
 }
 
 /// Output format of reports.
@@ -220,7 +316,10 @@ pub fn init_logging(format: LogFormat) {
         .ok()
         .and_then(|v| v.parse::<Targets>().ok())
         .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
-    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let colours = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(colours);
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
         LogFormat::Text => registry.with(layer).try_init(),
@@ -239,6 +338,10 @@ pub fn init_logging(format: LogFormat) {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Catalog(c) => catalog::run(c),
+        Command::Run(args) => block_on(daemon::run(&cli.database_url, args)),
+        Command::Demo { catalog, servers } => block_on(daemon::demo(&catalog, servers)),
+        Command::Plan { catalog, all } => block_on(daemon::plan(&cli.database_url, &catalog, all)),
+        Command::Tasks(c) => block_on(tasks::run(&cli.database_url, c)),
         Command::Migrate => block_on(instances::migrate(&cli.database_url)),
         Command::Instances(c) => block_on(instances::run(&cli.database_url, c)),
     }

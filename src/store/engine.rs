@@ -624,17 +624,31 @@ fn checksum(sql: &str) -> String {
         .collect()
 }
 
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "store",
-    include_str!("../../migrations/sqlite/0001_store.sql"),
-)];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "store",
+        include_str!("../../migrations/sqlite/0001_store.sql"),
+    ),
+    (
+        2,
+        "simulated cloud",
+        include_str!("../../migrations/sqlite/0002_sim.sql"),
+    ),
+];
 
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "store",
-    include_str!("../../migrations/postgres/0001_store.sql"),
-)];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "store",
+        include_str!("../../migrations/postgres/0001_store.sql"),
+    ),
+    (
+        2,
+        "simulated cloud",
+        include_str!("../../migrations/postgres/0002_sim.sql"),
+    ),
+];
 
 #[cfg(test)]
 mod tests {

@@ -169,6 +169,36 @@ pub trait Store: Send + Sync {
         transition: Option<&NewTransition>,
     ) -> impl Future<Output = Result<Instance>> + Send;
 
+    /// Records the intent to create a server, if the product's `stock` (when given) has room:
+    /// the stock check and the write are one atomic step, so concurrent workers never oversell.
+    /// Returns `None`, writing nothing, when the product is sold out.
+    fn begin_create(
+        &self,
+        lease: &Lease,
+        stock: Option<u32>,
+        patch: &ObservedPatch,
+        transition: &NewTransition,
+    ) -> impl Future<Output = Result<Option<Instance>>> + Send;
+
+    /// Records drift found by a resync on an instance nobody holds: applies `patch` and appends
+    /// the transition only if the instance is not leased and still has `expected` as observed
+    /// status. Returns whether it applied.
+    fn record_drift(
+        &self,
+        id: i64,
+        expected: ObservedStatus,
+        patch: &ObservedPatch,
+        transition: &NewTransition,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Makes every instance waiting in `pending` with a reason (out of stock, unknown product)
+    /// due now, after a catalog change. Returns how many.
+    fn wake_waiting(&self) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Takes a `failed` instance up again (a person's decision): it is re-observed at the
+    /// provider and reconciled from what is found. Recorded as a manual transition.
+    fn retry(&self, id: i64) -> impl Future<Output = Result<Instance>> + Send;
+
     /// Gives the instance back, to be looked at again as `next` says.
     fn release(&self, lease: &Lease, next: NextCheck) -> impl Future<Output = Result<()>> + Send;
 
@@ -255,6 +285,10 @@ impl SqlStore {
     /// Closes every connection.
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.pool
     }
 
     /// The underlying SQLite pool, if on SQLite (for tests and benchmarks that write raw SQL as
@@ -478,10 +512,16 @@ fn patch_sql(patch: &ObservedPatch, lease: &Lease, args: &mut Vec<Arg>) -> Vec<S
         let expr = next_check_sql(next, lease, args);
         sets.push(format!("next_check_at = {expr}"));
     }
+    if patch.release_lease {
+        sets.push("lease_owner = NULL".to_owned());
+        sets.push("lease_expires_at = NULL".to_owned());
+    }
     sets.push("updated_at = {now}".to_owned());
     sets
 }
 
+/// Appends a transition; `by` (the worker holding the lease, `resync`, `manual`) is added to
+/// its details, so the log shows who did what.
 async fn insert_transition(
     tx: &mut Tx,
     instance_id: i64,
@@ -489,7 +529,13 @@ async fn insert_transition(
     to: ObservedStatus,
     t: &NewTransition,
     revision: Option<String>,
+    by: &str,
 ) -> Result<()> {
+    let mut details = t.details.clone();
+    if let Value::Object(map) = &mut details {
+        map.entry("by")
+            .or_insert_with(|| Value::String(by.to_owned()));
+    }
     tx.execute(
         "INSERT INTO instance_transitions
              (instance_id, at, from_status, to_status, action, cause, outcome, error, details,
@@ -503,7 +549,7 @@ async fn insert_transition(
             t.cause.as_str().into(),
             t.outcome.as_str().into(),
             t.error.clone().into(),
-            Arg::Json(t.details.clone()),
+            Arg::Json(details),
             revision.into(),
         ],
     )
@@ -572,6 +618,9 @@ impl Store for SqlStore {
         }
         if let Some(p) = &filter.product_id {
             condition("product_id =", p.as_str().into(), &mut args);
+        }
+        if let Some(a) = &filter.provider_account {
+            condition("provider_account =", a.as_str().into(), &mut args);
         }
         if let Some(after) = filter.after_id {
             condition("id >", Arg::Int(after), &mut args);
@@ -713,9 +762,178 @@ impl Store for SqlStore {
                 after.observed_status,
                 t,
                 after.product_revision.clone(),
+                &lease.owner,
             )
             .await?;
         }
+        tx.commit().await?;
+        Ok(after)
+    }
+
+    async fn begin_create(
+        &self,
+        lease: &Lease,
+        stock: Option<u32>,
+        patch: &ObservedPatch,
+        transition: &NewTransition,
+    ) -> Result<Option<Instance>> {
+        let mut tx = self.pool.write().await?;
+        let select = format!(
+            "SELECT observed_status, product_id FROM instances WHERE {FENCE}{}",
+            tx.dialect().for_update
+        );
+        let Some(before) = tx.row(&select, fence_args(lease)).await? else {
+            return Err(fence_failure(&mut tx, lease).await);
+        };
+        let product_id = before.text("product_id")?;
+        if let Some(stock) = stock {
+            if let Tx::Postgres(t) = &mut tx {
+                // Serialises creates of one product across daemons for the count below.
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                    .bind(&product_id)
+                    .execute(&mut **t)
+                    .await?;
+            }
+            let used = tx
+                .row(
+                    "SELECT COUNT(*) AS n FROM instances
+                      WHERE product_id = $1 AND id <> $2
+                        AND observed_status NOT IN ('pending', 'terminated', 'lost', 'failed')",
+                    vec![product_id.as_str().into(), Arg::Int(lease.instance_id)],
+                )
+                .await?
+                .map_or(Ok(0), |r| r.int("n"))?;
+            if used >= i64::from(stock) {
+                tx.commit().await?;
+                return Ok(None);
+            }
+        }
+        let from: ObservedStatus = before.parse("observed_status")?;
+        let mut args = fence_args(lease);
+        let sets = patch_sql(patch, lease, &mut args);
+        let update = format!(
+            "UPDATE instances SET {} WHERE {FENCE} RETURNING *",
+            sets.join(", ")
+        );
+        let row = tx
+            .row(&update, args)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("fenced UPDATE lost its row".into()))?;
+        let after = instance_from(&row)?;
+        insert_transition(
+            &mut tx,
+            lease.instance_id,
+            from,
+            after.observed_status,
+            transition,
+            after.product_revision.clone(),
+            &lease.owner,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(after))
+    }
+
+    async fn record_drift(
+        &self,
+        id: i64,
+        expected: ObservedStatus,
+        patch: &ObservedPatch,
+        transition: &NewTransition,
+    ) -> Result<bool> {
+        let mut tx = self.pool.write().await?;
+        // A lease that cannot match anything: the patch builder's generation guard needs one.
+        let nobody = Lease {
+            instance_id: id,
+            owner: String::new(),
+            epoch: -1,
+            desired_generation: -1,
+        };
+        let mut args = vec![Arg::Int(id), expected.as_str().into()];
+        let sets = patch_sql(patch, &nobody, &mut args);
+        let update = format!(
+            "UPDATE instances SET {} WHERE id = $1 AND observed_status = $2
+                AND (lease_owner IS NULL OR lease_expires_at <= {{now}}) RETURNING *",
+            sets.join(", ")
+        );
+        let Some(row) = tx.row(&update, args).await? else {
+            return Ok(false);
+        };
+        let after = instance_from(&row)?;
+        insert_transition(
+            &mut tx,
+            id,
+            expected,
+            after.observed_status,
+            transition,
+            after.product_revision.clone(),
+            "resync",
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn wake_waiting(&self) -> Result<u64> {
+        let mut tx = self.pool.write().await?;
+        let n = tx
+            .execute(
+                "UPDATE instances SET next_check_at = {now}
+                  WHERE observed_status = 'pending' AND status_reason IS NOT NULL
+                    AND lease_owner IS NULL",
+                vec![],
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn retry(&self, id: i64) -> Result<Instance> {
+        let mut tx = self.pool.write().await?;
+        let Some(before) = tx
+            .row("SELECT * FROM instances WHERE id = $1", vec![Arg::Int(id)])
+            .await?
+        else {
+            return Err(StoreError::InstanceNotFound(id));
+        };
+        let before = instance_from(&before)?;
+        if before.observed_status != ObservedStatus::Failed {
+            return Err(StoreError::Rejected(format!(
+                "instance {id} is {}, not failed: only failed instances are retried",
+                before.observed_status
+            )));
+        }
+        // Without a server there is nothing to look at: start over from pending. With one,
+        // look at it first and reconcile from what is there.
+        let (status, pending) = match before.provider_server_id {
+            None => ("pending", None),
+            Some(_) => ("failed", Some(Action::Observe.as_str())),
+        };
+        let row = tx
+            .row(
+                "UPDATE instances
+                    SET observed_status = $2, status_reason = NULL, last_error = NULL,
+                        attempts = 0, pending_action = $3, pending_action_id = NULL,
+                        pending_since = CASE WHEN $3 IS NULL THEN NULL ELSE {now} END,
+                        next_check_at = {now}, lease_owner = NULL, lease_expires_at = NULL,
+                        lease_epoch = lease_epoch + 1, updated_at = {now}
+                  WHERE id = $1 RETURNING *",
+                vec![Arg::Int(id), status.into(), pending.into()],
+            )
+            .await?
+            .ok_or(StoreError::InstanceNotFound(id))?;
+        let after = instance_from(&row)?;
+        let t = NewTransition::new(Action::Retry, Cause::Manual, Outcome::Succeeded);
+        insert_transition(
+            &mut tx,
+            id,
+            before.observed_status,
+            after.observed_status,
+            &t,
+            after.product_revision.clone(),
+            "manual",
+        )
+        .await?;
         tx.commit().await?;
         Ok(after)
     }

@@ -261,6 +261,8 @@ pub struct InstanceFilter {
     pub customer_id: Option<String>,
     /// Only this product's.
     pub product_id: Option<String>,
+    /// Only instances on this provider account.
+    pub provider_account: Option<String>,
     /// Only ids greater than this (paging).
     pub after_id: Option<i64>,
     /// At most this many.
@@ -387,6 +389,8 @@ pub struct ObservedPatch {
     pub pending: Option<Option<(Action, Option<String>)>>,
     /// Next check.
     pub next_check: Option<NextCheck>,
+    /// Give the lease back in the same write (the last write of a step).
+    pub release_lease: bool,
 }
 
 /// A product revision as stored when the catalog loaded it.

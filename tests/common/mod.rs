@@ -79,3 +79,69 @@ pub fn at(text: &str, line: usize, needle: &str) -> String {
 pub fn example_catalog() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("catalog")
 }
+
+fn skip_banner() {
+    use std::io::Write;
+    static ONCE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| {
+        // Written around the test harness's capture, so it shows on a plain `cargo test`.
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n\
+             ************************************************************************\n\
+             * PostgreSQL half of the tests SKIPPED: TEST_DATABASE_URL is not set.   *\n\
+             * Run `bash scripts/test.sh`, which starts a throwaway server.          *\n\
+             ************************************************************************\n"
+        );
+    });
+}
+
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    format!("{}/{name}{query}", &base[..path_start])
+}
+
+/// A fresh, empty PostgreSQL database on the server of `TEST_DATABASE_URL`, as a URL; `None`
+/// (with a loud banner) when no server is configured. In CI a missing server fails the test.
+pub async fn fresh_postgres_url() -> Option<String> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let Ok(admin_url) = std::env::var("TEST_DATABASE_URL") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the PostgreSQL half: TEST_DATABASE_URL is not set (scripts/test.sh sets it)"
+        );
+        skip_banner();
+        return None;
+    };
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let crate_tag: String = env!("CARGO_CRATE_NAME")
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    let name = format!(
+        "t_{}_{}_{}",
+        crate_tag,
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    );
+    let admin = sqlx::PgPool::connect(&admin_url)
+        .await
+        .expect("connect to TEST_DATABASE_URL");
+    sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name}"))
+        .execute(&admin)
+        .await
+        .expect("drop old test database");
+    sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .expect("create test database");
+    admin.close().await;
+    Some(with_database(&admin_url, &name))
+}

@@ -1,0 +1,327 @@
+//! `provisioner run`, `provisioner demo` and `provisioner plan`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use super::{RunArgs, EXIT_INVALID, EXIT_OK};
+use crate::catalog::{self, Module};
+use crate::provider::sim;
+use crate::reconcile::daemon::{start, DaemonConfig};
+use crate::reconcile::execute::{desired_met, product_check};
+use crate::reconcile::plan::{plan as plan_step, Step};
+use crate::store::{
+    ConnectOptions, DesiredStatus, Instance, InstanceFilter, NewInstance, SqlStore, Store,
+};
+
+/// First SIGINT/SIGTERM: drain and stop. Second: exit at once.
+async fn signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down: no new work is claimed, steps in flight finish; signal again to exit at once");
+    shutdown.cancel();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::warn!("second signal: exiting now; leases held will expire");
+    std::process::exit(130);
+}
+
+pub(super) async fn run(url: &str, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let mut config = DaemonConfig::new(url, args.catalog);
+    config.listen = Some(args.listen);
+    config.workers = args.workers.max(1);
+    config.resync_interval = Duration::from_secs_f64(args.resync_seconds.max(0.1));
+    config.idle_poll = Duration::from_millis(args.idle_poll_ms.max(1));
+    config.lease = Duration::from_secs_f64(args.lease_seconds.max(1.0));
+    if let Some(owner) = args.owner {
+        config.owner = owner;
+    }
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signals(shutdown.clone()));
+    tracing::info!(owner = %config.owner, database = %crate::store::redact_url(url), "starting");
+    let running = start(config, shutdown.clone()).await?;
+    shutdown.cancelled().await;
+    running.wait().await;
+    tracing::info!("stopped");
+    Ok(ExitCode::from(EXIT_OK))
+}
+
+fn tally(instances: &[Instance]) -> String {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for i in instances {
+        *counts.entry(i.observed_status.as_str()).or_default() += 1;
+    }
+    counts
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn wait_until(
+    store: &SqlStore,
+    ids: &[i64],
+    what: &str,
+    start: Instant,
+    limit: Duration,
+) -> anyhow::Result<bool> {
+    let mut last_print = Instant::now() - Duration::from_secs(1);
+    loop {
+        let mut all = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let first = chunk[0];
+            let list = store
+                .list_instances(&InstanceFilter {
+                    after_id: Some(first - 1),
+                    limit: Some(u32::try_from(chunk.len()).unwrap_or(u32::MAX)),
+                    ..InstanceFilter::default()
+                })
+                .await?;
+            all.extend(list.into_iter().filter(|i| chunk.contains(&i.id)));
+        }
+        let done = all.iter().filter(|i| desired_met(i)).count();
+        if last_print.elapsed() >= Duration::from_millis(500) || done == ids.len() {
+            println!(
+                "  {:>5.1}s  {what}: {done}/{} converged  ({})",
+                start.elapsed().as_secs_f64(),
+                ids.len(),
+                tally(&all)
+            );
+            last_print = Instant::now();
+        }
+        if done == ids.len() {
+            return Ok(true);
+        }
+        if start.elapsed() > limit {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub(super) async fn demo(catalog_dir: &Path, servers: usize) -> anyhow::Result<ExitCode> {
+    let catalog =
+        catalog::load(catalog_dir).context("the demo sells the catalog's sim products")?;
+    let products: Vec<&catalog::Product> = catalog
+        .products
+        .values()
+        .filter(|p| {
+            p.active
+                && catalog
+                    .account_of(p)
+                    .is_some_and(|a| a.module == Module::Sim)
+        })
+        .collect();
+    if products.is_empty() {
+        anyhow::bail!(
+            "catalog {} has no active product on a `sim` account",
+            catalog_dir.display()
+        );
+    }
+    let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let url = format!("sqlite://{}", dir.path().join("demo.db").display());
+    println!(
+        "provisioner demo: {} servers on the simulated cloud, database {}",
+        servers,
+        dir.path().join("demo.db").display()
+    );
+    println!(
+        "  products: {}",
+        products
+            .iter()
+            .map(|p| p.id.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut config = DaemonConfig::new(&url, catalog_dir.to_owned());
+    config.workers = 64;
+    config.idle_poll = Duration::from_millis(50);
+    config.resync_interval = Duration::from_secs(3);
+    config.owner = "demo".into();
+    let shutdown = CancellationToken::new();
+    let running = start(config, shutdown.clone()).await?;
+    let store = running.store.clone();
+    let started = Instant::now();
+    let limit = Duration::from_secs(28);
+
+    // Orders, spread over the sim products, within each product's stock.
+    let mut sold: BTreeMap<&str, u32> = BTreeMap::new();
+    let mut ids = Vec::new();
+    let mut n = 0usize;
+    while ids.len() < servers && n < servers * 4 {
+        let p = products[n % products.len()];
+        n += 1;
+        let used = sold.entry(p.id.as_str()).or_default();
+        if p.stock.is_some_and(|s| *used >= s) {
+            continue;
+        }
+        *used += 1;
+        let i = store
+            .create_instance(&NewInstance {
+                customer_id: format!("demo-customer-{}", ids.len() % 7 + 1),
+                order_id: Some(format!("demo-order-{}", ids.len() + 1)),
+                product_id: p.id.clone(),
+                ..NewInstance::default()
+            })
+            .await?;
+        ids.push(i.id);
+    }
+    running.wake.notify_one();
+    println!(
+        "ordered {} servers (as billing does when orders are paid)",
+        ids.len()
+    );
+    let mut ok = wait_until(&store, &ids, "provisioning", started, limit).await?;
+
+    let third = ids.len() / 4;
+    let suspend: Vec<i64> = ids.iter().copied().take(third).collect();
+    let reboot: Vec<i64> = ids.iter().copied().skip(third).take(third).collect();
+    let terminate: Vec<i64> = ids.iter().copied().skip(2 * third).take(third).collect();
+    if ok {
+        println!(
+            "suspending {} (non-payment), rebooting {}, terminating {} (cancelled)",
+            suspend.len(),
+            reboot.len(),
+            terminate.len()
+        );
+        for id in &suspend {
+            store
+                .set_desired(*id, DesiredStatus::Suspended, Some("non-payment"))
+                .await?;
+        }
+        for id in &reboot {
+            store.request_reboot(*id).await?;
+        }
+        for id in &terminate {
+            store
+                .set_desired(
+                    *id,
+                    DesiredStatus::Terminated,
+                    Some("cancelled by customer"),
+                )
+                .await?;
+        }
+        running.wake.notify_one();
+        ok = wait_until(&store, &ids, "changes", started, limit).await?;
+    }
+    if ok {
+        println!("payment received: unsuspending {}", suspend.len());
+        for id in &suspend {
+            store.set_desired(*id, DesiredStatus::Active, None).await?;
+        }
+        running.wake.notify_one();
+        ok = wait_until(&store, &ids, "unsuspending", started, limit).await?;
+    }
+
+    let ledger = sim::ledger(&store).await?;
+    let all = store.list_instances(&InstanceFilter::default()).await?;
+    let mut transitions = 0;
+    for id in &ids {
+        transitions += store.history(*id).await?.len();
+    }
+    let calls = running.metrics.render();
+    let provider_calls: u64 = calls
+        .lines()
+        .filter(|l| l.starts_with("provisioner_provider_calls_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    println!();
+    println!("summary after {:.1}s:", started.elapsed().as_secs_f64());
+    println!("  instances:   {}", tally(&all));
+    println!("  transitions: {transitions} recorded, provider calls: {provider_calls}");
+    println!(
+        "  sim ledger:  {} servers ever created, {} live, {} instances with a duplicate server, {} orphans",
+        ledger.created, ledger.live, ledger.duplicated_instances, ledger.orphans
+    );
+    if let Some(id) = suspend.first().or(ids.first()) {
+        println!();
+        println!("history of instance {id} (ordered, suspended for non-payment, unsuspended):");
+        for t in store.history(*id).await? {
+            println!(
+                "  {}  {:<12} -> {:<12} {:<9} {:<15} {:<9}{}",
+                t.at.format("%H:%M:%S%.3f"),
+                t.from_status.as_deref().unwrap_or("-"),
+                t.to_status.as_deref().unwrap_or("-"),
+                t.action,
+                t.cause,
+                t.outcome,
+                t.error.map(|e| format!(" ({e})")).unwrap_or_default()
+            );
+        }
+    }
+    shutdown.cancel();
+    running.wait().await;
+    let clean = ok && ledger.duplicated_instances == 0 && ledger.orphans == 0;
+    println!();
+    if clean {
+        println!("demo converged: every server is what billing asked for, none created twice, none orphaned");
+        Ok(ExitCode::from(EXIT_OK))
+    } else {
+        println!(
+            "demo did NOT converge cleanly within {}s (see above)",
+            limit.as_secs()
+        );
+        Ok(ExitCode::from(EXIT_INVALID))
+    }
+}
+
+pub(super) async fn plan(url: &str, catalog_dir: &Path, all: bool) -> anyhow::Result<ExitCode> {
+    let catalog = catalog::load(catalog_dir)?;
+    let store = SqlStore::open(url, &ConnectOptions::default()).await?;
+    let mut after = None;
+    let mut shown = 0;
+    println!(
+        "{:>8}  {:<20} {:<10} {:<13} STEP",
+        "ID", "PRODUCT", "DESIRED", "OBSERVED"
+    );
+    loop {
+        let page = store
+            .list_instances(&InstanceFilter {
+                after_id: after,
+                limit: Some(1000),
+                ..InstanceFilter::default()
+            })
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        for i in &page {
+            let step = plan_step(i, &product_check(&catalog, i));
+            let quiet = matches!(step, Step::Converged)
+                || (matches!(step, Step::Idle(_)) && desired_met(i));
+            if quiet && !all {
+                continue;
+            }
+            shown += 1;
+            println!(
+                "{:>8}  {:<20} {:<10} {:<13} {}",
+                i.id,
+                i.product_id,
+                i.desired_status.as_str(),
+                i.observed_status.as_str(),
+                step.describe()
+            );
+        }
+    }
+    println!(
+        "{shown} instance(s) {}",
+        if all { "" } else { "not converged" }
+    );
+    store.close().await;
+    Ok(ExitCode::from(EXIT_OK))
+}

@@ -1,0 +1,224 @@
+//! The request budget of one provider account: token buckets shared by every worker.
+//!
+//! Seeded from the catalog's `rate_limit` (per hour and/or per minute, each a bucket that
+//! starts full and refills continuously), and corrected by the provider: after a 429, nothing
+//! is sent before the reset time. Mutations wait for a token; background observation only
+//! takes one when the bucket is comfortably full, so it never starves mutations.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::catalog::RateLimit;
+
+#[derive(Debug)]
+struct Bucket {
+    capacity: f64,
+    per_second: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(capacity: u32, period: Duration, now: Instant) -> Bucket {
+        let capacity = f64::from(capacity);
+        Bucket {
+            capacity,
+            per_second: capacity / period.as_secs_f64(),
+            tokens: capacity,
+            last: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.capacity);
+        self.last = now;
+    }
+
+    /// Time until one token is available.
+    fn wait(&self) -> Duration {
+        if self.tokens >= 1.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64((1.0 - self.tokens) / self.per_second)
+        }
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    buckets: Vec<Bucket>,
+    blocked_until: Option<Instant>,
+}
+
+/// The shared budget of one account. Unlimited when built from an empty [`RateLimit`].
+#[derive(Debug)]
+pub struct RateLimiter {
+    state: Mutex<State>,
+}
+
+impl RateLimiter {
+    /// A limiter for `limit`.
+    pub fn new(limit: &RateLimit) -> RateLimiter {
+        let now = Instant::now();
+        let mut buckets = Vec::new();
+        if let Some(h) = limit.requests_per_hour {
+            buckets.push(Bucket::new(h, Duration::from_secs(3600), now));
+        }
+        if let Some(m) = limit.requests_per_minute {
+            buckets.push(Bucket::new(m, Duration::from_secs(60), now));
+        }
+        RateLimiter {
+            state: Mutex::new(State {
+                buckets,
+                blocked_until: None,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes a token if one is available and at least `reserve` (0 to 1) of every bucket
+    /// would remain; otherwise returns how long to wait.
+    fn take(&self, reserve: f64) -> Result<(), Duration> {
+        let now = Instant::now();
+        let mut s = self.lock();
+        if let Some(until) = s.blocked_until {
+            if until > now {
+                return Err(until - now);
+            }
+            s.blocked_until = None;
+        }
+        let mut wait = Duration::ZERO;
+        for b in &mut s.buckets {
+            b.refill(now);
+            let floor = 1.0 + reserve * b.capacity;
+            if b.tokens < floor {
+                let missing = floor - b.tokens;
+                wait = wait.max(Duration::from_secs_f64(missing / b.per_second));
+            }
+        }
+        if wait > Duration::ZERO {
+            return Err(wait);
+        }
+        for b in &mut s.buckets {
+            b.tokens -= 1.0;
+        }
+        Ok(())
+    }
+
+    /// Waits for a token. Returns whether it had to wait (counted as a rate-limit wait).
+    pub async fn acquire(&self) -> bool {
+        let mut waited = false;
+        loop {
+            match self.take(0.0) {
+                Ok(()) => return waited,
+                Err(d) => {
+                    waited = true;
+                    tokio::time::sleep(d.max(Duration::from_millis(1))).await;
+                }
+            }
+        }
+    }
+
+    /// Takes a token if one is available now, without waiting.
+    pub fn try_acquire(&self) -> bool {
+        self.take(0.0).is_ok()
+    }
+
+    /// Takes a token for background work only while a fifth of the budget stays free for
+    /// mutations.
+    pub fn try_acquire_background(&self) -> bool {
+        self.take(0.2).is_ok()
+    }
+
+    /// Blocks the account until `after` from now (a 429 with its reset time).
+    pub fn throttle(&self, after: Duration) {
+        let until = Instant::now() + after;
+        let mut s = self.lock();
+        s.blocked_until = Some(s.blocked_until.map_or(until, |u| u.max(until)));
+        for b in &mut s.buckets {
+            b.tokens = b.tokens.min(0.0);
+        }
+    }
+
+    /// How long until a request could go out now (for diagnostics).
+    pub fn next_slot(&self) -> Duration {
+        let now = Instant::now();
+        let mut s = self.lock();
+        let blocked = s
+            .blocked_until
+            .map_or(Duration::ZERO, |u| u.saturating_duration_since(now));
+        s.buckets.iter_mut().fold(blocked, |acc, b| {
+            b.refill(now);
+            acc.max(b.wait())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn bursts_then_refills_at_the_configured_rate() {
+        let limiter = RateLimiter::new(&RateLimit {
+            requests_per_hour: None,
+            requests_per_minute: Some(60),
+        });
+        for _ in 0..60 {
+            assert!(!limiter.acquire().await, "the bucket starts full");
+        }
+        let start = Instant::now();
+        assert!(limiter.acquire().await, "the 61st request waits");
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_millis(990) && waited <= Duration::from_millis(1100),
+            "one token per second: waited {waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_blocks_until_its_reset() {
+        let limiter = RateLimiter::new(&RateLimit {
+            requests_per_hour: Some(3600),
+            requests_per_minute: None,
+        });
+        limiter.throttle(Duration::from_secs(30));
+        assert!(!limiter.try_acquire_background());
+        let start = Instant::now();
+        limiter.acquire().await;
+        assert!(start.elapsed() >= Duration::from_secs(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn background_work_leaves_room_for_mutations() {
+        let limiter = RateLimiter::new(&RateLimit {
+            requests_per_hour: None,
+            requests_per_minute: Some(10),
+        });
+        let mut background = 0;
+        while limiter.try_acquire_background() {
+            background += 1;
+        }
+        assert_eq!(
+            background, 8,
+            "stops once fewer than a fifth (2) plus one remain"
+        );
+        assert!(!limiter.acquire().await, "a mutation still goes at once");
+    }
+
+    #[tokio::test]
+    async fn unlimited_accounts_never_wait() {
+        let limiter = RateLimiter::new(&RateLimit::default());
+        for _ in 0..10_000 {
+            assert!(!limiter.acquire().await);
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! The `manual` module: an admin does the work; the task inbox is the actuator.
+//!
+//! Every action opens a task (`provisioner tasks list`), logs an admin notification, and is
+//! observed through the task: an open task is the action in flight, a completed one its result.
+//! The address and root password an admin records when completing the provision task are what
+//! the reconciler reports for the server.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use serde_json::{json, Value};
+
+use super::{
+    Accepted, Call, CreateRequest, Created, ErrorClass, PowerState, Provider, ProviderError,
+    Result, Server,
+};
+use crate::catalog::{Module, ProductConfig};
+use crate::secrets::Keyring;
+use crate::store::{SqlStore, Store, StoreError, Task, TaskFilter, TaskKind, TaskState};
+
+/// The manual module of one account.
+pub struct ManualProvider {
+    account: String,
+    store: SqlStore,
+    keyring: Arc<Keyring>,
+}
+
+impl std::fmt::Debug for ManualProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManualProvider")
+            .field("account", &self.account)
+            .finish_non_exhaustive()
+    }
+}
+
+fn store_error(e: StoreError) -> ProviderError {
+    ProviderError::new(ErrorClass::Transient, format!("task inbox: {e}"))
+}
+
+fn server_id(instance_id: i64) -> String {
+    format!("manual-{instance_id}")
+}
+
+impl ManualProvider {
+    /// The manual module of `account`, keeping tasks in `store`; `keyring` opens the passwords
+    /// admins record.
+    pub fn new(account: &str, store: SqlStore, keyring: Arc<Keyring>) -> ManualProvider {
+        ManualProvider {
+            account: account.to_owned(),
+            store,
+            keyring,
+        }
+    }
+
+    async fn open(&self, call: Call<'_>, kind: TaskKind, details: Value) -> Result<Task> {
+        let task = self
+            .store
+            .open_task(call.lease, kind, &details)
+            .await
+            .map_err(store_error)?;
+        tracing::warn!(
+            target: "provisioner::admin",
+            task = task.id,
+            instance = call.instance.id,
+            kind = kind.as_str(),
+            account = %self.account,
+            "admin notification: manual task {} opened: {} instance {} (product {}); complete it with `provisioner tasks complete {}`",
+            task.id,
+            kind.as_str(),
+            call.instance.id,
+            call.instance.product_id,
+            task.id
+        );
+        Ok(task)
+    }
+
+    async fn accept(&self, call: Call<'_>, kind: TaskKind) -> Result<Accepted> {
+        let task = self
+            .open(call, kind, json!({ "server": server_id(call.instance.id) }))
+            .await?;
+        Ok(Accepted {
+            action_id: Some(format!("task-{}", task.id)),
+        })
+    }
+
+    /// The server as the tasks describe it: the latest task that was not cancelled decides.
+    async fn observe(&self, call: Call<'_>) -> Result<Option<Server>> {
+        let tasks = self
+            .store
+            .tasks(&TaskFilter {
+                open_only: false,
+                instance_id: Some(call.instance.id),
+            })
+            .await
+            .map_err(store_error)?;
+        let live: Vec<&Task> = tasks
+            .iter()
+            .filter(|t| t.state != TaskState::Cancelled)
+            .collect();
+        let Some(latest) = live.last() else {
+            return Ok(None);
+        };
+        let open = latest.state == TaskState::Open;
+        let state = match (latest.kind, open) {
+            (TaskKind::Provision, true) => PowerState::Creating,
+            (TaskKind::Suspend, true) => PowerState::Stopping,
+            (TaskKind::Unsuspend, true) => PowerState::Starting,
+            (TaskKind::Reboot, true) => PowerState::Rebooting,
+            (TaskKind::Terminate, true) => PowerState::Deleting,
+            (TaskKind::Suspend, false) => PowerState::Off,
+            (TaskKind::Terminate, false) => return Ok(None),
+            (TaskKind::Provision | TaskKind::Unsuspend | TaskKind::Reboot, false) => {
+                PowerState::Running
+            }
+        };
+        let provision = live
+            .iter()
+            .rev()
+            .find(|t| t.kind == TaskKind::Provision && t.state == TaskState::Done);
+        let text = |key: &str| {
+            provision.and_then(|t| {
+                t.details
+                    .get(key)
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+        };
+        let root_password = match provision.and_then(|t| t.secret.as_ref().map(|s| (t, s))) {
+            Some((task, sealed)) => Some(
+                self.keyring
+                    .open(sealed, &task.secret_context())
+                    .map_err(|e| {
+                        ProviderError::new(
+                            ErrorClass::Auth,
+                            format!("cannot open the password of task {}: {e}", task.id),
+                        )
+                    })?,
+            ),
+            None => None,
+        };
+        Ok(Some(Server {
+            id: server_id(call.instance.id),
+            instance_id: Some(call.instance.id),
+            name: super::server_name(call.instance.id),
+            state,
+            ipv4: text("ip"),
+            ipv6: text("ipv6"),
+            root_password,
+        }))
+    }
+}
+
+impl Provider for ManualProvider {
+    fn module(&self) -> Module {
+        Module::Manual
+    }
+
+    fn lists_servers(&self) -> bool {
+        false
+    }
+
+    fn get<'a>(
+        &'a self,
+        call: Call<'a>,
+        _server_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Server>>> {
+        self.observe(call).boxed()
+    }
+
+    fn find<'a>(&'a self, call: Call<'a>) -> BoxFuture<'a, Result<Vec<Server>>> {
+        async move { Ok(self.observe(call).await?.into_iter().collect()) }.boxed()
+    }
+
+    fn list_owned(&self) -> BoxFuture<'_, Result<Vec<Server>>> {
+        async { Ok(Vec::new()) }.boxed()
+    }
+
+    fn create<'a>(
+        &'a self,
+        call: Call<'a>,
+        request: &'a CreateRequest,
+    ) -> BoxFuture<'a, Result<Created>> {
+        async move {
+            let instructions = match &request.config {
+                ProductConfig::Manual { instructions } => instructions.clone(),
+                _ => None,
+            };
+            let task = self
+                .open(
+                    call,
+                    TaskKind::Provision,
+                    json!({
+                        "server": server_id(request.instance_id),
+                        "product": request.product_id,
+                        "location": request.location,
+                        "os_image": request.os_image,
+                        "hostname": request.hostname,
+                        "ssh_keys": request.ssh_keys,
+                        "instructions": instructions,
+                    }),
+                )
+                .await?;
+            Ok(Created {
+                server: Server {
+                    id: server_id(request.instance_id),
+                    instance_id: Some(request.instance_id),
+                    name: request.name.clone(),
+                    state: PowerState::Creating,
+                    ipv4: None,
+                    ipv6: None,
+                    root_password: None,
+                },
+                action_id: Some(format!("task-{}", task.id)),
+                root_password: None,
+            })
+        }
+        .boxed()
+    }
+
+    fn power_off<'a>(
+        &'a self,
+        call: Call<'a>,
+        _server_id: &'a str,
+        _hard: bool,
+    ) -> BoxFuture<'a, Result<Accepted>> {
+        self.accept(call, TaskKind::Suspend).boxed()
+    }
+
+    fn power_on<'a>(
+        &'a self,
+        call: Call<'a>,
+        _server_id: &'a str,
+    ) -> BoxFuture<'a, Result<Accepted>> {
+        self.accept(call, TaskKind::Unsuspend).boxed()
+    }
+
+    fn reboot<'a>(
+        &'a self,
+        call: Call<'a>,
+        _server_id: &'a str,
+    ) -> BoxFuture<'a, Result<Accepted>> {
+        self.accept(call, TaskKind::Reboot).boxed()
+    }
+
+    fn delete<'a>(
+        &'a self,
+        call: Call<'a>,
+        _server_id: &'a str,
+    ) -> BoxFuture<'a, Result<Accepted>> {
+        self.accept(call, TaskKind::Terminate).boxed()
+    }
+}

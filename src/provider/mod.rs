@@ -1,0 +1,257 @@
+//! Providers: what makes and breaks servers, shaped like Crossplane's external client.
+//!
+//! Every call is idempotent: create tolerates "exists" (reported as
+//! [`ErrorClass::AlreadyExists`], after which the executor adopts by label), power calls
+//! tolerate the target state, delete tolerates "gone", and observation never mutates. Servers
+//! carry the label `provisioner-instance=<id>` and the name [`server_name`], so a server made
+//! by a call whose outcome was lost is found again instead of made twice.
+//!
+//! - [`limit`]: the per-account request budget shared by all workers;
+//! - [`sim`]: the simulated cloud (demo, tests, benchmarks);
+//! - [`manual`]: an admin does the work through the task inbox.
+
+pub mod limit;
+pub mod manual;
+pub mod sim;
+
+use std::fmt;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use crate::catalog::{Module, ProductConfig};
+use crate::secrets::SecretString;
+use crate::store::{Instance, Lease};
+
+/// The label key every server made by provisioner carries (`provisioner-instance=<id>`).
+pub const INSTANCE_LABEL: &str = "provisioner-instance";
+
+/// The provider-side name of an instance's server: unique per instance, stable across retries.
+pub fn server_name(instance_id: i64) -> String {
+    format!("provisioner-{instance_id}")
+}
+
+/// What a server is doing, as the provider reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerState {
+    /// Being created.
+    Creating,
+    /// Running.
+    Running,
+    /// Shutting down.
+    Stopping,
+    /// Powered off.
+    Off,
+    /// Powering on.
+    Starting,
+    /// Rebooting.
+    Rebooting,
+    /// Being deleted.
+    Deleting,
+}
+
+impl PowerState {
+    /// Whether the server is between two stable states.
+    pub fn in_transition(self) -> bool {
+        !matches!(self, PowerState::Running | PowerState::Off)
+    }
+}
+
+/// A server as observed at the provider.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Server {
+    /// The provider's id.
+    pub id: String,
+    /// The instance its label names, if it has our label.
+    pub instance_id: Option<i64>,
+    /// Its name.
+    pub name: String,
+    /// What it is doing.
+    pub state: PowerState,
+    /// Public IPv4.
+    pub ipv4: Option<String>,
+    /// Public IPv6.
+    pub ipv6: Option<String>,
+    /// A root password the provider hands out on observation (manual work), if any.
+    pub root_password: Option<SecretString>,
+}
+
+/// How a provider call failed, deciding what the executor does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Network trouble, 5xx, timeouts: retry with backoff. The call may have been applied.
+    Transient,
+    /// Rate limited: retry after the given time, send nothing to the account before it.
+    Throttled,
+    /// No capacity (location full, pool empty): retry later, slowly.
+    Capacity,
+    /// The request is wrong (bad size, image, location): retrying will not help.
+    Invalid,
+    /// Credentials missing or refused: retrying will not help until ops fix them.
+    Auth,
+    /// The server does not exist.
+    NotFound,
+    /// A server with this name exists already: adopt it.
+    AlreadyExists,
+}
+
+impl ErrorClass {
+    /// The class as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Transient => "transient",
+            ErrorClass::Throttled => "throttled",
+            ErrorClass::Capacity => "capacity",
+            ErrorClass::Invalid => "invalid",
+            ErrorClass::Auth => "auth",
+            ErrorClass::NotFound => "not_found",
+            ErrorClass::AlreadyExists => "already_exists",
+        }
+    }
+
+    /// Whether retrying the same call later can succeed without a person's help.
+    pub fn is_transient(self) -> bool {
+        matches!(
+            self,
+            ErrorClass::Transient | ErrorClass::Throttled | ErrorClass::Capacity
+        )
+    }
+}
+
+/// A failed provider call. Never carries tokens or passwords.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub struct ProviderError {
+    /// What kind of failure.
+    pub class: ErrorClass,
+    /// What the provider said.
+    pub message: String,
+    /// When to try again, for throttling.
+    pub retry_after: Option<Duration>,
+    /// The provider's request id, for support tickets.
+    pub request_id: Option<String>,
+}
+
+impl fmt::Display for ProviderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.message, self.class.as_str())?;
+        if let Some(id) = &self.request_id {
+            write!(f, " [request {id}]")?;
+        }
+        Ok(())
+    }
+}
+
+impl ProviderError {
+    /// An error of `class` saying `message`.
+    pub fn new(class: ErrorClass, message: impl Into<String>) -> Self {
+        ProviderError {
+            class,
+            message: message.into(),
+            retry_after: None,
+            request_id: None,
+        }
+    }
+}
+
+/// Result of provider calls.
+pub type Result<T> = std::result::Result<T, ProviderError>;
+
+/// What to create.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateRequest {
+    /// The instance (its id is the label value).
+    pub instance_id: i64,
+    /// [`server_name`] of the instance.
+    pub name: String,
+    /// Hostname inside the OS.
+    pub hostname: String,
+    /// Location slug.
+    pub location: String,
+    /// OS image slug.
+    pub os_image: String,
+    /// SSH public keys.
+    pub ssh_keys: Vec<String>,
+    /// The product's module configuration.
+    pub config: ProductConfig,
+    /// The product id (manual tasks show it).
+    pub product_id: String,
+}
+
+/// A create the provider accepted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Created {
+    /// The new server (usually still creating).
+    pub server: Server,
+    /// The provider's action to follow, if any.
+    pub action_id: Option<String>,
+    /// The root password, when the provider generated one.
+    pub root_password: Option<SecretString>,
+}
+
+/// A power or delete action the provider accepted.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Accepted {
+    /// The provider's action to follow, if any.
+    pub action_id: Option<String>,
+}
+
+/// The instance a call is made for, with the lease its writes are fenced by.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    /// The instance.
+    pub instance: &'a Instance,
+    /// Its lease.
+    pub lease: &'a Lease,
+}
+
+/// A provider module bound to one account.
+pub trait Provider: Send + Sync {
+    /// Which module this is.
+    fn module(&self) -> Module;
+
+    /// Whether [`Provider::list_owned`] is meaningful (the manual module has no inventory API).
+    fn lists_servers(&self) -> bool {
+        true
+    }
+
+    /// Looks at one server; `None` when it does not exist.
+    fn get<'a>(
+        &'a self,
+        call: Call<'a>,
+        server_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Server>>>;
+
+    /// The servers labelled for an instance (zero, one, or — a problem — several).
+    fn find<'a>(&'a self, call: Call<'a>) -> BoxFuture<'a, Result<Vec<Server>>>;
+
+    /// Every server of the account carrying our label (bulk, paginated by the module).
+    fn list_owned(&self) -> BoxFuture<'_, Result<Vec<Server>>>;
+
+    /// Creates a server with [`server_name`] and our label.
+    fn create<'a>(
+        &'a self,
+        call: Call<'a>,
+        request: &'a CreateRequest,
+    ) -> BoxFuture<'a, Result<Created>>;
+
+    /// Powers a server off: gracefully, or at once when `hard`.
+    fn power_off<'a>(
+        &'a self,
+        call: Call<'a>,
+        server_id: &'a str,
+        hard: bool,
+    ) -> BoxFuture<'a, Result<Accepted>>;
+
+    /// Powers a server on.
+    fn power_on<'a>(
+        &'a self,
+        call: Call<'a>,
+        server_id: &'a str,
+    ) -> BoxFuture<'a, Result<Accepted>>;
+
+    /// Reboots a server.
+    fn reboot<'a>(&'a self, call: Call<'a>, server_id: &'a str) -> BoxFuture<'a, Result<Accepted>>;
+
+    /// Deletes a server; gone already counts as done.
+    fn delete<'a>(&'a self, call: Call<'a>, server_id: &'a str) -> BoxFuture<'a, Result<Accepted>>;
+}

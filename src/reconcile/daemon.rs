@@ -1,0 +1,627 @@
+//! The daemon: where work comes from, who does it, and how it stops.
+//!
+//! Work sources: due rows in the store (polled, and on PostgreSQL woken by the trigger's
+//! NOTIFY), catalog reloads (waiting instances are woken, revisions recorded), a periodic bulk
+//! resync per account (drift and orphans), and each instance's own timer. Claimed instances are
+//! worked by at most `workers` concurrent steps; the store's leases make sure no instance is
+//! worked on twice at once, also across daemons.
+//!
+//! Shutdown: cancelling the token stops claiming; steps in flight finish and give their leases
+//! back; then every task ends.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::Utc;
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::execute::{build_accounts, Account, Accounts, Executor, Timing};
+use super::metrics::Metrics;
+use crate::api;
+use crate::catalog::watch::{spawn as watch_catalog, ReloadStatus, WatchOptions};
+use crate::catalog::{Catalog, ProviderAccount};
+use crate::provider::PowerState;
+use crate::secrets::Keyring;
+use crate::store::{
+    Action, Cause, ConnectOptions, InstanceFilter, NewTransition, NextCheck, ObservedPatch,
+    ObservedStatus, Outcome, SqlStore, Store,
+};
+
+/// How a daemon runs.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// The database.
+    pub database_url: String,
+    /// The catalog directory.
+    pub catalog_dir: PathBuf,
+    /// Where to serve `/healthz`, `/readyz` and `/metrics`; `None` serves nothing.
+    pub listen: Option<SocketAddr>,
+    /// Most steps running at once.
+    pub workers: usize,
+    /// Most instances claimed per query.
+    pub batch: u32,
+    /// How long a claim holds an instance before another daemon may take it.
+    pub lease: Duration,
+    /// How often to look for due work when nothing wakes the daemon.
+    pub idle_poll: Duration,
+    /// How often each account's servers are listed in bulk.
+    pub resync_interval: Duration,
+    /// This daemon's name in leases (`host:pid` by default).
+    pub owner: String,
+    /// Scheduling of steps.
+    pub timing: Timing,
+    /// Catalog reload timing.
+    pub catalog_watch: WatchOptions,
+    /// Database pool size.
+    pub max_connections: u32,
+}
+
+impl DaemonConfig {
+    /// Defaults for `database_url` and `catalog_dir`.
+    pub fn new(database_url: &str, catalog_dir: PathBuf) -> DaemonConfig {
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into());
+        DaemonConfig {
+            database_url: database_url.to_owned(),
+            catalog_dir,
+            listen: None,
+            workers: 32,
+            batch: 64,
+            lease: Duration::from_secs(60),
+            idle_poll: Duration::from_millis(250),
+            resync_interval: Duration::from_secs(60),
+            owner: format!("{host}:{}", std::process::id()),
+            timing: Timing::default(),
+            catalog_watch: WatchOptions::default(),
+            max_connections: 16,
+        }
+    }
+}
+
+/// A started daemon.
+pub struct Running {
+    /// Its store.
+    pub store: SqlStore,
+    /// Its figures.
+    pub metrics: Arc<Metrics>,
+    /// The catalog it serves.
+    pub catalog: watch::Receiver<Arc<Catalog>>,
+    /// Where the HTTP endpoints listen, if they do.
+    pub http: Option<SocketAddr>,
+    /// Wakes the work loop (a hint: the store is the truth).
+    pub wake: Arc<Notify>,
+    tracker: TaskTracker,
+}
+
+impl Running {
+    /// Waits until every task has ended (after the shutdown token was cancelled).
+    pub async fn wait(self) {
+        self.tracker.close();
+        self.tracker.wait().await;
+        self.store.close().await;
+    }
+}
+
+/// The key for sealed credentials: configured, or for SQLite a file beside the database.
+///
+/// # Errors
+/// When a configured key is malformed or PostgreSQL has none.
+pub fn load_keyring(database_url: &str) -> anyhow::Result<Arc<Keyring>> {
+    let default_file = if database_url.starts_with("sqlite:") {
+        let options =
+            <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(database_url).ok();
+        options.map(|o| {
+            let mut name = o.get_filename().as_os_str().to_owned();
+            name.push(".key");
+            PathBuf::from(name)
+        })
+    } else {
+        None
+    };
+    let (ring, generated) = Keyring::load(default_file.as_deref())?;
+    if let Some(path) = generated {
+        tracing::warn!(
+            path = %path.display(),
+            "generated a new secret key for stored credentials; back this file up with the database, without it stored passwords cannot be read"
+        );
+    }
+    Ok(Arc::new(ring))
+}
+
+/// Starts the daemon's tasks; they run until `shutdown` is cancelled.
+///
+/// # Errors
+/// When the database cannot be opened or migrated, the key cannot be loaded, the catalog is
+/// invalid, or the HTTP address cannot be bound.
+pub async fn start(config: DaemonConfig, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    let store = SqlStore::open(
+        &config.database_url,
+        &ConnectOptions {
+            max_connections: config.max_connections,
+            ..ConnectOptions::default()
+        },
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "cannot use database {}",
+            crate::store::redact_url(&config.database_url)
+        )
+    })?;
+    let keyring = load_keyring(&config.database_url)?;
+    let watcher = watch_catalog(
+        config.catalog_dir.clone(),
+        config.catalog_watch,
+        shutdown.child_token(),
+    )
+    .await
+    .with_context(|| format!("catalog {}", config.catalog_dir.display()))?;
+    let catalog_rx = watcher.catalog();
+    let initial = watcher.current();
+    let new = store.sync_revisions(&initial).await?;
+    tracing::info!(
+        products = initial.products.len(),
+        accounts = initial.accounts.len(),
+        new_revisions = new,
+        "catalog loaded"
+    );
+    let defined: HashMap<String, (ProviderAccount, Arc<Account>)> = {
+        let built = build_accounts(&initial, &store, &keyring);
+        initial
+            .accounts
+            .values()
+            .filter_map(|a| {
+                built
+                    .get(&a.id)
+                    .map(|b| (a.id.clone(), (a.clone(), b.clone())))
+            })
+            .collect()
+    };
+    for a in initial.accounts.values() {
+        if !defined.contains_key(&a.id) {
+            tracing::warn!(account = %a.id, module = %a.module, "this build cannot drive the module yet; its products wait");
+        }
+    }
+    let accounts = Arc::new(RwLock::new(Arc::new(
+        defined
+            .iter()
+            .map(|(k, (_, v))| (k.clone(), v.clone()))
+            .collect::<Accounts>(),
+    )));
+    let metrics = Arc::new(Metrics::default());
+    metrics.catalog_valid.store(1, Ordering::Relaxed);
+    let wake = Arc::new(Notify::new());
+    let executor = Arc::new(Executor::new(
+        store.clone(),
+        catalog_rx.clone(),
+        accounts.clone(),
+        keyring.clone(),
+        metrics.clone(),
+        config.timing,
+        wake.clone(),
+    ));
+    let tracker = TaskTracker::new();
+    let ready = Arc::new(api::Readiness::default());
+
+    let http = match config.listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            let bound = listener.local_addr()?;
+            tracker.spawn(api::serve(
+                listener,
+                metrics.clone(),
+                ready.clone(),
+                shutdown.clone(),
+            ));
+            tracing::info!(address = %bound, "serving /healthz, /readyz and /metrics");
+            Some(bound)
+        }
+        None => None,
+    };
+
+    tracker.spawn(work_loop(
+        executor,
+        store.clone(),
+        config.clone(),
+        wake.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    tracker.spawn(follow_catalog(
+        CatalogFollower {
+            catalog: catalog_rx.clone(),
+            status: watcher.status(),
+            store: store.clone(),
+            keyring,
+            accounts: accounts.clone(),
+            defined,
+            wake: wake.clone(),
+            metrics: metrics.clone(),
+        },
+        shutdown.clone(),
+    ));
+    tracker.spawn(resync_loop(
+        store.clone(),
+        accounts,
+        metrics.clone(),
+        config.resync_interval,
+        shutdown.clone(),
+    ));
+    tracker.spawn(stats_loop(
+        store.clone(),
+        metrics.clone(),
+        ready,
+        shutdown.clone(),
+    ));
+    if let Some(pool) = store.postgres_pool() {
+        tracker.spawn(listen_loop(pool.clone(), wake.clone(), shutdown.clone()));
+    }
+    tracker.spawn(async move { watcher.join().await });
+    Ok(Running {
+        store,
+        metrics,
+        catalog: catalog_rx,
+        http,
+        wake,
+        tracker,
+    })
+}
+
+async fn work_loop(
+    executor: Arc<Executor>,
+    store: SqlStore,
+    config: DaemonConfig,
+    wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let workers = Arc::new(Semaphore::new(config.workers.max(1)));
+    let steps = TaskTracker::new();
+    let mut failures = 0u32;
+    while !shutdown.is_cancelled() {
+        let free = workers.available_permits();
+        if free == 0 {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                permit = workers.clone().acquire_owned() => drop(permit),
+            }
+            continue;
+        }
+        let want = u32::try_from(free).unwrap_or(u32::MAX).min(config.batch);
+        let claims = match store
+            .claim_due(&config.owner, want, config.lease.as_secs_f64())
+            .await
+        {
+            Ok(c) => {
+                failures = 0;
+                c
+            }
+            Err(e) => {
+                failures += 1;
+                let pause = Duration::from_millis(200 * u64::from(failures.min(25)));
+                tracing::error!(error = %e, retry_in = ?pause, "cannot claim work");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(pause) => {}
+                }
+                continue;
+            }
+        };
+        if claims.is_empty() {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = wake.notified() => {}
+                () = tokio::time::sleep(config.idle_poll) => {}
+            }
+            continue;
+        }
+        for claim in claims {
+            let Ok(permit) = workers.clone().acquire_owned().await else {
+                break;
+            };
+            let executor = executor.clone();
+            let metrics = metrics.clone();
+            let span = tracing::info_span!("step", instance = claim.instance.id);
+            metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+            steps.spawn(
+                async move {
+                    executor.step(claim).await;
+                    metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    drop(permit);
+                }
+                .instrument(span),
+            );
+        }
+    }
+    tracing::info!(
+        in_flight = steps.len(),
+        "stopped claiming; finishing the steps in flight"
+    );
+    steps.close();
+    steps.wait().await;
+    tracing::info!("all steps finished; leases given back");
+}
+
+struct CatalogFollower {
+    catalog: watch::Receiver<Arc<Catalog>>,
+    status: watch::Receiver<ReloadStatus>,
+    store: SqlStore,
+    keyring: Arc<Keyring>,
+    accounts: Arc<RwLock<Arc<Accounts>>>,
+    /// Accounts with the definition they were built from, reused while it is unchanged so
+    /// that their rate budgets survive reloads.
+    defined: HashMap<String, (ProviderAccount, Arc<Account>)>,
+    wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
+}
+
+async fn follow_catalog(mut f: CatalogFollower, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = f.catalog.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let catalog = f.catalog.borrow_and_update().clone();
+                match f.store.sync_revisions(&catalog).await {
+                    Ok(n) if n > 0 => tracing::info!(new_revisions = n, "recorded new product revisions"),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "cannot record product revisions"),
+                }
+                let built = build_accounts(&catalog, &f.store, &f.keyring);
+                let mut next = HashMap::new();
+                for a in catalog.accounts.values() {
+                    let reuse = f.defined.get(&a.id).filter(|(def, _)| def.module == a.module && def.settings == a.settings && def.rate_limit == a.rate_limit && def.endpoint == a.endpoint);
+                    let account = match reuse {
+                        Some((_, existing)) => existing.clone(),
+                        None => match built.get(&a.id) {
+                            Some(b) => b.clone(),
+                            None => continue,
+                        },
+                    };
+                    next.insert(a.id.clone(), (a.clone(), account));
+                }
+                f.defined = next;
+                let accounts: Accounts = f.defined.iter().map(|(k, (_, v))| (k.clone(), v.clone())).collect();
+                *f.accounts.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(accounts);
+                match f.store.wake_waiting().await {
+                    Ok(n) if n > 0 => tracing::info!(instances = n, "catalog changed: waiting instances are looked at again"),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "cannot wake waiting instances"),
+                }
+                f.metrics.catalog_reloads.fetch_add(1, Ordering::Relaxed);
+                f.wake.notify_one();
+            }
+            changed = f.status.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let s = f.status.borrow_and_update().clone();
+                f.metrics.catalog_reload_failures.store(s.failures, Ordering::Relaxed);
+                f.metrics.catalog_valid.store(i64::from(s.last_error.is_none()), Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+async fn listen_loop(pool: sqlx::PgPool, wake: Arc<Notify>, shutdown: CancellationToken) {
+    loop {
+        match sqlx::postgres::PgListener::connect_with(&pool).await {
+            Ok(mut listener) => {
+                if let Err(e) = listener.listen("provisioner_instances").await {
+                    tracing::warn!(error = %e, "cannot LISTEN for desired-state changes; polling only");
+                } else {
+                    loop {
+                        tokio::select! {
+                            () = shutdown.cancelled() => return,
+                            n = listener.recv() => match n {
+                                Ok(_) => wake.notify_one(),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");
+                                    break;
+                                }
+                            },
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot connect for LISTEN; polling only for now"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+async fn stats_loop(
+    store: SqlStore,
+    metrics: Arc<Metrics>,
+    ready: Arc<api::Readiness>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        match store.queue_stats().await {
+            Ok(s) => {
+                metrics.due_instances.store(s.due, Ordering::Relaxed);
+                metrics.leased_instances.store(s.leased, Ordering::Relaxed);
+                metrics.total_instances.store(s.total, Ordering::Relaxed);
+                ready.set_database(None);
+            }
+            Err(e) => ready.set_database(Some(e.to_string())),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+async fn resync_loop(
+    store: SqlStore,
+    accounts: Arc<RwLock<Arc<Accounts>>>,
+    metrics: Arc<Metrics>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let snapshot = accounts
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let mut orphans = 0;
+        for account in snapshot.values() {
+            if !account.provider.lists_servers() {
+                continue;
+            }
+            if !account.limiter.try_acquire_background() {
+                tracing::debug!(account = %account.id, "resync skipped: the rate budget is kept for mutations");
+                continue;
+            }
+            match resync_account(&store, account, &metrics).await {
+                Ok(n) => orphans += n,
+                Err(e) => tracing::warn!(account = %account.id, error = %e, "resync failed"),
+            }
+        }
+        metrics.orphans.store(orphans, Ordering::Relaxed);
+    }
+}
+
+/// Lists an account's servers and compares them with the store: records drift on instances
+/// nobody is working on, and reports orphans. Returns the number of orphans.
+///
+/// # Errors
+/// When the provider or the store cannot be read.
+pub async fn resync_account(
+    store: &SqlStore,
+    account: &Account,
+    metrics: &Metrics,
+) -> anyhow::Result<i64> {
+    let servers = account.provider.list_owned().await?;
+    metrics.provider_call(&account.id, "list", "ok");
+    let instances = store
+        .list_instances(&InstanceFilter {
+            provider_account: Some(account.id.clone()),
+            ..InstanceFilter::default()
+        })
+        .await?;
+    let by_id: HashMap<&str, &crate::provider::Server> =
+        servers.iter().map(|s| (s.id.as_str(), s)).collect();
+    // Servers created moments ago may not be listed yet; recent changes are left alone.
+    let settled_before = Utc::now()
+        - chrono::Duration::from_std(account.poll * 4 + Duration::from_secs(5)).unwrap_or_default();
+    for i in &instances {
+        let Some(server_id) = i.provider_server_id.as_deref() else {
+            continue;
+        };
+        if i.pending_action.is_some() || i.lease_owner.is_some() || i.updated_at > settled_before {
+            continue;
+        }
+        let server = by_id.get(server_id).map(|s| s.state);
+        let drift = match (i.observed_status, server) {
+            (ObservedStatus::Active | ObservedStatus::Suspended, None) => Some((
+                "gone",
+                ObservedStatus::Lost,
+                format!("server {server_id} is gone at the provider"),
+                NextCheck::Never,
+            )),
+            (ObservedStatus::Suspended, Some(PowerState::Running | PowerState::Starting)) => {
+                Some((
+                    "running_while_suspended",
+                    ObservedStatus::Active,
+                    format!("suspended server {server_id} found running"),
+                    NextCheck::Now,
+                ))
+            }
+            (ObservedStatus::Active, Some(PowerState::Off | PowerState::Stopping)) => Some((
+                "off_while_active",
+                ObservedStatus::Suspended,
+                format!("active server {server_id} found powered off"),
+                NextCheck::Now,
+            )),
+            _ => None,
+        };
+        let Some((kind, now_status, what, next)) = drift else {
+            continue;
+        };
+        let mut t = NewTransition::new(
+            Action::Observe,
+            Cause::Drift,
+            if now_status == ObservedStatus::Lost {
+                Outcome::Failed
+            } else {
+                Outcome::Succeeded
+            },
+        );
+        t.error = Some(what.clone());
+        let patch = ObservedPatch {
+            observed_status: Some(now_status),
+            status_reason: Some((now_status == ObservedStatus::Lost).then(|| what.clone())),
+            next_check: Some(next),
+            ..ObservedPatch::default()
+        };
+        if store
+            .record_drift(i.id, i.observed_status, &patch, &t)
+            .await?
+        {
+            metrics.drift(kind);
+            if now_status == ObservedStatus::Lost {
+                tracing::error!(
+                    instance = i.id,
+                    server = server_id,
+                    "drift: {what}; marked lost (not recreated)"
+                );
+            } else {
+                tracing::warn!(
+                    instance = i.id,
+                    server = server_id,
+                    "drift: {what}; reconciling"
+                );
+            }
+        }
+    }
+    let live: HashMap<i64, &crate::store::Instance> = instances
+        .iter()
+        .filter(|i| i.observed_status != ObservedStatus::Terminated)
+        .map(|i| (i.id, i))
+        .collect();
+    let mut orphans = 0;
+    for s in &servers {
+        let owner = s.instance_id.and_then(|id| live.get(&id));
+        let ours =
+            owner.is_some_and(|i| i.provider_server_id.as_deref().is_none_or(|id| id == s.id));
+        if !ours {
+            orphans += 1;
+            tracing::warn!(
+                account = %account.id,
+                server = %s.id,
+                name = %s.name,
+                label = ?s.instance_id,
+                "orphan server: it carries our label but belongs to no live instance"
+            );
+        }
+    }
+    Ok(orphans)
+}

@@ -1,0 +1,541 @@
+//! The planner: pure decisions, no I/O.
+//!
+//! [`plan`] takes an instance (desired and observed halves) and what the catalog says about its
+//! product, and returns the next [`Step`]. [`settle`] takes an action in flight and what the
+//! provider reports of the server, and says whether the action is done. Neither knows why it
+//! was called: the same state always gives the same answer (level-triggered).
+
+use std::time::Duration;
+
+use crate::provider::PowerState;
+use crate::store::{Action, DesiredStatus, Instance, ObservedStatus};
+
+/// What the catalog allows for an instance that has no server yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProductCheck {
+    /// The product exists, is active, and sells the location and OS asked for.
+    Sellable {
+        /// The product's stock cap, checked atomically when the create is recorded.
+        stock: Option<u32>,
+    },
+    /// Why nothing can be provisioned (unknown product, inactive, bad location or OS).
+    Blocked(String),
+}
+
+/// The next thing to do for an instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Observed matches desired: look again after the long poll interval.
+    Converged,
+    /// Cannot go on now (reason recorded); look again later.
+    Wait(String),
+    /// Nothing more will happen without a person or a billing change (final, failed, lost).
+    Idle(String),
+    /// Create the server.
+    Create,
+    /// An action is in flight: look at the server and settle it.
+    Poll(Action),
+    /// Power off for suspension.
+    Suspend,
+    /// Power on after suspension.
+    Unsuspend,
+    /// Reboot as requested.
+    Reboot,
+    /// Delete the server.
+    Terminate,
+    /// A reboot was asked while the server is suspended: count it as handled, call nothing.
+    SkipReboot,
+    /// Terminated before any server existed: record it terminated, call nothing.
+    Forget,
+}
+
+impl Step {
+    /// One line for `provisioner plan` and logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Step::Converged => "nothing to do: converged".into(),
+            Step::Wait(r) => format!("wait: {r}"),
+            Step::Idle(r) => format!("idle: {r}"),
+            Step::Create => "create the server".into(),
+            Step::Poll(a) => format!("look at the server: {a} in flight"),
+            Step::Suspend => "power off (suspend)".into(),
+            Step::Unsuspend => "power on (unsuspend)".into(),
+            Step::Reboot => "reboot".into(),
+            Step::Terminate => "delete the server (terminate)".into(),
+            Step::SkipReboot => "skip the reboot: the server is suspended".into(),
+            Step::Forget => "mark terminated: no server was ever created".into(),
+        }
+    }
+}
+
+/// The action implied by a transitional observed status, when no action is recorded in flight
+/// (a crash between two writes leaves the status but not the action).
+fn implied_action(status: ObservedStatus) -> Option<Action> {
+    match status {
+        ObservedStatus::Provisioning => Some(Action::Create),
+        ObservedStatus::Suspending => Some(Action::Suspend),
+        ObservedStatus::Unsuspending => Some(Action::Unsuspend),
+        ObservedStatus::Rebooting => Some(Action::Reboot),
+        ObservedStatus::Terminating => Some(Action::Terminate),
+        _ => None,
+    }
+}
+
+/// Decides the next step for `i`. `product` matters only while no server exists.
+pub fn plan(i: &Instance, product: &ProductCheck) -> Step {
+    use DesiredStatus as D;
+    use ObservedStatus as O;
+    if i.observed_status == O::Terminated {
+        return Step::Idle("terminated".into());
+    }
+    if let Some(action) = i.pending_action.as_deref().and_then(|a| a.parse().ok()) {
+        return Step::Poll(action);
+    }
+    if let Some(action) = implied_action(i.observed_status) {
+        return Step::Poll(action);
+    }
+    let has_server = i.provider_server_id.is_some();
+    if i.desired_status == D::Terminated {
+        return if has_server {
+            Step::Terminate
+        } else {
+            Step::Forget
+        };
+    }
+    match i.observed_status {
+        O::Failed => {
+            return Step::Idle(format!(
+                "failed: {}; fix the cause, then `provisioner instances retry {}`",
+                i.status_reason.as_deref().unwrap_or("no reason recorded"),
+                i.id
+            ));
+        }
+        O::Lost => {
+            return Step::Idle(
+                "lost: the server vanished at the provider; it is not recreated silently".into(),
+            );
+        }
+        _ => {}
+    }
+    let reboot_due = i.reboot_handled < i.reboot_requested;
+    match (i.desired_status, i.observed_status) {
+        (D::Active, O::Pending) => match product {
+            ProductCheck::Sellable { .. } => Step::Create,
+            ProductCheck::Blocked(reason) => Step::Wait(reason.clone()),
+        },
+        (D::Suspended, O::Pending) => Step::Wait(
+            "suspended before it was provisioned: nothing is created until it is active".into(),
+        ),
+        (D::Active, O::Active) if reboot_due => Step::Reboot,
+        (D::Active, O::Active) => Step::Converged,
+        (D::Active, O::Suspended) => Step::Unsuspend,
+        (D::Suspended, O::Active) => Step::Suspend,
+        (D::Suspended, O::Suspended) if reboot_due => Step::SkipReboot,
+        (D::Suspended, O::Suspended) => Step::Converged,
+        // Every other status was handled above (terminated, failed, lost, transitional).
+        _ => Step::Poll(Action::Observe),
+    }
+}
+
+/// Timing of in-flight actions.
+#[derive(Debug, Clone, Copy)]
+pub struct SettleTiming {
+    /// How long a just-created server may be missing from the provider's answers before it
+    /// counts as gone (APIs are eventually consistent).
+    pub create_grace: Duration,
+    /// How long a graceful shutdown may take before a hard power-off.
+    pub graceful_off: Duration,
+    /// How long an action may take before it is sent again.
+    pub stuck_after: Duration,
+}
+
+/// Where an in-flight action stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Done; the instance is now in this observed status.
+    Done(ObservedStatus),
+    /// Still going: look again soon.
+    Continue,
+    /// The graceful shutdown took too long: power off hard.
+    HardPowerOff,
+    /// The action took too long: send it again (every call is idempotent).
+    Resend,
+    /// The server is gone without being asked to.
+    Missing,
+}
+
+/// Settles `action`, in flight for `elapsed`, against the server's state (`None`: the provider
+/// does not know the server). `hard_sent` says a hard power-off was sent already.
+pub fn settle(
+    action: Action,
+    server: Option<PowerState>,
+    elapsed: Duration,
+    hard_sent: bool,
+    timing: &SettleTiming,
+) -> Settled {
+    use PowerState as P;
+    let late = elapsed >= timing.stuck_after;
+    let waiting = if late {
+        Settled::Resend
+    } else {
+        Settled::Continue
+    };
+    match (action, server) {
+        (Action::Terminate, None) => Settled::Done(ObservedStatus::Terminated),
+        (Action::Terminate, Some(_)) => waiting,
+        (Action::Create, None) if elapsed < timing.create_grace => Settled::Continue,
+        (_, None) => Settled::Missing,
+        (Action::Create | Action::Unsuspend | Action::Reboot | Action::Adopt, Some(P::Running)) => {
+            Settled::Done(ObservedStatus::Active)
+        }
+        (Action::Suspend, Some(P::Off)) => Settled::Done(ObservedStatus::Suspended),
+        (Action::Suspend, Some(P::Running | P::Stopping))
+            if elapsed >= timing.graceful_off && !hard_sent =>
+        {
+            Settled::HardPowerOff
+        }
+        (Action::Observe, Some(P::Running)) => Settled::Done(ObservedStatus::Active),
+        (Action::Observe, Some(P::Off)) => Settled::Done(ObservedStatus::Suspended),
+        (Action::Observe, Some(_)) => Settled::Continue,
+        (Action::Create, Some(P::Creating | P::Starting)) => {
+            // A create is never "sent again": the provider has the server, it is just slow.
+            Settled::Continue
+        }
+        _ => waiting,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+
+    fn instance(desired: DesiredStatus, observed: ObservedStatus) -> Instance {
+        let now = Utc::now();
+        Instance {
+            id: 7,
+            customer_id: "c".into(),
+            order_id: None,
+            product_id: "vps".into(),
+            location: None,
+            os_image: None,
+            hostname: None,
+            ssh_keys: None,
+            desired_status: desired,
+            suspend_reason: None,
+            reboot_requested: 0,
+            desired_generation: 1,
+            desired_changed_at: now,
+            observed_generation: 0,
+            observed_status: observed,
+            status_reason: None,
+            provider_account: None,
+            provider_server_id: None,
+            ipv4: None,
+            ipv6: None,
+            product_revision: None,
+            reboot_handled: 0,
+            credentials: None,
+            last_error: None,
+            attempts: 0,
+            pending_action: None,
+            pending_action_id: None,
+            pending_since: None,
+            next_check_at: Some(now),
+            lease_owner: None,
+            lease_expires_at: None,
+            lease_epoch: 1,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    const OK: ProductCheck = ProductCheck::Sellable { stock: None };
+
+    struct Case {
+        says: &'static str,
+        desired: DesiredStatus,
+        observed: ObservedStatus,
+        server: bool,
+        reboots: (i64, i64),
+        pending: Option<Action>,
+        product: ProductCheck,
+        expect: Step,
+    }
+
+    fn case(
+        says: &'static str,
+        desired: DesiredStatus,
+        observed: ObservedStatus,
+        expect: Step,
+    ) -> Case {
+        Case {
+            says,
+            desired,
+            observed,
+            server: !matches!(observed, ObservedStatus::Pending),
+            reboots: (0, 0),
+            pending: None,
+            product: OK,
+            expect,
+        }
+    }
+
+    #[test]
+    fn every_desired_and_observed_combination_has_a_step() {
+        use DesiredStatus as D;
+        use ObservedStatus as O;
+        let blocked = ProductCheck::Blocked("unknown product `x`".into());
+        let cases = vec![
+            case("A paid order with nothing done yet is created.", D::Active, O::Pending, Step::Create),
+            Case { product: blocked.clone(), ..case("An order for an unknown product waits with the reason.", D::Active, O::Pending, Step::Wait("unknown product `x`".into())) },
+            case("A running server that should run is converged.", D::Active, O::Active, Step::Converged),
+            case("A suspended server that should run is powered on.", D::Active, O::Suspended, Step::Unsuspend),
+            case("A running server that should be suspended is powered off.", D::Suspended, O::Active, Step::Suspend),
+            case("A suspended server that should be suspended is converged.", D::Suspended, O::Suspended, Step::Converged),
+            case("An order suspended before provisioning waits without creating anything.", D::Suspended, O::Pending, Step::Wait("suspended before it was provisioned: nothing is created until it is active".into())),
+            case("A running server that should be terminated is deleted.", D::Terminated, O::Active, Step::Terminate),
+            case("A suspended server that should be terminated is deleted.", D::Terminated, O::Suspended, Step::Terminate),
+            case("An order cancelled before provisioning is marked terminated without a call.", D::Terminated, O::Pending, Step::Forget),
+            case("A terminated instance is final whatever billing says.", D::Active, O::Terminated, Step::Idle("terminated".into())),
+            case("A terminated instance that should be terminated stays idle.", D::Terminated, O::Terminated, Step::Idle("terminated".into())),
+            case("A lost server is not recreated silently.", D::Active, O::Lost, Step::Idle("lost: the server vanished at the provider; it is not recreated silently".into())),
+            Case { server: false, ..case("A lost server that should be terminated is marked terminated.", D::Terminated, O::Lost, Step::Forget) },
+            case("A failed instance with a server that should be terminated is deleted.", D::Terminated, O::Failed, Step::Terminate),
+            case("A failed instance waits for a person.", D::Active, O::Failed, Step::Idle("failed: no reason recorded; fix the cause, then `provisioner instances retry 7`".into())),
+            case("A server left provisioning by a crash is looked at.", D::Active, O::Provisioning, Step::Poll(Action::Create)),
+            case("A server left suspending by a crash is looked at.", D::Suspended, O::Suspending, Step::Poll(Action::Suspend)),
+            case("A server left unsuspending by a crash is looked at.", D::Active, O::Unsuspending, Step::Poll(Action::Unsuspend)),
+            case("A server left rebooting by a crash is looked at.", D::Active, O::Rebooting, Step::Poll(Action::Reboot)),
+            case("A server left terminating by a crash is looked at.", D::Terminated, O::Terminating, Step::Poll(Action::Terminate)),
+            Case { pending: Some(Action::Create), ..case("A create in flight is followed, whatever billing wants now.", D::Terminated, O::Provisioning, Step::Poll(Action::Create)) },
+            Case { pending: Some(Action::Suspend), ..case("A suspension in flight is followed before anything else.", D::Active, O::Suspending, Step::Poll(Action::Suspend)) },
+            Case { pending: Some(Action::Observe), ..case("A retried failed instance is looked at first.", D::Active, O::Failed, Step::Poll(Action::Observe)) },
+            Case { reboots: (1, 0), ..case("A requested reboot of a running server is carried out.", D::Active, O::Active, Step::Reboot) },
+            Case { reboots: (3, 3), ..case("Reboots all handled: converged.", D::Active, O::Active, Step::Converged) },
+            Case { reboots: (1, 0), ..case("A reboot asked while suspended is skipped, not carried out.", D::Suspended, O::Suspended, Step::SkipReboot) },
+            Case { reboots: (2, 1), ..case("Suspension comes before a pending reboot.", D::Suspended, O::Active, Step::Suspend) },
+            Case { reboots: (1, 0), ..case("Unsuspension comes before a pending reboot.", D::Active, O::Suspended, Step::Unsuspend) },
+            Case { reboots: (1, 0), ..case("Termination beats a pending reboot.", D::Terminated, O::Active, Step::Terminate) },
+        ];
+        for c in cases {
+            let mut i = instance(c.desired, c.observed);
+            if c.server {
+                i.provider_server_id = Some("srv-1".into());
+            }
+            i.reboot_requested = c.reboots.0;
+            i.reboot_handled = c.reboots.1;
+            i.pending_action = c.pending.map(|a| a.as_str().to_owned());
+            assert_eq!(plan(&i, &c.product), c.expect, "{}", c.says);
+        }
+    }
+
+    #[test]
+    fn settling_actions_against_what_the_provider_reports() {
+        use PowerState as P;
+        let t = SettleTiming {
+            create_grace: Duration::from_secs(30),
+            graceful_off: Duration::from_secs(60),
+            stuck_after: Duration::from_secs(300),
+        };
+        let s = Duration::from_secs;
+        /// Sentence, action in flight, server state, time in flight, hard off sent, expected.
+        type SettleCase = (
+            &'static str,
+            Action,
+            Option<PowerState>,
+            Duration,
+            bool,
+            Settled,
+        );
+        let cases: Vec<SettleCase> = vec![
+            (
+                "A created server that runs is active.",
+                Action::Create,
+                Some(P::Running),
+                s(5),
+                false,
+                Settled::Done(ObservedStatus::Active),
+            ),
+            (
+                "A server still booting is waited for.",
+                Action::Create,
+                Some(P::Creating),
+                s(5),
+                false,
+                Settled::Continue,
+            ),
+            (
+                "A slow create is waited for, never sent again.",
+                Action::Create,
+                Some(P::Creating),
+                s(900),
+                false,
+                Settled::Continue,
+            ),
+            (
+                "A just-created server missing from the API is given a grace period.",
+                Action::Create,
+                None,
+                s(5),
+                false,
+                Settled::Continue,
+            ),
+            (
+                "A created server still missing after the grace period is gone.",
+                Action::Create,
+                None,
+                s(60),
+                false,
+                Settled::Missing,
+            ),
+            (
+                "A server that is off is suspended.",
+                Action::Suspend,
+                Some(P::Off),
+                s(5),
+                false,
+                Settled::Done(ObservedStatus::Suspended),
+            ),
+            (
+                "A graceful shutdown in progress is waited for.",
+                Action::Suspend,
+                Some(P::Stopping),
+                s(10),
+                false,
+                Settled::Continue,
+            ),
+            (
+                "A server ignoring the shutdown is powered off hard.",
+                Action::Suspend,
+                Some(P::Running),
+                s(61),
+                false,
+                Settled::HardPowerOff,
+            ),
+            (
+                "After the hard power-off, it is waited for.",
+                Action::Suspend,
+                Some(P::Running),
+                s(61),
+                true,
+                Settled::Continue,
+            ),
+            (
+                "A hard power-off that does not take is sent again.",
+                Action::Suspend,
+                Some(P::Running),
+                s(301),
+                true,
+                Settled::Resend,
+            ),
+            (
+                "A server vanishing during suspension is missing.",
+                Action::Suspend,
+                None,
+                s(5),
+                false,
+                Settled::Missing,
+            ),
+            (
+                "A powered-on server is active again.",
+                Action::Unsuspend,
+                Some(P::Running),
+                s(5),
+                false,
+                Settled::Done(ObservedStatus::Active),
+            ),
+            (
+                "A server still starting is waited for.",
+                Action::Unsuspend,
+                Some(P::Starting),
+                s(5),
+                false,
+                Settled::Continue,
+            ),
+            (
+                "A power-on that never takes is sent again.",
+                Action::Unsuspend,
+                Some(P::Off),
+                s(301),
+                false,
+                Settled::Resend,
+            ),
+            (
+                "A rebooted server that runs again is done.",
+                Action::Reboot,
+                Some(P::Running),
+                s(5),
+                false,
+                Settled::Done(ObservedStatus::Active),
+            ),
+            (
+                "A reboot in progress is waited for.",
+                Action::Reboot,
+                Some(P::Rebooting),
+                s(5),
+                false,
+                Settled::Continue,
+            ),
+            (
+                "A deleted server is terminated.",
+                Action::Terminate,
+                None,
+                s(5),
+                false,
+                Settled::Done(ObservedStatus::Terminated),
+            ),
+            (
+                "A server being deleted is waited for.",
+                Action::Terminate,
+                Some(P::Deleting),
+                s(5),
+                false,
+                Settled::Continue,
+            ),
+            (
+                "A delete that never takes is sent again.",
+                Action::Terminate,
+                Some(P::Running),
+                s(301),
+                false,
+                Settled::Resend,
+            ),
+            (
+                "A re-observed running server is active.",
+                Action::Observe,
+                Some(P::Running),
+                s(1),
+                false,
+                Settled::Done(ObservedStatus::Active),
+            ),
+            (
+                "A re-observed server that is off is suspended.",
+                Action::Observe,
+                Some(P::Off),
+                s(1),
+                false,
+                Settled::Done(ObservedStatus::Suspended),
+            ),
+            (
+                "A re-observed server in transition is looked at again.",
+                Action::Observe,
+                Some(P::Starting),
+                s(1),
+                false,
+                Settled::Continue,
+            ),
+            (
+                "A re-observed server that is gone is missing.",
+                Action::Observe,
+                None,
+                s(1),
+                false,
+                Settled::Missing,
+            ),
+        ];
+        for (says, action, server, elapsed, hard, expect) in cases {
+            assert_eq!(settle(action, server, elapsed, hard, &t), expect, "{says}");
+        }
+    }
+}

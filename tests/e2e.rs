@@ -1,0 +1,425 @@
+//! End to end: the real `provisioner run` binary as a separate process, driven the way billing
+//! drives it (writes to the database), against the simulated cloud. SQLite and PostgreSQL.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use provisioner::provider::sim;
+use provisioner::reconcile::execute::desired_met;
+use provisioner::store::{
+    ConnectOptions, DesiredStatus, Instance, InstanceFilter, NewInstance, SqlStore, Store,
+};
+
+const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const PATIENCE: Duration = Duration::from_secs(120);
+
+/// A catalog with one fast, slightly faulty simulated account.
+fn write_catalog(dir: &Path) -> PathBuf {
+    let catalog = dir.join("catalog");
+    std::fs::create_dir_all(&catalog).unwrap();
+    std::fs::write(
+        catalog.join("e2e.yaml"),
+        "apiVersion: provisioner/v1
+kind: ProviderAccount
+id: sim-e2e
+module: sim
+simulation: {boot_seconds: 0.3, action_seconds: 0.2, latency_ms: 1, fault_rate: 0.05}
+---
+apiVersion: provisioner/v1
+kind: Product
+id: e2e-vps
+name: E2E VPS
+type: vps
+specs: {cpu_cores: 1, ram_gb: 1, storage_gb: 10}
+pricing: {currency: EUR, monthly: \"1.00\"}
+locations: [sim-1]
+os_images: [debian-12]
+provisioning: {account: sim-e2e}
+",
+    )
+    .unwrap();
+    catalog
+}
+
+/// A daemon process; killed when dropped.
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+    owner: String,
+}
+
+impl Daemon {
+    fn start(url: &str, catalog: &Path, dir: &Path, owner: &str) -> Daemon {
+        let log = dir.join(format!("{owner}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_provisioner"))
+            .args([
+                "--database-url",
+                url,
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--workers",
+                "32",
+            ])
+            .args([
+                "--idle-poll-ms",
+                "20",
+                "--resync-seconds",
+                "1",
+                "--lease-seconds",
+                "3",
+            ])
+            .arg("--catalog")
+            .arg(catalog)
+            .args(["--owner", owner])
+            .env("PROVISIONER_SECRET_KEY", KEY)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start provisioner run");
+        Daemon {
+            child,
+            log,
+            owner: owner.to_owned(),
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The address of the daemon's HTTP endpoints, from its log.
+    async fn http(&self) -> String {
+        let start = Instant::now();
+        loop {
+            if let Some(addr) = self
+                .log()
+                .lines()
+                .find(|l| l.contains("serving /healthz"))
+                .and_then(|l| l.split("address=").nth(1))
+                .and_then(|rest| rest.split_whitespace().next())
+            {
+                return addr.to_owned();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "daemon {} never served HTTP:\n{}",
+                self.owner,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn kill9(&mut self) {
+        self.child.kill().expect("SIGKILL the daemon");
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then the exit status (a graceful drain exits 0).
+    async fn terminate(&mut self) -> Option<i32> {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "daemon {} did not stop on SIGTERM:\n{}",
+                self.owner,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the daemon");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+async fn all_instances(store: &SqlStore) -> Vec<Instance> {
+    store
+        .list_instances(&InstanceFilter::default())
+        .await
+        .unwrap()
+}
+
+/// Waits until every instance is what billing asked for.
+async fn converge(store: &SqlStore, what: &str, daemons: &[&Daemon]) {
+    let start = Instant::now();
+    loop {
+        let all = all_instances(store).await;
+        if all.iter().all(desired_met) {
+            return;
+        }
+        if start.elapsed() > PATIENCE {
+            let stuck: Vec<String> = all
+                .iter()
+                .filter(|i| !desired_met(i))
+                .take(5)
+                .map(|i| {
+                    format!(
+                        "{} desired {} observed {} reason {:?} error {:?}",
+                        i.id, i.desired_status, i.observed_status, i.status_reason, i.last_error
+                    )
+                })
+                .collect();
+            let logs: Vec<String> = daemons
+                .iter()
+                .map(|d| {
+                    d.log()
+                        .lines()
+                        .rev()
+                        .take(20)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                })
+                .collect();
+            panic!(
+                "{what}: not converged after {PATIENCE:?}; e.g. {stuck:#?}\nlogs:\n{}",
+                logs.join("\n---\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn order(store: &SqlStore, n: usize) -> Vec<i64> {
+    let mut ids = Vec::with_capacity(n);
+    for k in 0..n {
+        let i = store
+            .create_instance(&NewInstance {
+                customer_id: format!("cust-{}", k % 17),
+                product_id: "e2e-vps".into(),
+                ..NewInstance::default()
+            })
+            .await
+            .unwrap();
+        ids.push(i.id);
+    }
+    ids
+}
+
+/// Every instance's log holds each step of the life it went through, in order.
+async fn every_step_is_logged(store: &SqlStore, ids: &[i64]) {
+    let expected = [
+        ("create", "active"),
+        ("suspend", "suspended"),
+        ("unsuspend", "active"),
+        ("reboot", "active"),
+        ("terminate", "terminated"),
+    ];
+    for id in ids {
+        let history = store.history(*id).await.unwrap();
+        let done: Vec<(&str, &str)> = history
+            .iter()
+            .filter(|t| t.outcome == "succeeded" && t.from_status != t.to_status)
+            .map(|t| (t.action.as_str(), t.to_status.as_deref().unwrap_or("")))
+            .filter(|(a, _)| *a != "observe")
+            .collect();
+        let mut position = 0;
+        for step in expected {
+            match done[position..].iter().position(|d| *d == step) {
+                Some(p) => position += p + 1,
+                None => panic!("instance {id}: {step:?} missing from its transition log {done:?}"),
+            }
+        }
+        assert!(
+            history
+                .iter()
+                .any(|t| t.outcome == "started" && t.action == "create"),
+            "instance {id}: the create's intent was recorded before the call"
+        );
+    }
+}
+
+async fn lifecycle(url: &str, dir: &Path) {
+    let catalog = write_catalog(dir);
+    let mut first = Daemon::start(url, &catalog, dir, "daemon-a");
+    let store = SqlStore::open(url, &ConnectOptions::default())
+        .await
+        .unwrap();
+    let ids = order(&store, 200).await;
+
+    // Kill the daemon with SIGKILL while it is creating servers.
+    let start = Instant::now();
+    loop {
+        let started = all_instances(&store)
+            .await
+            .iter()
+            .filter(|i| i.provider_server_id.is_some())
+            .count();
+        if started >= 40 {
+            break;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "no progress before the kill:\n{}",
+            first.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.kill9();
+    let mut second = Daemon::start(url, &catalog, dir, "daemon-b");
+    converge(&store, "provisioning after a SIGKILL", &[&second]).await;
+
+    let http = second.http().await;
+    assert!(
+        http_get(&http, "/healthz").starts_with("HTTP/1.0 200")
+            || http_get(&http, "/healthz").starts_with("HTTP/1.1 200")
+    );
+    let metrics = http_get(&http, "/metrics");
+    assert!(
+        metrics.contains("provisioner_reconciles_total{outcome="),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "provisioner_provider_calls_total{account=\"sim-e2e\",call=\"create\",result=\"ok\"}"
+        ),
+        "{metrics}"
+    );
+
+    for id in &ids {
+        store
+            .set_desired(*id, DesiredStatus::Suspended, Some("non-payment"))
+            .await
+            .unwrap();
+    }
+    converge(&store, "suspension", &[&second]).await;
+    for id in &ids {
+        store
+            .set_desired(*id, DesiredStatus::Active, None)
+            .await
+            .unwrap();
+    }
+    converge(&store, "unsuspension", &[&second]).await;
+    for id in &ids {
+        store.request_reboot(*id).await.unwrap();
+    }
+    converge(&store, "reboots", &[&second]).await;
+    assert!(all_instances(&store)
+        .await
+        .iter()
+        .all(|i| i.reboot_handled == 1));
+    for id in &ids {
+        store
+            .set_desired(*id, DesiredStatus::Terminated, Some("cancelled"))
+            .await
+            .unwrap();
+    }
+    converge(&store, "termination", &[&second]).await;
+
+    assert_eq!(
+        second.terminate().await,
+        Some(0),
+        "a graceful stop exits 0:\n{}",
+        second.log()
+    );
+    let ledger = sim::ledger(&store).await.unwrap();
+    assert_eq!(
+        ledger.duplicated_instances, 0,
+        "no instance ever got two servers: {ledger:?}"
+    );
+    assert_eq!(
+        ledger.created, 200,
+        "one server per instance, even across the SIGKILL: {ledger:?}"
+    );
+    assert_eq!((ledger.live, ledger.orphans), (0, 0), "{ledger:?}");
+    every_step_is_logged(&store, &ids).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_on_sqlite_survives_a_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("e2e.db").display());
+    lifecycle(&url, dir.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_on_postgres_survives_a_sigkill() {
+    let Some(url) = common::fresh_postgres_url().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    lifecycle(&url, dir.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_share_one_postgres_without_overlap() {
+    let Some(url) = common::fresh_postgres_url().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = write_catalog(dir.path());
+    let a = Daemon::start(&url, &catalog, dir.path(), "daemon-a");
+    let b = Daemon::start(&url, &catalog, dir.path(), "daemon-b");
+    let store = SqlStore::open(&url, &ConnectOptions::default())
+        .await
+        .unwrap();
+    let ids = order(&store, 200).await;
+    converge(&store, "provisioning by two daemons", &[&a, &b]).await;
+    for id in &ids {
+        store
+            .set_desired(*id, DesiredStatus::Suspended, None)
+            .await
+            .unwrap();
+    }
+    converge(&store, "suspension by two daemons", &[&a, &b]).await;
+
+    let mut by_owner: HashMap<String, usize> = HashMap::new();
+    for id in &ids {
+        let history = store.history(*id).await.unwrap();
+        // A step's intent and its outcome are written by the same worker, with nobody else's
+        // transition in between: no instance is worked on by two daemons at once.
+        let mut open: Option<(&str, String)> = None;
+        for t in &history {
+            let by = t.details["by"].as_str().unwrap_or("?").to_owned();
+            *by_owner.entry(by.clone()).or_default() += 1;
+            if let Some((action, owner)) = &open {
+                assert_eq!(&by, owner, "instance {id}: {action} started by {owner}, next transition by {by}: {history:#?}");
+                if t.action == *action && t.outcome != "started" {
+                    open = None;
+                }
+            }
+            if t.outcome == "started" {
+                open = Some((t.action.as_str(), by));
+            }
+        }
+    }
+    assert!(
+        by_owner.get("daemon-a").copied().unwrap_or(0) > 0,
+        "daemon-a did work: {by_owner:?}"
+    );
+    assert!(
+        by_owner.get("daemon-b").copied().unwrap_or(0) > 0,
+        "daemon-b did work: {by_owner:?}"
+    );
+    let ledger = sim::ledger(&store).await.unwrap();
+    assert_eq!(ledger.duplicated_instances, 0, "{ledger:?}");
+    assert_eq!(ledger.created, 200, "{ledger:?}");
+}
