@@ -104,7 +104,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 60.0)]
     pub resync_seconds: f64,
     /// Milliseconds between looks for due work when nothing wakes the daemon.
-    #[arg(long, default_value_t = 250)]
+    #[arg(long, default_value_t = 100)]
     pub idle_poll_ms: u64,
     /// Seconds a claim holds an instance before another daemon may take it over.
     #[arg(long, default_value_t = 60.0)]

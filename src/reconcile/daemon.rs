@@ -80,7 +80,7 @@ impl DaemonConfig {
             workers: 32,
             batch: 64,
             lease: Duration::from_secs(60),
-            idle_poll: Duration::from_millis(250),
+            idle_poll: Duration::from_millis(100),
             resync_interval: Duration::from_secs(60),
             owner: format!("{host}:{}", std::process::id()),
             timing: Timing::default(),
@@ -521,97 +521,37 @@ pub async fn resync_account(
 ) -> anyhow::Result<i64> {
     let servers = account.provider.list_owned().await?;
     metrics.provider_call(&account.id, "list", "ok");
-    let instances = store
-        .list_instances(&InstanceFilter {
-            provider_account: Some(account.id.clone()),
-            ..InstanceFilter::default()
-        })
-        .await?;
     let by_id: HashMap<&str, &crate::provider::Server> =
         servers.iter().map(|s| (s.id.as_str(), s)).collect();
     // Servers created moments ago may not be listed yet; recent changes are left alone.
     let settled_before = Utc::now()
         - chrono::Duration::from_std(account.poll * 4 + Duration::from_secs(5)).unwrap_or_default();
-    for i in &instances {
-        let Some(server_id) = i.provider_server_id.as_deref() else {
-            continue;
-        };
-        if i.pending_action.is_some() || i.lease_owner.is_some() || i.updated_at > settled_before {
-            continue;
-        }
-        let server = by_id.get(server_id).map(|s| s.state);
-        let drift = match (i.observed_status, server) {
-            (ObservedStatus::Active | ObservedStatus::Suspended, None) => Some((
-                "gone",
-                ObservedStatus::Lost,
-                format!("server {server_id} is gone at the provider"),
-                NextCheck::Never,
-            )),
-            (ObservedStatus::Suspended, Some(PowerState::Running | PowerState::Starting)) => {
-                Some((
-                    "running_while_suspended",
-                    ObservedStatus::Active,
-                    format!("suspended server {server_id} found running"),
-                    NextCheck::Now,
-                ))
+    // Live instances of the account and their server, for the orphan check. Instances are
+    // read a page at a time, so a large account never sits in memory whole.
+    let mut live: HashMap<i64, Option<String>> = HashMap::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list_instances(&InstanceFilter {
+                provider_account: Some(account.id.clone()),
+                after_id: after,
+                limit: Some(1000),
+                ..InstanceFilter::default()
+            })
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        for i in &page {
+            if i.observed_status != ObservedStatus::Terminated {
+                live.insert(i.id, i.provider_server_id.clone());
             }
-            (ObservedStatus::Active, Some(PowerState::Off | PowerState::Stopping)) => Some((
-                "off_while_active",
-                ObservedStatus::Suspended,
-                format!("active server {server_id} found powered off"),
-                NextCheck::Now,
-            )),
-            _ => None,
-        };
-        let Some((kind, now_status, what, next)) = drift else {
-            continue;
-        };
-        let mut t = NewTransition::new(
-            Action::Observe,
-            Cause::Drift,
-            if now_status == ObservedStatus::Lost {
-                Outcome::Failed
-            } else {
-                Outcome::Succeeded
-            },
-        );
-        t.error = Some(what.clone());
-        let patch = ObservedPatch {
-            observed_status: Some(now_status),
-            status_reason: Some((now_status == ObservedStatus::Lost).then(|| what.clone())),
-            next_check: Some(next),
-            ..ObservedPatch::default()
-        };
-        if store
-            .record_drift(i.id, i.observed_status, &patch, &t)
-            .await?
-        {
-            metrics.drift(kind);
-            if now_status == ObservedStatus::Lost {
-                tracing::error!(
-                    instance = i.id,
-                    server = server_id,
-                    "drift: {what}; marked lost (not recreated)"
-                );
-            } else {
-                tracing::warn!(
-                    instance = i.id,
-                    server = server_id,
-                    "drift: {what}; reconciling"
-                );
-            }
+            drift(store, i, &by_id, settled_before, metrics).await?;
         }
     }
-    let live: HashMap<i64, &crate::store::Instance> = instances
-        .iter()
-        .filter(|i| i.observed_status != ObservedStatus::Terminated)
-        .map(|i| (i.id, i))
-        .collect();
     let mut orphans = 0;
     for s in &servers {
         let owner = s.instance_id.and_then(|id| live.get(&id));
-        let ours =
-            owner.is_some_and(|i| i.provider_server_id.as_deref().is_none_or(|id| id == s.id));
+        let ours = owner.is_some_and(|server| server.as_deref().is_none_or(|id| id == s.id));
         if !ours {
             orphans += 1;
             tracing::warn!(
@@ -624,4 +564,77 @@ pub async fn resync_account(
         }
     }
     Ok(orphans)
+}
+
+/// Compares one instance nobody is working on with its server as listed, and records drift.
+async fn drift(
+    store: &SqlStore,
+    i: &crate::store::Instance,
+    servers: &HashMap<&str, &crate::provider::Server>,
+    settled_before: chrono::DateTime<Utc>,
+    metrics: &Metrics,
+) -> anyhow::Result<()> {
+    let Some(server_id) = i.provider_server_id.as_deref() else {
+        return Ok(());
+    };
+    if i.pending_action.is_some() || i.lease_owner.is_some() || i.updated_at > settled_before {
+        return Ok(());
+    }
+    let state = servers.get(server_id).map(|s| s.state);
+    let found = match (i.observed_status, state) {
+        (ObservedStatus::Active | ObservedStatus::Suspended, None) => (
+            "gone",
+            ObservedStatus::Lost,
+            format!("server {server_id} is gone at the provider"),
+            NextCheck::Never,
+        ),
+        (ObservedStatus::Suspended, Some(PowerState::Running | PowerState::Starting)) => (
+            "running_while_suspended",
+            ObservedStatus::Active,
+            format!("suspended server {server_id} found running"),
+            NextCheck::Now,
+        ),
+        (ObservedStatus::Active, Some(PowerState::Off | PowerState::Stopping)) => (
+            "off_while_active",
+            ObservedStatus::Suspended,
+            format!("active server {server_id} found powered off"),
+            NextCheck::Now,
+        ),
+        _ => return Ok(()),
+    };
+    let (kind, now_status, what, next) = found;
+    let lost = now_status == ObservedStatus::Lost;
+    let outcome = if lost {
+        Outcome::Failed
+    } else {
+        Outcome::Succeeded
+    };
+    let mut t = NewTransition::new(Action::Observe, Cause::Drift, outcome);
+    t.error = Some(what.clone());
+    let patch = ObservedPatch {
+        observed_status: Some(now_status),
+        status_reason: Some(lost.then(|| what.clone())),
+        next_check: Some(next),
+        ..ObservedPatch::default()
+    };
+    if store
+        .record_drift(i.id, i.observed_status, &patch, &t)
+        .await?
+    {
+        metrics.drift(kind);
+        if lost {
+            tracing::error!(
+                instance = i.id,
+                server = server_id,
+                "drift: {what}; marked lost (not recreated)"
+            );
+        } else {
+            tracing::warn!(
+                instance = i.id,
+                server = server_id,
+                "drift: {what}; reconciling"
+            );
+        }
+    }
+    Ok(())
 }

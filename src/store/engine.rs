@@ -11,6 +11,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::sqlite::{
@@ -217,10 +218,10 @@ enum Val {
     Json(Value),
 }
 
-/// A result row, by column name.
+/// A result row, by column name (the names are shared by all rows of a result).
 #[derive(Debug, Clone)]
 pub(crate) struct Row {
-    names: Vec<String>,
+    names: std::sync::Arc<[String]>,
     values: Vec<Val>,
 }
 
@@ -291,11 +292,15 @@ impl Row {
     }
 }
 
-fn sqlite_row(row: &SqliteRow) -> Result<Row, sqlx::Error> {
-    let mut names = Vec::with_capacity(row.len());
+fn column_names<R: sqlx::Row>(rows: &[R]) -> std::sync::Arc<[String]> {
+    rows.first()
+        .map(|r| r.columns().iter().map(|c| c.name().to_owned()).collect())
+        .unwrap_or_else(|| std::sync::Arc::from(Vec::new()))
+}
+
+fn sqlite_row(row: &SqliteRow, names: &std::sync::Arc<[String]>) -> Result<Row, sqlx::Error> {
     let mut values = Vec::with_capacity(row.len());
-    for (i, column) in row.columns().iter().enumerate() {
-        names.push(column.name().to_owned());
+    for i in 0..row.len() {
         let raw = row.try_get_raw(i)?;
         let value = if raw.is_null() {
             Val::Null
@@ -308,14 +313,15 @@ fn sqlite_row(row: &SqliteRow) -> Result<Row, sqlx::Error> {
         };
         values.push(value);
     }
-    Ok(Row { names, values })
+    Ok(Row {
+        names: names.clone(),
+        values,
+    })
 }
 
-fn pg_row(row: &PgRow) -> Result<Row, sqlx::Error> {
-    let mut names = Vec::with_capacity(row.len());
+fn pg_row(row: &PgRow, names: &std::sync::Arc<[String]>) -> Result<Row, sqlx::Error> {
     let mut values = Vec::with_capacity(row.len());
     for (i, column) in row.columns().iter().enumerate() {
-        names.push(column.name().to_owned());
         let raw = row.try_get_raw(i)?;
         let value = if raw.is_null() {
             Val::Null
@@ -333,12 +339,19 @@ fn pg_row(row: &PgRow) -> Result<Row, sqlx::Error> {
         };
         values.push(value);
     }
-    Ok(Row { names, values })
+    Ok(Row {
+        names: names.clone(),
+        values,
+    })
 }
 
-/// An open transaction on either engine.
+/// An open transaction on either engine. A SQLite write transaction also holds the store's
+/// writer lock until it ends.
 pub(crate) enum Tx {
-    Sqlite(Transaction<'static, Sqlite>),
+    Sqlite(
+        Transaction<'static, Sqlite>,
+        Option<tokio::sync::OwnedMutexGuard<()>>,
+    ),
     Postgres(Transaction<'static, Postgres>),
 }
 
@@ -360,7 +373,7 @@ macro_rules! bind_all {
 impl Tx {
     pub(crate) fn dialect(&self) -> &'static Dialect {
         match self {
-            Tx::Sqlite(_) => &SQLITE,
+            Tx::Sqlite(..) => &SQLITE,
             Tx::Postgres(_) => &POSTGRES,
         }
     }
@@ -373,21 +386,30 @@ impl Tx {
     ) -> Result<Vec<Row>, StoreError> {
         let sql = self.dialect().sql(template);
         match self {
-            Tx::Sqlite(tx) => {
+            // Rows are converted as they stream in, so a large result is never held twice.
+            Tx::Sqlite(tx, _) => {
                 let q = bind_all!(sqlx::query(&sql), args, |v: Value| v.to_string());
-                let rows = q.fetch_all(&mut **tx).await?;
-                rows.iter()
-                    .map(sqlite_row)
-                    .collect::<Result<_, _>>()
-                    .map_err(Into::into)
+                let mut stream = q.fetch(&mut **tx);
+                let mut out = Vec::new();
+                let mut names = None;
+                while let Some(row) = stream.try_next().await? {
+                    let names =
+                        names.get_or_insert_with(|| column_names(std::slice::from_ref(&row)));
+                    out.push(sqlite_row(&row, names)?);
+                }
+                Ok(out)
             }
             Tx::Postgres(tx) => {
                 let q = bind_all!(sqlx::query(&sql), args, sqlx::types::Json);
-                let rows = q.fetch_all(&mut **tx).await?;
-                rows.iter()
-                    .map(pg_row)
-                    .collect::<Result<_, _>>()
-                    .map_err(Into::into)
+                let mut stream = q.fetch(&mut **tx);
+                let mut out = Vec::new();
+                let mut names = None;
+                while let Some(row) = stream.try_next().await? {
+                    let names =
+                        names.get_or_insert_with(|| column_names(std::slice::from_ref(&row)));
+                    out.push(pg_row(&row, names)?);
+                }
+                Ok(out)
             }
         }
     }
@@ -409,7 +431,7 @@ impl Tx {
     ) -> Result<u64, StoreError> {
         let sql = self.dialect().sql(template);
         Ok(match self {
-            Tx::Sqlite(tx) => bind_all!(sqlx::query(&sql), args, |v: Value| v.to_string())
+            Tx::Sqlite(tx, _) => bind_all!(sqlx::query(&sql), args, |v: Value| v.to_string())
                 .execute(&mut **tx)
                 .await?
                 .rows_affected(),
@@ -423,17 +445,19 @@ impl Tx {
     /// Commits.
     pub(crate) async fn commit(self) -> Result<(), StoreError> {
         match self {
-            Tx::Sqlite(tx) => tx.commit().await?,
+            Tx::Sqlite(tx, _guard) => tx.commit().await?,
             Tx::Postgres(tx) => tx.commit().await?,
         }
         Ok(())
     }
 }
 
-/// Connection pools of either engine.
+/// Connection pools of either engine. SQLite has one writer at a time; writers of this process
+/// queue on an async lock instead of on SQLite's busy handler, whose sleeps would throttle a
+/// busy daemon.
 #[derive(Debug, Clone)]
 pub(crate) enum Pool {
-    Sqlite(sqlx::SqlitePool),
+    Sqlite(sqlx::SqlitePool, std::sync::Arc<tokio::sync::Mutex<()>>),
     Postgres(sqlx::PgPool),
 }
 
@@ -473,13 +497,15 @@ impl Pool {
                     .synchronous(SqliteSynchronous::Normal)
                     .foreign_keys(true)
                     .busy_timeout(options.sqlite_busy_timeout);
+                // One writer at a time, and every connection keeps its own page cache: a few
+                // connections serve any number of workers.
                 let pool = SqlitePoolOptions::new()
-                    .max_connections(options.max_connections.max(1))
+                    .max_connections(options.max_connections.clamp(1, 4))
                     .acquire_timeout(options.acquire_timeout)
                     .connect_with(opts)
                     .await
                     .map_err(connect_error)?;
-                Ok(Pool::Sqlite(pool))
+                Ok(Pool::Sqlite(pool, std::sync::Arc::default()))
             }
             Engine::Postgres => {
                 let opts = PgConnectOptions::from_str(url).map_err(connect_error)?;
@@ -508,7 +534,7 @@ impl Pool {
 
     pub(crate) fn engine(&self) -> Engine {
         match self {
-            Pool::Sqlite(_) => Engine::Sqlite,
+            Pool::Sqlite(..) => Engine::Sqlite,
             Pool::Postgres(_) => Engine::Postgres,
         }
     }
@@ -517,7 +543,10 @@ impl Pool {
     /// (`BEGIN IMMEDIATE`), so it waits for other writers instead of failing half-way.
     pub(crate) async fn write(&self) -> Result<Tx, StoreError> {
         Ok(match self {
-            Pool::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
+            Pool::Sqlite(p, writer) => {
+                let guard = writer.clone().lock_owned().await;
+                Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?, Some(guard))
+            }
             Pool::Postgres(p) => Tx::Postgres(p.begin().await?),
         })
     }
@@ -525,14 +554,14 @@ impl Pool {
     /// Begins a read-only unit of work.
     pub(crate) async fn read(&self) -> Result<Tx, StoreError> {
         Ok(match self {
-            Pool::Sqlite(p) => Tx::Sqlite(p.begin().await?),
+            Pool::Sqlite(p, _) => Tx::Sqlite(p.begin().await?, None),
             Pool::Postgres(p) => Tx::Postgres(p.begin().await?),
         })
     }
 
     pub(crate) async fn close(&self) {
         match self {
-            Pool::Sqlite(p) => p.close().await,
+            Pool::Sqlite(p, _) => p.close().await,
             Pool::Postgres(p) => p.close().await,
         }
     }
@@ -583,7 +612,7 @@ impl Pool {
                 continue;
             }
             match &mut tx {
-                Tx::Sqlite(t) => sqlx::raw_sql(sql).execute(&mut **t).await.map(drop),
+                Tx::Sqlite(t, _) => sqlx::raw_sql(sql).execute(&mut **t).await.map(drop),
                 Tx::Postgres(t) => sqlx::raw_sql(sql).execute(&mut **t).await.map(drop),
             }
             .map_err(|e| {

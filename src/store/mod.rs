@@ -295,7 +295,7 @@ impl SqlStore {
     /// billing does).
     pub fn sqlite_pool(&self) -> Option<&sqlx::SqlitePool> {
         match &self.pool {
-            Pool::Sqlite(p) => Some(p),
+            Pool::Sqlite(p, _) => Some(p),
             Pool::Postgres(_) => None,
         }
     }
@@ -304,7 +304,7 @@ impl SqlStore {
     pub fn postgres_pool(&self) -> Option<&sqlx::PgPool> {
         match &self.pool {
             Pool::Postgres(p) => Some(p),
-            Pool::Sqlite(_) => None,
+            Pool::Sqlite(..) => None,
         }
     }
 }

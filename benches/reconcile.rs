@@ -1,0 +1,295 @@
+//! Benchmarks of the reconciler.
+//!
+//! `cargo bench --bench reconcile` measures, on SQLite and (when `BENCH_DATABASE_URL` or
+//! `TEST_DATABASE_URL` names a PostgreSQL server) on PostgreSQL:
+//!
+//! 1. steps per second: a daemon in this process converges `BENCH_INSTANCES` (default 5000)
+//!    new orders on a simulated cloud with no latency, no boot time, no faults, no rate limit;
+//! 2. reaction latency: with everything converged, billing suspends one instance at a time;
+//!    the time from the `UPDATE` (the trigger's `desired_changed_at`) to the intent the
+//!    executor commits right before the provider call (the transition's `at`), p50 and p99;
+//! 3. (SQLite) peak resident memory of the real `provisioner run` process with 100,000
+//!    converged instances in the database, through start-up, claims and bulk resyncs.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use provisioner::catalog::watch::WatchOptions;
+use provisioner::reconcile::daemon::{start, DaemonConfig};
+use provisioner::store::{ConnectOptions, Engine, InstanceFilter, ObservedStatus, SqlStore, Store};
+use tokio_util::sync::CancellationToken;
+
+const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+fn catalog(dir: &Path) -> std::path::PathBuf {
+    let c = dir.join("catalog");
+    std::fs::create_dir_all(&c).unwrap();
+    std::fs::write(
+        c.join("bench.yaml"),
+        "apiVersion: provisioner/v1
+kind: ProviderAccount
+id: sim-bench
+module: sim
+simulation: {boot_seconds: 0, action_seconds: 0, latency_ms: 0, fault_rate: 0}
+---
+apiVersion: provisioner/v1
+kind: Product
+id: bench-vps
+name: Bench VPS
+type: vps
+specs: {cpu_cores: 1, ram_gb: 1, storage_gb: 10}
+pricing: {currency: EUR, monthly: \"1\"}
+locations: [sim]
+os_images: [debian-12]
+provisioning: {account: sim-bench}
+",
+    )
+    .unwrap();
+    c
+}
+
+async fn raw(store: &SqlStore, sql: &str) {
+    match store.engine() {
+        Engine::Sqlite => sqlx::raw_sql(sql)
+            .execute(store.sqlite_pool().unwrap())
+            .await
+            .map(drop),
+        Engine::Postgres => sqlx::raw_sql(sql)
+            .execute(store.postgres_pool().unwrap())
+            .await
+            .map(drop),
+    }
+    .expect("bench SQL");
+}
+
+async fn seconds_between(store: &SqlStore, id: i64) -> Option<f64> {
+    let sql = match store.engine() {
+        Engine::Sqlite => format!(
+            "SELECT (julianday(t.at) - julianday(i.desired_changed_at)) * 86400.0
+               FROM instance_transitions t JOIN instances i ON i.id = t.instance_id
+              WHERE t.instance_id = {id} AND t.action = 'suspend' AND t.outcome = 'started'"
+        ),
+        Engine::Postgres => format!(
+            "SELECT EXTRACT(EPOCH FROM (t.at - i.desired_changed_at))::float8
+               FROM instance_transitions t JOIN instances i ON i.id = t.instance_id
+              WHERE t.instance_id = {id} AND t.action = 'suspend' AND t.outcome = 'started'"
+        ),
+    };
+    match store.engine() {
+        Engine::Sqlite => sqlx::query_scalar::<_, f64>(&sql)
+            .fetch_optional(store.sqlite_pool().unwrap())
+            .await
+            .ok()
+            .flatten(),
+        Engine::Postgres => sqlx::query_scalar::<_, f64>(&sql)
+            .fetch_optional(store.postgres_pool().unwrap())
+            .await
+            .ok()
+            .flatten(),
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+async fn steps_and_latency(label: &str, url: &str, dir: &Path, n: usize) {
+    let mut config = DaemonConfig::new(url, catalog(dir));
+    config.workers = 64;
+    config.batch = 128;
+    config.resync_interval = Duration::from_secs(3600);
+    config.max_connections = 24;
+    config.owner = "bench".into();
+    config.catalog_watch = WatchOptions::default();
+    let shutdown = CancellationToken::new();
+    let running = start(config, shutdown.clone()).await.expect("daemon");
+    let store = running.store.clone();
+    raw(
+        &store,
+        &format!(
+            "WITH RECURSIVE seq(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM seq WHERE x < {n})
+             INSERT INTO instances (customer_id, product_id) SELECT 'c' || x, 'bench-vps' FROM seq"
+        ),
+    )
+    .await;
+    let t0 = Instant::now();
+    running.wake.notify_one();
+    loop {
+        let active = store
+            .list_instances(&InstanceFilter {
+                observed_status: Some(ObservedStatus::Active),
+                ..InstanceFilter::default()
+            })
+            .await
+            .unwrap()
+            .len();
+        if active == n {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(600),
+            "{label}: did not converge"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let steps: u64 = running
+        .metrics
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("provisioner_reconciles_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    println!(
+        "{label}: {n} orders converged in {elapsed:.2} s: {:.0} steps/s ({steps} steps, {:.1} per instance), {:.0} instances/s",
+        steps as f64 / elapsed,
+        steps as f64 / n as f64,
+        n as f64 / elapsed
+    );
+
+    // Reaction latency: one billing change at a time, the daemon otherwise idle.
+    let mut latencies = Vec::new();
+    for id in 1..=200i64 {
+        raw(
+            &store,
+            &format!("UPDATE instances SET desired_status = 'suspended' WHERE id = {id}"),
+        )
+        .await;
+        let t = Instant::now();
+        loop {
+            if let Some(s) = seconds_between(&store, id).await {
+                latencies.push(s * 1e3);
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "{label}: no reaction to instance {id}"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    latencies.sort_by(f64::total_cmp);
+    println!(
+        "{label}: reaction latency from billing UPDATE to the provider call: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (200 changes)",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies.last().copied().unwrap_or(0.0)
+    );
+    shutdown.cancel();
+    running.wait().await;
+}
+
+/// Peak RSS of `provisioner run` over a database of converged instances.
+async fn daemon_memory(dir: &Path, n: usize) {
+    let url = format!("sqlite://{}", dir.join("rss.db").display());
+    let catalog = catalog(dir);
+    let store = SqlStore::open(&url, &ConnectOptions::default())
+        .await
+        .unwrap();
+    raw(
+        &store,
+        &format!(
+            "WITH RECURSIVE seq(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM seq WHERE x < {n})
+             INSERT INTO instances (customer_id, product_id) SELECT 'c' || x, 'bench-vps' FROM seq;
+             INSERT INTO sim_servers (account, instance_id, name, state, ipv4)
+                  SELECT 'sim-bench', id, 'provisioner-' || id, 'running', '198.51.100.7' FROM instances;
+             UPDATE instances
+                SET observed_status = 'active', provider_account = 'sim-bench',
+                    provider_server_id = (SELECT CAST(s.id AS TEXT) FROM sim_servers s WHERE s.instance_id = instances.id),
+                    observed_generation = 1, product_revision = 'bench',
+                    next_check_at = '2999-01-01T00:00:00.000Z',
+                    updated_at = '2000-01-01T00:00:00.000Z';"
+        ),
+    )
+    .await;
+    // A tenth comes due, so the run also claims and steps.
+    raw(&store, &format!("UPDATE instances SET next_check_at = '2000-01-01T00:00:00.000Z', updated_at = '2000-01-01T00:00:00.000Z' WHERE id % 10 = 0 AND id <= {n}")).await;
+    store.close().await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_provisioner"))
+        .args([
+            "--database-url",
+            &url,
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--resync-seconds",
+            "3",
+        ])
+        .arg("--catalog")
+        .arg(&catalog)
+        .env("PROVISIONER_SECRET_KEY", KEY)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = format!("/proc/{}/status", child.id());
+    let mut peak = 0u64;
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(15) {
+        if let Ok(s) = std::fs::read_to_string(&status) {
+            if let Some(v) = s
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                peak = peak.max(v);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    println!(
+        "sqlite: peak RSS of `provisioner run` with {n} converged instances (15 s: start, claims, 4 bulk resyncs): {:.1} MiB",
+        peak as f64 / 1024.0
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let n: usize = std::env::var("BENCH_INSTANCES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000);
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = format!("sqlite://{}", dir.path().join("steps.db").display());
+    steps_and_latency("sqlite", &sqlite, dir.path(), n).await;
+    if let Some(admin) = std::env::var("BENCH_DATABASE_URL")
+        .ok()
+        .or_else(|| std::env::var("TEST_DATABASE_URL").ok())
+    {
+        std::env::set_var("PROVISIONER_SECRET_KEY", KEY);
+        let a = sqlx::PgPool::connect(&admin).await.unwrap();
+        sqlx::raw_sql("DROP DATABASE IF EXISTS provisioner_bench_steps")
+            .execute(&a)
+            .await
+            .unwrap();
+        sqlx::raw_sql("CREATE DATABASE provisioner_bench_steps")
+            .execute(&a)
+            .await
+            .unwrap();
+        a.close().await;
+        let (base, _) = admin.rsplit_once('/').unwrap();
+        let pg_dir = dir.path().join("pg");
+        std::fs::create_dir_all(&pg_dir).unwrap();
+        steps_and_latency(
+            "postgres",
+            &format!("{base}/provisioner_bench_steps"),
+            &pg_dir,
+            n,
+        )
+        .await;
+    } else {
+        println!("postgres: skipped (set BENCH_DATABASE_URL or TEST_DATABASE_URL)");
+    }
+    let rss_dir = dir.path().join("rss");
+    std::fs::create_dir_all(&rss_dir).unwrap();
+    daemon_memory(&rss_dir, 100_000).await;
+}
