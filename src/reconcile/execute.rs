@@ -441,11 +441,8 @@ impl Executor {
         if !e.class.is_transient() && attempts >= self.timing.failure_budget {
             let reason = format!("{action} failed {attempts} times: {e}");
             tracing::error!(instance = i.id, reason = %reason, "giving up: a person must look");
-            patch.observed_status = Some(ObservedStatus::Failed);
-            patch.status_reason = Some(Some(reason));
-            patch.pending = Some(None);
-            patch.next_check = Some(NextCheck::Never);
-            self.finish(claim, patch, Some(t)).await?;
+            self.stop(claim, ObservedStatus::Failed, reason, t, patch)
+                .await?;
             return Ok("failed");
         }
         let delay = match (e.class, e.retry_after) {
@@ -781,6 +778,26 @@ impl Executor {
         })
     }
 
+    /// Stops the instance in `status` (failed, lost) with `reason` for a person: nothing more
+    /// happens until billing terminates it or someone retries it.
+    async fn stop(
+        &self,
+        claim: &Claim,
+        status: ObservedStatus,
+        reason: String,
+        mut t: NewTransition,
+        mut patch: ObservedPatch,
+    ) -> Result<Instance, StoreError> {
+        if t.error.is_none() {
+            t.error = Some(reason.clone());
+        }
+        patch.observed_status = Some(status);
+        patch.status_reason = Some(Some(reason));
+        patch.pending = Some(None);
+        patch.next_check = Some(NextCheck::Never);
+        self.finish(claim, patch, Some(t)).await
+    }
+
     async fn lost(
         &self,
         claim: &Claim,
@@ -791,16 +808,15 @@ impl Executor {
         let reason =
             format!("server {server_id} vanished at the provider while {action} was in flight");
         tracing::error!(instance = i.id, server = server_id, "server lost: {reason}");
-        let mut t = transition(Action::Observe, Cause::Drift, Outcome::Failed);
-        t.error = Some(reason.clone());
-        let patch = ObservedPatch {
-            observed_status: Some(ObservedStatus::Lost),
-            status_reason: Some(Some(reason)),
-            pending: Some(None),
-            next_check: Some(NextCheck::Never),
-            ..ObservedPatch::default()
-        };
-        self.finish(claim, patch, Some(t)).await?;
+        let t = transition(Action::Observe, Cause::Drift, Outcome::Failed);
+        self.stop(
+            claim,
+            ObservedStatus::Lost,
+            reason,
+            t,
+            ObservedPatch::default(),
+        )
+        .await?;
         Ok("lost")
     }
 
@@ -875,16 +891,15 @@ impl Executor {
                     i.id
                 );
                 tracing::error!(instance = i.id, "{reason}");
-                let mut t = transition(Action::Adopt, cause, Outcome::Failed);
-                t.error = Some(reason.clone());
-                let patch = ObservedPatch {
-                    observed_status: Some(ObservedStatus::Failed),
-                    status_reason: Some(Some(reason)),
-                    pending: Some(None),
-                    next_check: Some(NextCheck::Never),
-                    ..ObservedPatch::default()
-                };
-                self.finish(claim, patch, Some(t)).await?;
+                let t = transition(Action::Adopt, cause, Outcome::Failed);
+                self.stop(
+                    claim,
+                    ObservedStatus::Failed,
+                    reason,
+                    t,
+                    ObservedPatch::default(),
+                )
+                .await?;
                 Ok("failed")
             }
         }
