@@ -135,13 +135,7 @@ async fn steps_and_latency(label: &str, url: &str, dir: &Path, n: usize) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = t0.elapsed().as_secs_f64();
-    let steps: u64 = running
-        .metrics
-        .render()
-        .lines()
-        .filter(|l| l.starts_with("provisioner_reconciles_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum();
+    let steps = running.metrics.total("provisioner_reconciles_total");
     println!(
         "{label}: {n} orders converged in {elapsed:.2} s: {:.0} steps/s ({steps} steps, {:.1} per instance), {:.0} instances/s",
         steps as f64 / elapsed,

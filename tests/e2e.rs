@@ -288,9 +288,10 @@ async fn lifecycle(url: &str, dir: &Path) {
     converge(&store, "provisioning after a SIGKILL", &[&second]).await;
 
     let http = second.http().await;
+    let health = http_get(&http, "/healthz");
     assert!(
-        http_get(&http, "/healthz").starts_with("HTTP/1.0 200")
-            || http_get(&http, "/healthz").starts_with("HTTP/1.1 200")
+        health.starts_with("HTTP/1.1 200") || health.starts_with("HTTP/1.0 200"),
+        "{health}"
     );
     let metrics = http_get(&http, "/metrics");
     assert!(

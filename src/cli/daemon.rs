@@ -235,12 +235,7 @@ pub(super) async fn demo(catalog_dir: &Path, servers: usize) -> anyhow::Result<E
     for id in &ids {
         transitions += store.history(*id).await?.len();
     }
-    let calls = running.metrics.render();
-    let provider_calls: u64 = calls
-        .lines()
-        .filter(|l| l.starts_with("provisioner_provider_calls_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum();
+    let provider_calls = running.metrics.total("provisioner_provider_calls_total");
     println!();
     println!("summary after {:.1}s:", started.elapsed().as_secs_f64());
     println!("  instances:   {}", tally(&all));

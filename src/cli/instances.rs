@@ -12,15 +12,11 @@ use serde_json::{json, Value};
 
 use super::{Format, InstancesCommand, EXIT_INVALID, EXIT_OK};
 use crate::catalog;
-use crate::secrets::Keyring;
+use crate::reconcile::daemon::load_keyring;
 use crate::store::{
     redact_url, ConnectOptions, DesiredStatus, Instance, InstanceFilter, NewInstance,
     ObservedStatus, SqlStore, Store, StoreError, Transition,
 };
-
-pub(crate) fn keyring(url: &str) -> anyhow::Result<std::sync::Arc<Keyring>> {
-    crate::reconcile::daemon::load_keyring(url)
-}
 
 async fn open(url: &str) -> anyhow::Result<SqlStore> {
     SqlStore::open(url, &ConnectOptions::default())
@@ -33,7 +29,7 @@ pub(super) async fn migrate(url: &str) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot use database {}", redact_url(url)))?;
     let applied = store.migrate().await?;
-    keyring(url)?;
+    load_keyring(url)?;
     if applied.is_empty() {
         println!("{}: schema up to date", redact_url(url));
     } else {
@@ -197,7 +193,7 @@ async fn dispatch(
             let secret = if show_secrets {
                 match &instance.credentials {
                     Some(sealed) => Some(
-                        keyring(url)?
+                        load_keyring(url)?
                             .open(sealed, &instance.secret_context())
                             .context("cannot open the stored credentials")?,
                     ),

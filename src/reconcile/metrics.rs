@@ -114,6 +114,18 @@ impl Metrics {
             .sum()
     }
 
+    /// The sum of a labelled counter over all its labels.
+    pub fn total(&self, name: &str) -> u64 {
+        let m = self
+            .labelled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        m.iter()
+            .filter(|((n, _), _)| *n == name)
+            .map(|(_, v)| *v)
+            .sum()
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -210,5 +222,7 @@ mod tests {
             m.counter("provisioner_reconciles_total", "outcome=\"converged\""),
             2
         );
+        m.reconcile("waiting");
+        assert_eq!(m.total("provisioner_reconciles_total"), 3);
     }
 }
