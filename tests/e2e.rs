@@ -245,7 +245,21 @@ async fn every_step_is_logged(store: &SqlStore, ids: &[i64]) {
         for step in expected {
             match done[position..].iter().position(|d| *d == step) {
                 Some(p) => position += p + 1,
-                None => panic!("instance {id}: {step:?} missing from its transition log {done:?}"),
+                None => {
+                    let all: Vec<String> = history
+                        .iter()
+                        .map(|t| {
+                            format!(
+                                "{} {} {:?}->{:?} {:?} {}",
+                                t.action, t.outcome, t.from_status, t.to_status, t.error, t.details
+                            )
+                        })
+                        .collect();
+                    panic!(
+                        "instance {id}: {step:?} missing from its transition log {done:?}\n{}",
+                        all.join("\n")
+                    )
+                }
             }
         }
         assert!(

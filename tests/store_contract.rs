@@ -911,7 +911,7 @@ async fn listing_filters_and_queue_stats(db: &Db) {
 
 async fn migrations_are_idempotent(db: &Db) {
     assert!(db.store.migrate().await.unwrap().is_empty());
-    assert_eq!(db.scalar("SELECT COUNT(*) FROM schema_migrations").await, 2);
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM schema_migrations").await, 3);
 }
 
 async fn missing_things_are_reported(db: &Db) {

@@ -125,6 +125,8 @@ pub fn account_json(a: &ProviderAccount) -> Value {
             "requests_per_minute": a.rate_limit.requests_per_minute,
         },
         "settings": settings,
+        "poll_seconds": a.poll.map(|d| d.as_secs_f64()),
+        "timeout_seconds": a.timeout.map(|d| d.as_secs_f64()),
     })
 }
 

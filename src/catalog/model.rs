@@ -283,6 +283,11 @@ pub struct ProviderAccount {
     pub rate_limit: RateLimit,
     /// Module-specific settings.
     pub settings: AccountSettings,
+    /// Shortest wait before looking again at an action in flight (API modules); the wait
+    /// grows as the action takes longer. `None` means the module's default.
+    pub poll: Option<std::time::Duration>,
+    /// Timeout of each API request (API modules); `None` means 30 s.
+    pub timeout: Option<std::time::Duration>,
     /// Where it was defined.
     pub origin: Origin,
 }

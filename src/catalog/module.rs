@@ -86,6 +86,8 @@ pub(super) fn account(
     let pool_node = f.optional("pool");
     let sim_key = f.key_pos("simulation");
     let sim_node = f.optional("simulation");
+    let poll_node = f.optional("poll_seconds");
+    let timeout_node = f.optional("timeout_seconds");
     let Some(module) = module else {
         return (id, None);
     };
@@ -137,6 +139,8 @@ pub(super) fn account(
             );
         }
     }
+    let poll = api_seconds(module, poll_node, "poll_seconds", 0.05, 3600.0, cx);
+    let timeout = api_seconds(module, timeout_node, "timeout_seconds", 0.1, 600.0, cx);
     let account = (|| {
         Some(ProviderAccount {
             id: id.clone()?.0,
@@ -145,10 +149,34 @@ pub(super) fn account(
             credentials: credentials?,
             rate_limit: rate_limit?,
             settings: settings?,
+            poll: poll?,
+            timeout: timeout?,
             origin,
         })
     })();
     (id, account)
+}
+
+/// An optional number of seconds that only API modules use.
+fn api_seconds(
+    module: Module,
+    node: Option<&Node>,
+    key: &str,
+    min: f64,
+    max: f64,
+    cx: &mut Cx,
+) -> Option<Option<std::time::Duration>> {
+    let Some(node) = node else {
+        return Some(None);
+    };
+    if matches!(module, Module::Sim | Module::Manual) {
+        cx.error(
+            node.pos,
+            format!("`{key}` does not apply to `{module}` accounts, which call no API"),
+        );
+        return None;
+    }
+    number(node, key, min, max, cx).map(|s| Some(std::time::Duration::from_secs_f64(s)))
 }
 
 fn endpoint(module: Module, node: Option<&Node>, cx: &mut Cx) -> Option<Option<String>> {

@@ -148,6 +148,44 @@ impl RateLimiter {
         }
     }
 
+    /// Whether background work could take a token now (a fifth of the budget stays free),
+    /// without taking it: a gate for work that then meters each request itself.
+    pub fn has_spare(&self) -> bool {
+        let now = Instant::now();
+        let mut s = self.lock();
+        if s.blocked_until.is_some_and(|u| u > now) {
+            return false;
+        }
+        s.buckets.iter_mut().all(|b| {
+            b.refill(now);
+            b.tokens >= 1.0 + 0.2 * b.capacity
+        })
+    }
+
+    /// Corrects the budget from the provider's rate-limit headers: it has `remaining`
+    /// requests left of a window of `limit`, and the next one frees up in `next_in`. The
+    /// bucket closest in size to `limit` never believes it has more than the provider says,
+    /// and when nothing is left, nothing is sent before `next_in` (several daemons, or other
+    /// tools, may share the account).
+    pub fn correct(&self, limit: u32, remaining: u32, next_in: Duration) {
+        let now = Instant::now();
+        let mut s = self.lock();
+        let limit = f64::from(limit);
+        let closest = s.buckets.iter_mut().min_by(|a, b| {
+            (a.capacity - limit)
+                .abs()
+                .total_cmp(&(b.capacity - limit).abs())
+        });
+        if let Some(b) = closest {
+            b.refill(now);
+            b.tokens = b.tokens.min(f64::from(remaining));
+        }
+        if remaining == 0 {
+            let until = now + next_in;
+            s.blocked_until = Some(s.blocked_until.map_or(until, |u| u.max(until)));
+        }
+    }
+
     /// How long until a request could go out now (for diagnostics).
     pub fn next_slot(&self) -> Duration {
         let now = Instant::now();
@@ -212,6 +250,25 @@ mod tests {
             "stops once fewer than a fifth (2) plus one remain"
         );
         assert!(!limiter.acquire().await, "a mutation still goes at once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn provider_headers_lower_the_budget_and_block_at_zero() {
+        let limiter = RateLimiter::new(&RateLimit {
+            requests_per_hour: Some(3600),
+            requests_per_minute: None,
+        });
+        limiter.correct(3600, 2, Duration::from_secs(1));
+        assert!(limiter.try_acquire());
+        assert!(limiter.try_acquire());
+        assert!(!limiter.try_acquire(), "the provider said two were left");
+        limiter.correct(3600, 0, Duration::from_secs(20));
+        let start = Instant::now();
+        limiter.acquire().await;
+        assert!(
+            start.elapsed() >= Duration::from_secs(20),
+            "nothing before the reset"
+        );
     }
 
     #[tokio::test]

@@ -81,6 +81,7 @@ impl ManualProvider {
             .await?;
         Ok(Accepted {
             action_id: Some(format!("task-{}", task.id)),
+            ..Accepted::default()
         })
     }
 
@@ -213,6 +214,7 @@ impl Provider for ManualProvider {
                 },
                 action_id: Some(format!("task-{}", task.id)),
                 root_password: None,
+                details: serde_json::Value::Null,
             })
         }
         .boxed()
@@ -239,6 +241,7 @@ impl Provider for ManualProvider {
         &'a self,
         call: Call<'a>,
         _server_id: &'a str,
+        _hard: bool,
     ) -> BoxFuture<'a, Result<Accepted>> {
         self.accept(call, TaskKind::Reboot).boxed()
     }

@@ -10,8 +10,12 @@
 //! - [`sim`]: the simulated cloud (demo, tests, benchmarks);
 //! - [`manual`]: an admin does the work through the task inbox.
 
+pub mod digitalocean;
+pub mod hetzner;
+pub mod http;
 pub mod limit;
 pub mod manual;
+pub mod ovh;
 pub mod sim;
 
 use std::fmt;
@@ -21,7 +25,7 @@ use futures::future::BoxFuture;
 
 use crate::catalog::{Module, ProductConfig};
 use crate::secrets::SecretString;
-use crate::store::{Instance, Lease};
+use crate::store::{Action, Instance, Lease};
 
 /// The label key every server made by provisioner carries (`provisioner-instance=<id>`).
 pub const INSTANCE_LABEL: &str = "provisioner-instance";
@@ -29,6 +33,28 @@ pub const INSTANCE_LABEL: &str = "provisioner-instance";
 /// The provider-side name of an instance's server: unique per instance, stable across retries.
 pub fn server_name(instance_id: i64) -> String {
     format!("provisioner-{instance_id}")
+}
+
+/// Splits an instance's SSH keys into public keys (which go into cloud-init user data) and
+/// the names or ids of keys already registered at the provider (which go into `ssh_keys`).
+pub fn split_ssh_keys(keys: &[String]) -> (Vec<String>, Vec<String>) {
+    keys.iter()
+        .cloned()
+        .partition(|k| k.starts_with("ssh-") || k.starts_with("ecdsa-") || k.starts_with("sk-"))
+}
+
+/// Cloud-init user data installing `public_keys` for root, if there are any.
+pub fn cloud_init(public_keys: &[String]) -> Option<String> {
+    if public_keys.is_empty() {
+        return None;
+    }
+    let mut out = String::from("#cloud-config\nssh_authorized_keys:\n");
+    for k in public_keys {
+        out.push_str("  - ");
+        out.push_str(&serde_json::Value::String(k.clone()).to_string());
+        out.push('\n');
+    }
+    Some(out)
 }
 
 /// What a server is doing, as the provider reports it.
@@ -186,6 +212,8 @@ pub struct Created {
     pub action_id: Option<String>,
     /// The root password, when the provider generated one.
     pub root_password: Option<SecretString>,
+    /// What the module wants in the transition log besides (an OVH pool allocation).
+    pub details: serde_json::Value,
 }
 
 /// A power or delete action the provider accepted.
@@ -193,6 +221,19 @@ pub struct Created {
 pub struct Accepted {
     /// The provider's action to follow, if any.
     pub action_id: Option<String>,
+    /// What the module wants in the transition log besides.
+    pub details: serde_json::Value,
+}
+
+/// Where a provider action (Hetzner action, DigitalOcean action, OVH task) stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// Still running.
+    Running,
+    /// Finished well.
+    Succeeded,
+    /// Finished badly, with what the provider said.
+    Failed(String),
 }
 
 /// The instance a call is made for, with the lease its writes are fenced by.
@@ -212,6 +253,37 @@ pub trait Provider: Send + Sync {
     /// Whether [`Provider::list_owned`] is meaningful (the manual module has no inventory API).
     fn lists_servers(&self) -> bool {
         true
+    }
+
+    /// Whether the module sends each of its HTTP requests through the account's budget itself
+    /// (a method may make several); otherwise the executor takes one token per call.
+    fn meters_requests(&self) -> bool {
+        false
+    }
+
+    /// How many requests a bulk listing of `servers` owned servers costs.
+    fn list_requests(&self, servers: usize) -> u32 {
+        let _ = servers;
+        1
+    }
+
+    /// Whether `action` is complete when its provider action is (followed with
+    /// [`Provider::follow`]) rather than when the server's power state shows it: a reboot
+    /// leaves a cloud server `running` throughout; an OVH reinstall is only seen in its task.
+    fn follows(&self, action: Action) -> bool {
+        let _ = action;
+        false
+    }
+
+    /// Where the provider action `action_id` stands.
+    fn follow<'a>(&'a self, call: Call<'a>, action_id: &'a str) -> BoxFuture<'a, Result<Progress>> {
+        let _ = (call, action_id);
+        Box::pin(async move {
+            Err(ProviderError::new(
+                ErrorClass::Invalid,
+                format!("module `{}` has no actions to follow", self.module()),
+            ))
+        })
     }
 
     /// Looks at one server; `None` when it does not exist.
@@ -249,8 +321,14 @@ pub trait Provider: Send + Sync {
         server_id: &'a str,
     ) -> BoxFuture<'a, Result<Accepted>>;
 
-    /// Reboots a server.
-    fn reboot<'a>(&'a self, call: Call<'a>, server_id: &'a str) -> BoxFuture<'a, Result<Accepted>>;
+    /// Reboots a server: gracefully, or with a hard reset when `hard` (sent after a graceful
+    /// reboot did not take).
+    fn reboot<'a>(
+        &'a self,
+        call: Call<'a>,
+        server_id: &'a str,
+        hard: bool,
+    ) -> BoxFuture<'a, Result<Accepted>>;
 
     /// Deletes a server; gone already counts as done.
     fn delete<'a>(&'a self, call: Call<'a>, server_id: &'a str) -> BoxFuture<'a, Result<Accepted>>;

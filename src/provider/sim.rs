@@ -279,6 +279,7 @@ impl SimCloud {
                 "sim-{:016x}",
                 (self.roll() * 1e18) as u64
             ))),
+            details: serde_json::Value::Null,
         };
         self.leave(created)
     }
@@ -352,6 +353,7 @@ impl Provider for SimCloud {
         &'a self,
         _call: Call<'a>,
         server_id: &'a str,
+        _hard: bool,
     ) -> BoxFuture<'a, Result<Accepted>> {
         self.transition(server_id, "rebooting", "").boxed()
     }

@@ -496,7 +496,14 @@ async fn resync_loop(
             if !account.provider.lists_servers() {
                 continue;
             }
-            if !account.limiter.try_acquire_background() {
+            // A module that meters its own requests takes a token per page; others take one
+            // for the whole listing.
+            let spare = if account.provider.meters_requests() {
+                account.limiter.has_spare()
+            } else {
+                account.limiter.try_acquire_background()
+            };
+            if !spare {
                 tracing::debug!(account = %account.id, "resync skipped: the rate budget is kept for mutations");
                 continue;
             }
@@ -519,8 +526,17 @@ pub async fn resync_account(
     account: &Account,
     metrics: &Metrics,
 ) -> anyhow::Result<i64> {
+    let started = Utc::now();
     let servers = account.provider.list_owned().await?;
     metrics.provider_call(&account.id, "list", "ok");
+    account
+        .view
+        .offer(
+            started,
+            &servers,
+            account.provider.list_requests(servers.len()),
+        )
+        .await;
     let by_id: HashMap<&str, &crate::provider::Server> =
         servers.iter().map(|s| (s.id.as_str(), s)).collect();
     // Servers created moments ago may not be listed yet; recent changes are left alone.

@@ -17,12 +17,17 @@ use tokio::sync::{watch, Notify};
 
 use super::metrics::Metrics;
 use super::plan::{plan, settle, ProductCheck, SettleTiming, Settled, Step};
+use super::view::{Look, View};
 use crate::catalog::{AccountSettings, Catalog, Module};
+use crate::provider::digitalocean::DigitalOcean;
+use crate::provider::hetzner::HetznerCloud;
 use crate::provider::limit::RateLimiter;
 use crate::provider::manual::ManualProvider;
+use crate::provider::ovh::Ovh;
 use crate::provider::sim::SimCloud;
 use crate::provider::{
-    server_name, Call, CreateRequest, Created, ErrorClass, Provider, ProviderError, Server,
+    server_name, Call, CreateRequest, Created, ErrorClass, Progress, Provider, ProviderError,
+    Server,
 };
 use crate::secrets::Keyring;
 use crate::store::{
@@ -32,6 +37,8 @@ use crate::store::{
 
 /// Marks a hard power-off sent after a graceful shutdown timed out.
 const HARD_OFF: &str = "hard-power-off";
+/// Prefixes the provider action id of a hard reset sent after a graceful reboot timed out.
+const HARD_PREFIX: &str = "hard:";
 
 /// One provider account as the executor uses it.
 pub struct Account {
@@ -39,12 +46,17 @@ pub struct Account {
     pub id: String,
     /// Its module.
     pub provider: Arc<dyn Provider>,
-    /// Its request budget, shared by all workers.
-    pub limiter: RateLimiter,
-    /// How soon to look again while an action is in flight.
+    /// Its request budget, shared by all workers (and by the module's HTTP client).
+    pub limiter: Arc<RateLimiter>,
+    /// How soon to look again at an action in flight, at first.
     pub poll: Duration,
+    /// The longest wait between two looks at an action in flight (the wait grows with the
+    /// action's age, so slow actions cost few requests).
+    pub poll_max: Duration,
     /// How long a created server may be missing from the API before counting as gone.
     pub create_grace: Duration,
+    /// The shared listing that answers looks at actions in flight.
+    pub view: View,
 }
 
 impl std::fmt::Debug for Account {
@@ -56,19 +68,52 @@ impl std::fmt::Debug for Account {
     }
 }
 
+impl Account {
+    /// The wait before the next look at an action that has been in flight for `elapsed`.
+    pub fn poll_after(&self, elapsed: Duration) -> Duration {
+        (elapsed / 2).clamp(self.poll, self.poll_max.max(self.poll))
+    }
+}
+
 /// Accounts by id.
 pub type Accounts = HashMap<String, Arc<Account>>;
 
-/// Builds the accounts of `catalog` that this build can drive (`sim`, `manual`).
+/// Why an account of `catalog` cannot be driven by this daemon (its module's credentials are
+/// missing from the environment, say); `None` when it can.
+pub fn unavailable(catalog: &Catalog, account_id: &str) -> Option<String> {
+    let Some(a) = catalog.account(account_id) else {
+        return Some(format!("account `{account_id}` is not in the catalog"));
+    };
+    let missing: Vec<&str> = a
+        .credentials
+        .iter()
+        .filter(|c| std::env::var(&c.env).map_or(true, |v| v.is_empty()))
+        .map(|c| c.env.as_str())
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "account `{}` (module `{}`) has no credentials: set {} in the daemon's environment",
+            a.id,
+            a.module,
+            missing.join(", ")
+        )
+    })
+}
+
+/// Builds the accounts of `catalog` that can be driven: every module, provided its
+/// credentials are in the environment. Accounts that cannot be built are logged and left out;
+/// their instances wait with the reason.
 pub fn build_accounts(catalog: &Catalog, store: &SqlStore, keyring: &Arc<Keyring>) -> Accounts {
+    let env = |name: &str| std::env::var(name).ok();
     let mut out = Accounts::new();
     for a in catalog.accounts.values() {
-        let (provider, poll, grace): (Arc<dyn Provider>, Duration, Duration) =
+        let limiter = Arc::new(RateLimiter::new(&a.rate_limit));
+        let built: Result<(Arc<dyn Provider>, Duration, Duration), String> =
             match (&a.module, &a.settings) {
                 (Module::Sim, AccountSettings::Sim(settings)) => {
                     let quickest = settings.boot_seconds.min(settings.action_seconds);
                     let poll = Duration::from_secs_f64((quickest / 2.0).clamp(0.05, 2.0));
-                    (
+                    Ok((
                         Arc::new(SimCloud::new(
                             &a.id,
                             settings.clone(),
@@ -77,24 +122,54 @@ pub fn build_accounts(catalog: &Catalog, store: &SqlStore, keyring: &Arc<Keyring
                         )),
                         poll,
                         Duration::ZERO,
-                    )
+                    ))
                 }
-                (Module::Manual, _) => (
+                (Module::Manual, _) => Ok((
                     Arc::new(ManualProvider::new(&a.id, store.clone(), keyring.clone())),
                     // Completing a task makes the instance due at once; this is only a safety net.
                     Duration::from_secs(60),
                     Duration::ZERO,
-                ),
-                _ => continue,
+                )),
+                (Module::Hetzner, _) => HetznerCloud::new(a, limiter.clone(), &env).map(|p| {
+                    let p: Arc<dyn Provider> = Arc::new(p);
+                    (p, Duration::from_secs(2), Duration::from_secs(10))
+                }),
+                (Module::DigitalOcean, _) => DigitalOcean::new(a, limiter.clone(), &env).map(|p| {
+                    let p: Arc<dyn Provider> = Arc::new(p);
+                    (p, Duration::from_secs(3), Duration::from_secs(10))
+                }),
+                (Module::Ovh, AccountSettings::Ovh { pool }) => {
+                    Ovh::new(a, pool.clone(), limiter.clone(), store.clone(), &env).map(|p| {
+                        let p: Arc<dyn Provider> = Arc::new(p);
+                        (p, Duration::from_secs(30), Duration::ZERO)
+                    })
+                }
+                (module, _) => Err(format!("module `{module}` has no settings here")),
             };
+        let (provider, default_poll, grace) = match built {
+            Ok(b) => b,
+            Err(reason) => {
+                tracing::warn!(account = %a.id, module = %a.module, "account not driven: {reason}");
+                continue;
+            }
+        };
+        let poll = a.poll.unwrap_or(default_poll);
+        // Cloud actions take seconds to minutes: the wait between looks grows to 8 times
+        // the first one. The sim and manual modules keep a steady pace.
+        let poll_max = match a.module {
+            Module::Sim | Module::Manual => poll,
+            _ => poll * 8,
+        };
         out.insert(
             a.id.clone(),
             Arc::new(Account {
                 id: a.id.clone(),
                 provider,
-                limiter: RateLimiter::new(&a.rate_limit),
+                limiter,
                 poll,
+                poll_max,
                 create_grace: grace,
+                view: View::default(),
             }),
         );
     }
@@ -401,7 +476,12 @@ impl Executor {
         name: &str,
         fut: impl std::future::Future<Output = crate::provider::Result<T>>,
     ) -> crate::provider::Result<T> {
-        if account.limiter.acquire().await {
+        if account.provider.meters_requests() {
+            // The module's HTTP client takes a token per request; count the wait here.
+            if account.limiter.next_slot() > Duration::ZERO {
+                self.metrics.rate_limit_wait(&account.id);
+            }
+        } else if account.limiter.acquire().await {
             self.metrics.rate_limit_wait(&account.id);
         }
         let result = fut.await;
@@ -410,7 +490,7 @@ impl Executor {
             Err(e) => {
                 self.metrics
                     .provider_call(&account.id, name, e.class.as_str());
-                if e.class == ErrorClass::Throttled {
+                if e.class == ErrorClass::Throttled && !account.provider.meters_requests() {
                     account
                         .limiter
                         .throttle(e.retry_after.unwrap_or(Duration::from_secs(1)));
@@ -470,12 +550,10 @@ impl Executor {
         };
         let account_id = &product.provisioning.account;
         let Some(account) = self.account(account_id) else {
-            let module = catalog
-                .account(account_id)
-                .map_or("unknown", |a| a.module.as_str());
-            return self
-                .wait(claim, cause, format!("account `{account_id}` uses module `{module}`, which this build cannot drive yet"))
-                .await;
+            let reason = unavailable(catalog, account_id).unwrap_or_else(|| {
+                format!("account `{account_id}` cannot be driven: see the daemon's log")
+            });
+            return self.wait(claim, cause, reason).await;
         };
         let location = i
             .location
@@ -606,6 +684,7 @@ impl Executor {
             Outcome::Succeeded,
         );
         t.details = json!({"server_id": created.server.id, "action_id": created.action_id});
+        merge(&mut t.details, created.details);
         self.finish(claim, patch, Some(t)).await?;
         Ok("progressed")
     }
@@ -642,18 +721,6 @@ impl Executor {
         let Some(server_id) = i.provider_server_id.as_deref() else {
             return self.adopt(claim, &account, cause).await;
         };
-        let server = match self
-            .call(&account, "get", account.provider.get(call, server_id))
-            .await
-        {
-            Ok(s) => s,
-            Err(e) if e.class == ErrorClass::NotFound => None,
-            Err(e) => {
-                return self
-                    .provider_failed(claim, action, cause, e, ObservedPatch::default())
-                    .await
-            }
-        };
         let since = i.pending_since.unwrap_or(i.updated_at);
         let elapsed = (Utc::now() - since).to_std().unwrap_or_default();
         let mut timing = self.timing.settle;
@@ -663,7 +730,30 @@ impl Executor {
             timing.stuck_after = Duration::MAX;
             timing.graceful_off = Duration::MAX;
         }
-        let hard_sent = i.pending_action_id.as_deref() == Some(HARD_OFF);
+        let (hard_sent, followed) = match i.pending_action_id.as_deref() {
+            Some(HARD_OFF) => (true, None),
+            Some(id) => match id.strip_prefix(HARD_PREFIX) {
+                Some(id) => (true, Some(id)),
+                None => (false, Some(id)),
+            },
+            None => (false, None),
+        };
+        if let Some(action_id) = followed.filter(|_| account.provider.follows(action)) {
+            return self
+                .follow(
+                    claim, &account, action, cause, server_id, action_id, elapsed, hard_sent,
+                )
+                .await;
+        }
+        let server = match self.look(claim, &account, server_id, since).await {
+            Ok(s) => s,
+            Err(e) if e.class == ErrorClass::NotFound => None,
+            Err(e) => {
+                return self
+                    .provider_failed(claim, action, cause, e, ObservedPatch::default())
+                    .await
+            }
+        };
         match settle(
             action,
             server.as_ref().map(|s| s.state),
@@ -672,19 +762,7 @@ impl Executor {
             &timing,
         ) {
             Settled::Done(status) => self.done(claim, action, cause, status, server).await,
-            Settled::Continue => {
-                let mut patch = ObservedPatch {
-                    next_check: Some(NextCheck::After(account.poll)),
-                    ..ObservedPatch::default()
-                };
-                if i.attempts > 0 {
-                    // The provider answered: an earlier error streak is over.
-                    patch.attempts = Some(0);
-                    patch.last_error = Some(None);
-                }
-                self.finish(claim, patch, None).await?;
-                Ok("in_flight")
-            }
+            Settled::Continue => self.in_flight(claim, &account, elapsed).await,
             Settled::HardPowerOff => {
                 let result = self
                     .call(
@@ -723,6 +801,152 @@ impl Executor {
             }
             Settled::Missing => self.lost(claim, action, server_id).await,
         }
+    }
+
+    /// Looks at a server with an action in flight: through the account's shared listing when
+    /// that is cheaper, else by id.
+    async fn look(
+        &self,
+        claim: &Claim,
+        account: &Account,
+        server_id: &str,
+        since: chrono::DateTime<Utc>,
+    ) -> crate::provider::Result<Option<Server>> {
+        let call = Call {
+            instance: &claim.instance,
+            lease: &claim.lease,
+        };
+        let p = &account.provider;
+        if p.lists_servers() {
+            let list = || self.call(account, "list", p.list_owned());
+            let look = account
+                .view
+                .look(server_id, since, account.poll, list, |n| p.list_requests(n))
+                .await?;
+            if let Look::Listed(server) = look {
+                return Ok(Some(server));
+            }
+        }
+        self.call(account, "get", p.get(call, server_id)).await
+    }
+
+    /// Follows the provider action of `action` (a reboot at a cloud; every OVH task).
+    #[allow(clippy::too_many_arguments)]
+    async fn follow(
+        &self,
+        claim: &Claim,
+        account: &Account,
+        action: Action,
+        cause: Cause,
+        server_id: &str,
+        action_id: &str,
+        elapsed: Duration,
+        hard_sent: bool,
+    ) -> Result<StepResult, StoreError> {
+        let i = &claim.instance;
+        let call = Call {
+            instance: i,
+            lease: &claim.lease,
+        };
+        let p = &account.provider;
+        let progress = match self
+            .call(account, "follow", p.follow(call, action_id))
+            .await
+        {
+            Ok(progress) => progress,
+            Err(e) => {
+                return self
+                    .provider_failed(claim, action, cause, e, ObservedPatch::default())
+                    .await
+            }
+        };
+        match progress {
+            Progress::Succeeded => {
+                let status = match action {
+                    Action::Suspend => ObservedStatus::Suspended,
+                    Action::Terminate => ObservedStatus::Terminated,
+                    _ => ObservedStatus::Active,
+                };
+                self.done(claim, action, cause, status, None).await
+            }
+            Progress::Failed(message) => {
+                // The provider gave up on it: go back to where the action started from, so the
+                // planner sends it again after the backoff (or gives up after the budget).
+                let before = match action {
+                    Action::Create => ObservedStatus::Pending,
+                    Action::Unsuspend => ObservedStatus::Suspended,
+                    _ => ObservedStatus::Active,
+                };
+                let mut e = ProviderError::new(
+                    ErrorClass::Invalid,
+                    format!("{} action {action_id} failed: {message}", p.module()),
+                );
+                e.request_id = None;
+                let patch = ObservedPatch {
+                    observed_status: Some(before),
+                    pending: Some(None),
+                    ..ObservedPatch::default()
+                };
+                self.provider_failed(claim, action, cause, e, patch).await
+            }
+            Progress::Running
+                if action == Action::Reboot
+                    && !hard_sent
+                    && elapsed >= self.timing.settle.graceful_off =>
+            {
+                // The graceful reboot did not take: reset.
+                match self
+                    .call(account, "reboot_hard", p.reboot(call, server_id, true))
+                    .await
+                {
+                    Ok(accepted) => {
+                        let mut t = transition(Action::Reboot, cause, Outcome::Succeeded);
+                        t.details = json!({"hard": true, "action_id": accepted.action_id,
+                            "note": "graceful reboot did not finish in time"});
+                        let marked = format!(
+                            "{HARD_PREFIX}{}",
+                            accepted.action_id.as_deref().unwrap_or(action_id)
+                        );
+                        let patch = ObservedPatch {
+                            pending: Some(Some((Action::Reboot, Some(marked)))),
+                            next_check: Some(NextCheck::After(account.poll)),
+                            ..ObservedPatch::default()
+                        };
+                        self.finish(claim, patch, Some(t)).await?;
+                        Ok("progressed")
+                    }
+                    Err(e) => {
+                        self.provider_failed(claim, action, cause, e, ObservedPatch::default())
+                            .await
+                    }
+                }
+            }
+            Progress::Running if elapsed >= self.timing.settle.stuck_after => {
+                self.send(claim, account, action, cause, server_id, None)
+                    .await
+            }
+            Progress::Running => self.in_flight(claim, account, elapsed).await,
+        }
+    }
+
+    /// The action is still under way: look again later, later the older it is.
+    async fn in_flight(
+        &self,
+        claim: &Claim,
+        account: &Account,
+        elapsed: Duration,
+    ) -> Result<StepResult, StoreError> {
+        let mut patch = ObservedPatch {
+            next_check: Some(NextCheck::After(account.poll_after(elapsed))),
+            ..ObservedPatch::default()
+        };
+        if claim.instance.attempts > 0 {
+            // The provider answered: an earlier error streak is over.
+            patch.attempts = Some(0);
+            patch.last_error = Some(None);
+        }
+        self.finish(claim, patch, None).await?;
+        Ok("in_flight")
     }
 
     async fn done(
@@ -967,7 +1191,7 @@ impl Executor {
                     .await
             }
             Action::Reboot => {
-                self.call(account, "reboot", p.reboot(call, server_id))
+                self.call(account, "reboot", p.reboot(call, server_id, false))
                     .await
             }
             Action::Terminate => {
@@ -988,6 +1212,7 @@ impl Executor {
             Ok(accepted) => {
                 let mut t = transition(action, cause, Outcome::Succeeded);
                 t.details = json!({"action_id": accepted.action_id, "resent": resend});
+                merge(&mut t.details, accepted.details);
                 let patch = ObservedPatch {
                     pending: Some(Some((action, accepted.action_id))),
                     attempts: Some(0),
@@ -1017,6 +1242,13 @@ impl Executor {
                 self.provider_failed(claim, action, cause, e, patch).await
             }
         }
+    }
+}
+
+/// Adds a module's transition details to the executor's.
+fn merge(details: &mut serde_json::Value, extra: serde_json::Value) {
+    if let (Some(d), serde_json::Value::Object(extra)) = (details.as_object_mut(), extra) {
+        d.extend(extra);
     }
 }
 

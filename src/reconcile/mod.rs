@@ -10,3 +10,4 @@ pub mod daemon;
 pub mod execute;
 pub mod metrics;
 pub mod plan;
+pub mod view;

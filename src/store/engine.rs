@@ -664,6 +664,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "simulated cloud",
         include_str!("../../migrations/sqlite/0002_sim.sql"),
     ),
+    (
+        3,
+        "ovh pool",
+        include_str!("../../migrations/sqlite/0003_ovh_pool.sql"),
+    ),
 ];
 
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -676,6 +681,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "simulated cloud",
         include_str!("../../migrations/postgres/0002_sim.sql"),
+    ),
+    (
+        3,
+        "ovh pool",
+        include_str!("../../migrations/postgres/0003_ovh_pool.sql"),
     ),
 ];
 

@@ -1,0 +1,449 @@
+//! Hetzner Cloud (`https://api.hetzner.cloud/v1`).
+//!
+//! Servers are named [`server_name`] (names are unique per project, so a second create of the
+//! same instance fails with `uniqueness_error` and is adopted) and labelled
+//! `provisioner-instance=<id>`, which is how they are found (`label_selector`, then `name`) and
+//! listed, 50 per page. Suspend is `shutdown`, then `poweroff` when the server is still on after
+//! the graceful timeout; unsuspend is `poweron`; reboot is `reboot`, then `reset` when the
+//! action does not finish in time; terminate is `DELETE`. SSH public keys go in through
+//! cloud-init; with no key registered at Hetzner it returns a root password, which is kept
+//! sealed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::{BoxFuture, FutureExt};
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::http::{
+    class_of_status, excerpt, request_details, secret_header, Api, ApiConfig, ResetMeans,
+};
+use super::limit::RateLimiter;
+use super::{
+    cloud_init, split_ssh_keys, Accepted, Call, CreateRequest, Created, ErrorClass, PowerState,
+    Progress, Provider, ProviderError, Result, Server, INSTANCE_LABEL,
+};
+use crate::catalog::{Module, ProductConfig, ProviderAccount};
+use crate::secrets::SecretString;
+use crate::store::Action;
+
+/// The public API.
+pub const DEFAULT_ENDPOINT: &str = "https://api.hetzner.cloud/v1";
+/// Servers per page of a listing (the API's maximum).
+pub const PAGE_SIZE: usize = 50;
+
+/// A Hetzner Cloud project.
+#[derive(Debug)]
+pub struct HetznerCloud {
+    api: Api,
+}
+
+#[derive(Debug, Deserialize)]
+struct HServer {
+    id: i64,
+    name: String,
+    status: String,
+    #[serde(default)]
+    public_net: Option<PublicNet>,
+    #[serde(default)]
+    labels: HashMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct PublicNet {
+    ipv4: Option<Address>,
+    ipv6: Option<Address>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Address {
+    ip: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct HAction {
+    id: i64,
+    status: String,
+    #[serde(default)]
+    error: Option<ActionError>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ActionError {
+    code: String,
+    message: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct OneServer {
+    server: HServer,
+}
+
+#[derive(Debug, Deserialize)]
+struct OneAction {
+    action: HAction,
+}
+
+#[derive(Debug, Deserialize)]
+struct ServerList {
+    servers: Vec<HServer>,
+    #[serde(default)]
+    meta: Option<Meta>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Meta {
+    pagination: Pagination,
+}
+
+#[derive(Debug, Deserialize)]
+struct Pagination {
+    next_page: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CreateResponse {
+    server: HServer,
+    action: HAction,
+    root_password: Option<String>,
+}
+
+impl HServer {
+    fn into_server(self) -> Server {
+        let state = match self.status.as_str() {
+            "running" | "migrating" => PowerState::Running,
+            "off" => PowerState::Off,
+            "stopping" => PowerState::Stopping,
+            "starting" => PowerState::Starting,
+            "deleting" => PowerState::Deleting,
+            // initializing, rebuilding, unknown: on its way somewhere
+            _ => PowerState::Creating,
+        };
+        let net = self.public_net.unwrap_or_default();
+        Server {
+            id: self.id.to_string(),
+            instance_id: self.labels.get(INSTANCE_LABEL).and_then(|v| v.parse().ok()),
+            name: self.name,
+            state,
+            ipv4: net.ipv4.map(|a| a.ip),
+            ipv6: net.ipv6.map(|a| a.ip),
+            root_password: None,
+        }
+    }
+}
+
+/// Reads Hetzner's error envelope `{"error": {"code", "message", "details"}}`.
+fn read_error(status: StatusCode, body: &[u8]) -> (ErrorClass, String) {
+    #[derive(Deserialize)]
+    struct Envelope {
+        error: Inner,
+    }
+    #[derive(Deserialize)]
+    struct Inner {
+        code: String,
+        message: String,
+    }
+    let Ok(Envelope { error }) = serde_json::from_slice::<Envelope>(body) else {
+        return (class_of_status(status), excerpt(body));
+    };
+    let class = match error.code.as_str() {
+        "uniqueness_error" => ErrorClass::AlreadyExists,
+        "not_found" => ErrorClass::NotFound,
+        "unauthorized" | "forbidden" | "token_readonly" => ErrorClass::Auth,
+        "rate_limit_exceeded" | "limit_reached" => ErrorClass::Throttled,
+        "resource_unavailable" | "placement_error" | "resource_limit_exceeded" => {
+            ErrorClass::Capacity
+        }
+        "invalid_input"
+        | "json_error"
+        | "invalid_server_type"
+        | "protected"
+        | "unsupported_error"
+        | "method_not_allowed"
+        | "deprecated_api_endpoint" => ErrorClass::Invalid,
+        "locked" | "conflict" | "server_error" | "service_error" | "maintenance"
+        | "unavailable" | "timeout" | "bad_gateway" | "robot_unavailable" | "resource_locked" => {
+            ErrorClass::Transient
+        }
+        _ => class_of_status(status),
+    };
+    (class, format!("{}: {}", error.code, error.message))
+}
+
+impl HetznerCloud {
+    /// The project behind `account`, with its token read through `env`.
+    ///
+    /// # Errors
+    /// When the token's environment variable is not set (the message names the variable).
+    pub fn new(
+        account: &ProviderAccount,
+        limiter: Arc<RateLimiter>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> std::result::Result<HetznerCloud, String> {
+        let var = account
+            .credentials
+            .iter()
+            .find(|c| c.field == "token_env")
+            .map_or("HCLOUD_TOKEN", |c| c.env.as_str());
+        let token = env(var)
+            .filter(|t| !t.is_empty())
+            .map(|t| SecretString::new(format!("Bearer {t}")))
+            .ok_or_else(|| format!("environment variable {var} (the API token) is not set"))?;
+        let base = account
+            .endpoint
+            .clone()
+            .or_else(|| env("HCLOUD_ENDPOINT").filter(|e| !e.is_empty()))
+            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned());
+        let api = Api::new(ApiConfig {
+            base: base.trim_end_matches('/').to_owned(),
+            module: "hetzner",
+            limiter,
+            timeout: account.timeout.unwrap_or(Duration::from_secs(30)),
+            authorize: Box::new(move |_, _, _| {
+                Ok(vec![secret_header("authorization", token.expose())?])
+            }),
+            read_error,
+            reset: ResetMeans::FullRecovery,
+        })
+        .map_err(|e| e.message)?;
+        Ok(HetznerCloud { api })
+    }
+
+    async fn list(&self, selector: Option<String>, name: Option<String>) -> Result<Vec<Server>> {
+        let mut out = Vec::new();
+        let mut page = 1;
+        loop {
+            let mut query = vec![
+                ("per_page", PAGE_SIZE.to_string()),
+                ("page", page.to_string()),
+            ];
+            if let Some(s) = &selector {
+                query.push(("label_selector", s.clone()));
+            }
+            if let Some(n) = &name {
+                query.push(("name", n.clone()));
+            }
+            let (list, _): (ServerList, _) =
+                self.api.json(Method::GET, "/servers", &query, None).await?;
+            out.extend(list.servers.into_iter().map(HServer::into_server));
+            match list.meta.and_then(|m| m.pagination.next_page) {
+                Some(next) if next > page => page = next,
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    async fn action(&self, server_id: &str, command: &str) -> Result<Accepted> {
+        let path = format!("/servers/{server_id}/actions/{command}");
+        let (a, rid): (OneAction, _) = self.api.json(Method::POST, &path, &[], None).await?;
+        Ok(Accepted {
+            action_id: Some(a.action.id.to_string()),
+            details: request_details(rid),
+        })
+    }
+
+    async fn do_create(&self, request: &CreateRequest) -> Result<Created> {
+        let ProductConfig::Hetzner {
+            server_type,
+            enable_ipv4,
+            enable_ipv6,
+        } = &request.config
+        else {
+            return Err(ProviderError::new(
+                ErrorClass::Invalid,
+                format!(
+                    "product `{}` has no hetzner configuration",
+                    request.product_id
+                ),
+            ));
+        };
+        let (public_keys, registered) = split_ssh_keys(&request.ssh_keys);
+        let mut body = json!({
+            "name": request.name,
+            "server_type": server_type,
+            "image": request.os_image,
+            "location": request.location,
+            "start_after_create": true,
+            "labels": {
+                (INSTANCE_LABEL): request.instance_id.to_string(),
+                "provisioner-product": request.product_id,
+            },
+            "public_net": {"enable_ipv4": enable_ipv4, "enable_ipv6": enable_ipv6},
+        });
+        if !registered.is_empty() {
+            body["ssh_keys"] = json!(registered);
+        }
+        if let Some(user_data) = cloud_init(&public_keys) {
+            body["user_data"] = json!(user_data);
+        }
+        let (created, rid): (CreateResponse, _) = self
+            .api
+            .json(Method::POST, "/servers", &[], Some(&body))
+            .await?;
+        Ok(Created {
+            server: created.server.into_server(),
+            action_id: Some(created.action.id.to_string()),
+            root_password: created.root_password.map(SecretString::new),
+            details: request_details(rid),
+        })
+    }
+}
+
+impl Provider for HetznerCloud {
+    fn module(&self) -> Module {
+        Module::Hetzner
+    }
+
+    fn meters_requests(&self) -> bool {
+        true
+    }
+
+    fn list_requests(&self, servers: usize) -> u32 {
+        u32::try_from(servers.div_ceil(PAGE_SIZE).max(1)).unwrap_or(u32::MAX)
+    }
+
+    fn follows(&self, action: Action) -> bool {
+        action == Action::Reboot
+    }
+
+    fn follow<'a>(
+        &'a self,
+        _call: Call<'a>,
+        action_id: &'a str,
+    ) -> BoxFuture<'a, Result<Progress>> {
+        async move {
+            let path = format!("/actions/{action_id}");
+            let (a, _): (OneAction, _) = self.api.json(Method::GET, &path, &[], None).await?;
+            Ok(match a.action.status.as_str() {
+                "success" => Progress::Succeeded,
+                "error" => Progress::Failed(a.action.error.map_or_else(
+                    || "the action failed".to_owned(),
+                    |e| format!("{}: {}", e.code, e.message),
+                )),
+                _ => Progress::Running,
+            })
+        }
+        .boxed()
+    }
+
+    fn get<'a>(
+        &'a self,
+        _call: Call<'a>,
+        server_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Server>>> {
+        async move {
+            let path = format!("/servers/{server_id}");
+            match self
+                .api
+                .json::<OneServer>(Method::GET, &path, &[], None)
+                .await
+            {
+                Ok((s, _)) => Ok(Some(s.server.into_server())),
+                Err(e) if e.class == ErrorClass::NotFound => Ok(None),
+                Err(e) => Err(e),
+            }
+        }
+        .boxed()
+    }
+
+    fn find<'a>(&'a self, call: Call<'a>) -> BoxFuture<'a, Result<Vec<Server>>> {
+        async move {
+            let id = call.instance.id;
+            let labelled = self
+                .list(Some(format!("{INSTANCE_LABEL}=={id}")), None)
+                .await?;
+            if !labelled.is_empty() {
+                return Ok(labelled);
+            }
+            // A server with the instance's name but without the label (labels edited by
+            // hand) is still ours: the name is unique per project and derived from the id.
+            self.list(None, Some(super::server_name(id))).await
+        }
+        .boxed()
+    }
+
+    fn list_owned(&self) -> BoxFuture<'_, Result<Vec<Server>>> {
+        self.list(Some(INSTANCE_LABEL.to_owned()), None).boxed()
+    }
+
+    fn create<'a>(
+        &'a self,
+        _call: Call<'a>,
+        request: &'a CreateRequest,
+    ) -> BoxFuture<'a, Result<Created>> {
+        self.do_create(request).boxed()
+    }
+
+    fn power_off<'a>(
+        &'a self,
+        _call: Call<'a>,
+        server_id: &'a str,
+        hard: bool,
+    ) -> BoxFuture<'a, Result<Accepted>> {
+        self.action(server_id, if hard { "poweroff" } else { "shutdown" })
+            .boxed()
+    }
+
+    fn power_on<'a>(
+        &'a self,
+        _call: Call<'a>,
+        server_id: &'a str,
+    ) -> BoxFuture<'a, Result<Accepted>> {
+        self.action(server_id, "poweron").boxed()
+    }
+
+    fn reboot<'a>(
+        &'a self,
+        _call: Call<'a>,
+        server_id: &'a str,
+        hard: bool,
+    ) -> BoxFuture<'a, Result<Accepted>> {
+        self.action(server_id, if hard { "reset" } else { "reboot" })
+            .boxed()
+    }
+
+    fn delete<'a>(
+        &'a self,
+        _call: Call<'a>,
+        server_id: &'a str,
+    ) -> BoxFuture<'a, Result<Accepted>> {
+        async move {
+            let path = format!("/servers/{server_id}");
+            let (a, rid): (OneAction, _) = self.api.json(Method::DELETE, &path, &[], None).await?;
+            Ok(Accepted {
+                action_id: Some(a.action.id.to_string()),
+                details: request_details(rid),
+            })
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_decide_the_class() {
+        let body = br#"{"error":{"code":"uniqueness_error","message":"server name is already used","details":{"fields":[{"name":"name"}]}}}"#;
+        assert_eq!(
+            read_error(StatusCode::CONFLICT, body),
+            (
+                ErrorClass::AlreadyExists,
+                "uniqueness_error: server name is already used".to_owned()
+            )
+        );
+        let locked = br#"{"error":{"code":"locked","message":"server is locked","details":null}}"#;
+        assert_eq!(
+            read_error(StatusCode::LOCKED, locked).0,
+            ErrorClass::Transient
+        );
+        assert_eq!(
+            read_error(StatusCode::BAD_GATEWAY, b"<html>bad gateway</html>").0,
+            ErrorClass::Transient
+        );
+    }
+}

@@ -1,0 +1,378 @@
+//! The HTTP layer the cloud modules share: one request at a time through the account's budget.
+//!
+//! Every request takes a token from the account's [`RateLimiter`] first, carries a timeout and a
+//! user-agent naming provisioner and its version, and feeds the provider's rate-limit headers
+//! back into the budget. A 429 blocks the whole account until the provider's reset time. A
+//! failed response becomes a [`ProviderError`] with the provider's own code and message, its
+//! request id, and never a credential: authorization headers are marked sensitive and bodies
+//! are never echoed beyond the provider's message.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::{Method, StatusCode, Url};
+use serde::de::DeserializeOwned;
+
+use super::limit::RateLimiter;
+use super::{ErrorClass, ProviderError, Result};
+
+/// The user-agent of every request.
+pub const USER_AGENT: &str = concat!(
+    "provisioner/",
+    env!("CARGO_PKG_VERSION"),
+    " (+https://github.com/provisioner)"
+);
+
+/// Response headers that carry the provider's request id, in order of preference.
+const REQUEST_ID_HEADERS: [&str; 3] = ["x-request-id", "x-correlation-id", "x-ovh-queryid"];
+
+/// Longest an account is blocked after a 429 whose reset lies further out. Hetzner's
+/// `RateLimit-Reset` is the time of *full* recovery (up to an hour away) while its budget
+/// refills at one request per second, so waiting for all of it would waste the budget.
+const MAX_BLOCK: Duration = Duration::from_secs(60);
+
+/// What the provider's `RateLimit-Reset` header means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetMeans {
+    /// The budget is fully recovered then; it refills evenly until (Hetzner).
+    FullRecovery,
+    /// The oldest counted request expires then, freeing one (DigitalOcean's sliding hour).
+    NextRequest,
+    /// The provider sends no rate-limit headers (OVH).
+    Nothing,
+}
+
+/// Computes the authorization headers of one request from its method, full URL and body.
+pub type Authorize =
+    Box<dyn Fn(&Method, &str, &str) -> Result<Vec<(HeaderName, HeaderValue)>> + Send + Sync>;
+
+/// Reads a provider's error body into a class and a message.
+pub type ReadError = fn(StatusCode, &[u8]) -> (ErrorClass, String);
+
+/// A provider API bound to one account.
+pub struct Api {
+    client: reqwest::Client,
+    base: String,
+    module: &'static str,
+    limiter: Arc<RateLimiter>,
+    timeout: Duration,
+    authorize: Authorize,
+    read_error: ReadError,
+    reset: ResetMeans,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api")
+            .field("module", &self.module)
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A successful response.
+#[derive(Debug)]
+pub struct Reply {
+    /// Its status.
+    pub status: StatusCode,
+    /// Its body.
+    pub body: Vec<u8>,
+    /// The provider's request id.
+    pub request_id: Option<String>,
+}
+
+impl Reply {
+    /// The body as JSON of type `T`.
+    ///
+    /// # Errors
+    /// [`ErrorClass::Transient`] when the body is not what the documented API returns.
+    pub fn json<T: DeserializeOwned>(&self, module: &str, what: &str) -> Result<T> {
+        serde_json::from_slice(&self.body).map_err(|e| {
+            let mut err = ProviderError::new(
+                ErrorClass::Transient,
+                format!("{module}: unexpected answer to {what}: {e}"),
+            );
+            err.request_id.clone_from(&self.request_id);
+            err
+        })
+    }
+}
+
+/// Settings of an [`Api`].
+pub struct ApiConfig {
+    /// Base URL, without a trailing slash (`https://api.hetzner.cloud/v1`).
+    pub base: String,
+    /// Module name for messages.
+    pub module: &'static str,
+    /// The account's budget.
+    pub limiter: Arc<RateLimiter>,
+    /// Timeout of each request.
+    pub timeout: Duration,
+    /// Authorization headers per request.
+    pub authorize: Authorize,
+    /// Error body reader.
+    pub read_error: ReadError,
+    /// Meaning of the reset header.
+    pub reset: ResetMeans,
+}
+
+impl Api {
+    /// An API client.
+    ///
+    /// # Errors
+    /// When the TLS backend cannot be set up.
+    pub fn new(config: ApiConfig) -> Result<Api> {
+        let client = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout.min(Duration::from_secs(10)))
+            .build()
+            .map_err(|e| {
+                ProviderError::new(
+                    ErrorClass::Invalid,
+                    format!("{}: cannot build an HTTP client: {e}", config.module),
+                )
+            })?;
+        Ok(Api {
+            client,
+            base: config.base,
+            module: config.module,
+            limiter: config.limiter,
+            timeout: config.timeout,
+            authorize: config.authorize,
+            read_error: config.read_error,
+            reset: config.reset,
+        })
+    }
+
+    /// The full URL of `path` with `query`, exactly as it is sent (and signed).
+    ///
+    /// # Errors
+    /// [`ErrorClass::Invalid`] when the base URL and path do not make a URL.
+    pub fn url(&self, path: &str, query: &[(&str, String)]) -> Result<Url> {
+        let raw = format!("{}{}", self.base, path);
+        let parsed = if query.is_empty() {
+            Url::parse(&raw)
+        } else {
+            Url::parse_with_params(&raw, query)
+        };
+        parsed.map_err(|e| {
+            ProviderError::new(
+                ErrorClass::Invalid,
+                format!("{}: bad URL `{raw}`: {e}", self.module),
+            )
+        })
+    }
+
+    /// Sends one request within the budget. Non-2xx answers are errors.
+    ///
+    /// # Errors
+    /// The provider's error, classified; [`ErrorClass::Transient`] on timeouts and network
+    /// trouble (the request may have been applied).
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&serde_json::Value>,
+    ) -> Result<Reply> {
+        let url = self.url(path, query)?;
+        let body = body.map(serde_json::Value::to_string).unwrap_or_default();
+        let what = format!("{method} {path}");
+        self.limiter.acquire().await;
+        let mut request = self.client.request(method.clone(), url.clone());
+        for (name, value) in (self.authorize)(&method, url.as_str(), &body)? {
+            request = request.header(name, value);
+        }
+        if !body.is_empty() {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body);
+        }
+        let response = request.send().await.map_err(|e| self.transport(&what, e))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let request_id = request_id(&headers);
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport(&what, e))?;
+        self.observe_budget(&headers, status);
+        if status.is_success() {
+            return Ok(Reply {
+                status,
+                body: bytes.to_vec(),
+                request_id,
+            });
+        }
+        let (class, message) = (self.read_error)(status, &bytes);
+        let mut err = ProviderError::new(
+            class,
+            format!("{}: {what}: {} {message}", self.module, status.as_u16()),
+        );
+        err.request_id = request_id;
+        if class == ErrorClass::Throttled {
+            let after = self.block_after_429(&headers);
+            self.limiter.throttle(after);
+            err.retry_after = Some(after);
+        }
+        Err(err)
+    }
+
+    /// Sends a request and reads its JSON answer.
+    ///
+    /// # Errors
+    /// As [`Api::send`], and when the answer is not the documented JSON.
+    pub async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&serde_json::Value>,
+    ) -> Result<(T, Option<String>)> {
+        let what = format!("{method} {path}");
+        let reply = self.send(method, path, query, body).await?;
+        Ok((reply.json(self.module, &what)?, reply.request_id))
+    }
+
+    fn transport(&self, what: &str, e: reqwest::Error) -> ProviderError {
+        let message = if e.is_timeout() {
+            format!(
+                "{}: {what}: no answer within {:?}; the request may have been applied",
+                self.module, self.timeout
+            )
+        } else if e.is_connect() {
+            format!("{}: {what}: cannot connect to {}", self.module, self.base)
+        } else {
+            format!("{}: {what}: {}", self.module, e.without_url())
+        };
+        ProviderError::new(ErrorClass::Transient, message)
+    }
+
+    fn observe_budget(&self, headers: &HeaderMap, status: StatusCode) {
+        if self.reset == ResetMeans::Nothing || status == StatusCode::TOO_MANY_REQUESTS {
+            return;
+        }
+        let (Some(limit), Some(remaining)) = (
+            header_u64(headers, "ratelimit-limit"),
+            header_u64(headers, "ratelimit-remaining"),
+        ) else {
+            return;
+        };
+        let until_reset =
+            header_u64(headers, "ratelimit-reset").map_or(Duration::from_secs(1), seconds_until);
+        let next_in = match self.reset {
+            ResetMeans::FullRecovery => until_reset.div_f64(limit.max(1) as f64),
+            _ => until_reset,
+        };
+        self.limiter.correct(
+            u32::try_from(limit).unwrap_or(u32::MAX),
+            u32::try_from(remaining).unwrap_or(u32::MAX),
+            next_in,
+        );
+    }
+
+    /// How long nothing may go to the account after a 429.
+    fn block_after_429(&self, headers: &HeaderMap) -> Duration {
+        let retry_after = header_u64(headers, "retry-after").map(Duration::from_secs);
+        let reset = header_u64(headers, "ratelimit-reset").map(seconds_until);
+        retry_after
+            .or(reset)
+            .unwrap_or(Duration::from_secs(1))
+            .clamp(Duration::from_millis(100), MAX_BLOCK)
+    }
+}
+
+fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers.get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+fn request_id(headers: &HeaderMap) -> Option<String> {
+    REQUEST_ID_HEADERS.iter().find_map(|name| {
+        let v = headers.get(*name)?.to_str().ok()?;
+        (!v.is_empty() && v.len() <= 200).then(|| v.to_owned())
+    })
+}
+
+/// Time from now until the Unix time `at` (zero when past).
+fn seconds_until(at: u64) -> Duration {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Duration::from_secs(at).saturating_sub(now)
+}
+
+/// Transition details naming the provider's request id, when it sent one.
+pub fn request_details(request_id: Option<String>) -> serde_json::Value {
+    request_id.map_or(
+        serde_json::Value::Null,
+        |r| serde_json::json!({ "request_id": r }),
+    )
+}
+
+/// A header value that `Debug` output and logs never show.
+///
+/// # Errors
+/// [`ErrorClass::Auth`] when the secret cannot be a header (a pasted newline, say); the
+/// message names the header, never the value.
+pub fn secret_header(name: &'static str, value: &str) -> Result<(HeaderName, HeaderValue)> {
+    let mut v = HeaderValue::from_str(value).map_err(|_| {
+        ProviderError::new(
+            ErrorClass::Auth,
+            format!("the credential for header `{name}` contains characters a header cannot carry"),
+        )
+    })?;
+    v.set_sensitive(true);
+    Ok((HeaderName::from_static(name), v))
+}
+
+/// The class an HTTP status means when the body says nothing more specific.
+pub fn class_of_status(status: StatusCode) -> ErrorClass {
+    match status.as_u16() {
+        401 | 403 => ErrorClass::Auth,
+        404 => ErrorClass::NotFound,
+        408 | 409 | 423 | 425 => ErrorClass::Transient,
+        429 => ErrorClass::Throttled,
+        500..=599 => ErrorClass::Transient,
+        _ => ErrorClass::Invalid,
+    }
+}
+
+/// A short, single-line excerpt of a body that is not the documented error JSON.
+pub fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let line: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(200)
+        .collect();
+    line.trim().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_classes() {
+        assert_eq!(class_of_status(StatusCode::UNAUTHORIZED), ErrorClass::Auth);
+        assert_eq!(class_of_status(StatusCode::NOT_FOUND), ErrorClass::NotFound);
+        assert_eq!(
+            class_of_status(StatusCode::BAD_GATEWAY),
+            ErrorClass::Transient
+        );
+        assert_eq!(
+            class_of_status(StatusCode::UNPROCESSABLE_ENTITY),
+            ErrorClass::Invalid
+        );
+    }
+
+    #[test]
+    fn secret_headers_do_not_show_in_debug_output() {
+        let (_, v) = secret_header("authorization", "Bearer hunter2").unwrap();
+        assert!(!format!("{v:?}").contains("hunter2"));
+        let err = secret_header("authorization", "Bearer a\nb").unwrap_err();
+        assert!(!err.message.contains("Bearer"));
+    }
+}

@@ -1,0 +1,451 @@
+//! The reconciler against fake Hetzner Cloud, DigitalOcean and OVH APIs on 127.0.0.1 (see
+//! `tests/fakes/`): every instance goes through create → active → suspend → unsuspend →
+//! reboot → terminate while the fakes inject 5xx answers and ambiguous creates (applied, then
+//! answered after the client's timeout). Zero duplicates, zero servers left, every step in the
+//! transition log.
+
+mod fakes;
+
+use std::time::{Duration, Instant};
+
+use fakes::cloud::{Cloud, CloudConfig, Flavor};
+use fakes::ovh::OvhFake;
+use fakes::Faults;
+use provisioner::catalog::watch::WatchOptions;
+use provisioner::reconcile::daemon::{start, DaemonConfig, Running};
+use provisioner::store::{DesiredStatus, Instance, NewInstance, ObservedStatus, SqlStore, Store};
+use tokio_util::sync::CancellationToken;
+
+fn product(id: &str, account: &str, location: &str, os: &str, config: &str) -> String {
+    format!(
+        "apiVersion: provisioner/v1
+kind: Product
+id: {id}
+name: {id}
+type: vps
+specs: {{cpu_cores: 1, ram_gb: 1, storage_gb: 20}}
+pricing: {{currency: EUR, monthly: \"4.50\"}}
+locations: [{location}]
+os_images: [{os}]
+provisioning: {{account: {account}, config: {config}}}
+"
+    )
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    running: Option<Running>,
+    shutdown: CancellationToken,
+    store: SqlStore,
+}
+
+impl Setup {
+    async fn new(catalog: &str, graceful: Duration) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = dir.path().join("catalog");
+        std::fs::create_dir(&cat).unwrap();
+        std::fs::write(cat.join("c.yaml"), catalog).unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let mut config = DaemonConfig::new(&url, cat);
+        config.workers = 16;
+        config.idle_poll = Duration::from_millis(20);
+        config.resync_interval = Duration::from_millis(500);
+        config.owner = "test".into();
+        config.timing.waiting = Duration::from_millis(300);
+        config.timing.backoff_base = Duration::from_millis(100);
+        config.timing.backoff_cap = Duration::from_secs(1);
+        config.timing.settle.graceful_off = graceful;
+        config.timing.settle.stuck_after = Duration::from_secs(20);
+        config.catalog_watch = WatchOptions {
+            debounce: Duration::from_millis(50),
+            rescan_interval: Duration::from_secs(5),
+            watch_events: false,
+        };
+        let shutdown = CancellationToken::new();
+        let running = start(config, shutdown.clone())
+            .await
+            .expect("daemon starts");
+        let store = running.store.clone();
+        Setup {
+            _dir: dir,
+            running: Some(running),
+            shutdown,
+            store,
+        }
+    }
+
+    async fn order(&self, product: &str, ssh: Option<&str>) -> i64 {
+        let id = self
+            .store
+            .create_instance(&NewInstance {
+                customer_id: "cust".into(),
+                product_id: product.into(),
+                ssh_keys: ssh.map(str::to_owned),
+                ..NewInstance::default()
+            })
+            .await
+            .unwrap()
+            .id;
+        self.running.as_ref().unwrap().wake.notify_one();
+        id
+    }
+
+    async fn wait_all(&self, ids: &[i64], what: &str, pred: impl Fn(&Instance) -> bool) {
+        let start = Instant::now();
+        loop {
+            let mut pending = Vec::new();
+            for id in ids {
+                let i = self.store.instance(*id).await.unwrap().unwrap();
+                if !pred(&i) {
+                    pending.push(i);
+                }
+            }
+            if pending.is_empty() {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "timed out waiting for {what}: {} left, e.g. {:#?}",
+                pending.len(),
+                pending[0]
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(r) = self.running.take() {
+            tokio::time::timeout(Duration::from_secs(30), r.wait())
+                .await
+                .expect("the daemon drains and stops");
+        }
+    }
+
+    /// Runs every instance through its whole life, asserting each stage converges.
+    async fn lifecycle(&self, ids: &[i64]) {
+        let observed = |s: ObservedStatus| move |i: &Instance| i.observed_status == s;
+        self.wait_all(ids, "active", observed(ObservedStatus::Active))
+            .await;
+        for id in ids {
+            self.store
+                .set_desired(*id, DesiredStatus::Suspended, Some("unpaid"))
+                .await
+                .unwrap();
+        }
+        self.wait_all(ids, "suspended", observed(ObservedStatus::Suspended))
+            .await;
+        for id in ids {
+            self.store
+                .set_desired(*id, DesiredStatus::Active, None)
+                .await
+                .unwrap();
+        }
+        self.wait_all(ids, "unsuspended", observed(ObservedStatus::Active))
+            .await;
+        for id in ids {
+            self.store.request_reboot(*id).await.unwrap();
+        }
+        self.wait_all(ids, "rebooted", |i| {
+            i.observed_status == ObservedStatus::Active && i.reboot_handled == i.reboot_requested
+        })
+        .await;
+        for id in ids {
+            self.store
+                .set_desired(*id, DesiredStatus::Terminated, None)
+                .await
+                .unwrap();
+        }
+        self.wait_all(ids, "terminated", observed(ObservedStatus::Terminated))
+            .await;
+        for id in ids {
+            let history = self.store.history(*id).await.unwrap();
+            for action in ["create", "suspend", "unsuspend", "reboot", "terminate"] {
+                assert!(
+                    history
+                        .iter()
+                        .any(|t| t.action == action && t.outcome == "started"),
+                    "instance {id}: the {action} intent is in the log"
+                );
+                assert!(
+                    history
+                        .iter()
+                        .any(|t| t.action == action && t.outcome == "succeeded"),
+                    "instance {id}: the {action} success is in the log"
+                );
+            }
+        }
+    }
+}
+
+/// Exactly one server was ever made per instance, none is left, and every request carried
+/// the token.
+fn one_server_each_and_none_left(cloud: &Cloud, ids: &[i64]) -> fakes::Ledger {
+    let ledger = cloud.ledger();
+    assert!(
+        ledger.duplicates().is_empty(),
+        "duplicates: {:?}",
+        ledger.duplicates()
+    );
+    for id in ids {
+        assert_eq!(
+            ledger.servers_for(*id),
+            1,
+            "instance {id}: exactly one server"
+        );
+    }
+    assert_eq!(cloud.live(), 0, "every server was deleted");
+    assert_eq!(ledger.refused, 0, "the token was sent on every request");
+    ledger
+}
+
+fn faults() -> Faults {
+    Faults {
+        server_error_every: Some(7),
+        // Longer than the account's 1 s timeout: applied, but the client never hears back.
+        slow_create_every: Some((4, Duration::from_millis(1500))),
+        latency: Duration::ZERO,
+    }
+}
+
+fn cloud_account(id: &str, module: &str, url: &str, env: &str) -> String {
+    format!(
+        "apiVersion: provisioner/v1
+kind: ProviderAccount
+id: {id}
+module: {module}
+endpoint: {url}
+credentials: {{token_env: {env}}}
+poll_seconds: 0.1
+timeout_seconds: 1
+---
+"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hetzner_converges_without_duplicates_through_faults() {
+    let mut cfg = CloudConfig::new(Flavor::Hetzner, "hz-secret-token");
+    cfg.faults = faults();
+    let cloud = Cloud::start(cfg).await;
+    std::env::set_var("FAKE_HCLOUD_TOKEN_1", "hz-secret-token");
+    let catalog = cloud_account("hz", "hetzner", &cloud.url, "FAKE_HCLOUD_TOKEN_1")
+        + &product(
+            "hz-vps",
+            "hz",
+            "fsn1",
+            "ubuntu-24.04",
+            "{server_type: cx22}",
+        );
+    let s = Setup::new(&catalog, Duration::from_secs(2)).await;
+    let mut ids = Vec::new();
+    for n in 0..12 {
+        let key = (n % 2 == 0).then_some("ssh-ed25519 AAAAC3Nza test@example");
+        ids.push(s.order("hz-vps", key).await);
+    }
+    s.lifecycle(&ids).await;
+    let ledger = one_server_each_and_none_left(&cloud, &ids);
+    assert!(
+        ledger.count("GET /v1/servers") > 0,
+        "in-flight work and resyncs list in bulk"
+    );
+    assert!(
+        ledger.count("POST /v1/servers") > ids.len() as u64,
+        "the faults struck creates (503s and answers lost to the timeout)"
+    );
+    let mut adopted = 0;
+    for id in &ids {
+        let h = s.store.history(*id).await.unwrap();
+        adopted += h
+            .iter()
+            .filter(|t| t.action == "adopt" && t.outcome == "succeeded")
+            .count();
+    }
+    assert!(adopted > 0, "an ambiguous create was adopted, not repeated");
+    let h = s.store.history(ids[0]).await.unwrap();
+    assert!(
+        h.iter()
+            .any(|t| t.action == "suspend" && t.details["request_id"].is_string()),
+        "the provider's request id is in the transition details"
+    );
+    // The root password Hetzner returned (no ssh key given) is kept, sealed.
+    let i = s.store.instance(ids[1]).await.unwrap().unwrap();
+    assert!(
+        i.credentials.is_some(),
+        "the generated root password is kept"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn digitalocean_converges_without_duplicates_through_faults() {
+    let mut cfg = CloudConfig::new(Flavor::DigitalOcean, "do-secret-token");
+    cfg.faults = faults();
+    let cloud = Cloud::start(cfg).await;
+    std::env::set_var("FAKE_DO_TOKEN_1", "do-secret-token");
+    let catalog = cloud_account("do", "digitalocean", &cloud.url, "FAKE_DO_TOKEN_1")
+        + &product(
+            "do-vps",
+            "do",
+            "fra1",
+            "ubuntu-24-04-x64",
+            "{size: s-1vcpu-1gb}",
+        );
+    let s = Setup::new(&catalog, Duration::from_secs(2)).await;
+    let mut ids = Vec::new();
+    for _ in 0..12 {
+        ids.push(s.order("do-vps", None).await);
+    }
+    s.lifecycle(&ids).await;
+    let ledger = one_server_each_and_none_left(&cloud, &ids);
+    assert!(
+        ledger.count("POST /v2/droplets") > ids.len() as u64,
+        "the faults struck creates"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reboot_the_os_ignores_is_followed_by_a_hard_reset() {
+    let mut cfg = CloudConfig::new(Flavor::Hetzner, "hz-token-2");
+    cfg.reboot_hangs = true;
+    let cloud = Cloud::start(cfg).await;
+    std::env::set_var("FAKE_HCLOUD_TOKEN_2", "hz-token-2");
+    let catalog = cloud_account("hz", "hetzner", &cloud.url, "FAKE_HCLOUD_TOKEN_2")
+        + &product(
+            "hz-vps",
+            "hz",
+            "fsn1",
+            "ubuntu-24.04",
+            "{server_type: cx22}",
+        );
+    let s = Setup::new(&catalog, Duration::from_millis(800)).await;
+    let id = s.order("hz-vps", None).await;
+    s.wait_all(&[id], "active", |i| {
+        i.observed_status == ObservedStatus::Active
+    })
+    .await;
+    s.store.request_reboot(id).await.unwrap();
+    s.wait_all(&[id], "rebooted", |i| {
+        i.reboot_handled == i.reboot_requested
+    })
+    .await;
+    let ledger = cloud.ledger();
+    assert_eq!(ledger.count("POST /v1/servers/{id}/actions/reboot"), 1);
+    assert_eq!(
+        ledger.count("POST /v1/servers/{id}/actions/reset"),
+        1,
+        "reset after the timeout"
+    );
+    let history = s.store.history(id).await.unwrap();
+    assert!(history
+        .iter()
+        .any(|t| t.action == "reboot" && t.details["hard"] == true));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn missing_credentials_make_orders_wait_with_the_variable_named() {
+    let cloud = Cloud::start(CloudConfig::new(Flavor::Hetzner, "x")).await;
+    let catalog = cloud_account("hz", "hetzner", &cloud.url, "FAKE_HCLOUD_TOKEN_UNSET")
+        + &product(
+            "hz-vps",
+            "hz",
+            "fsn1",
+            "ubuntu-24.04",
+            "{server_type: cx22}",
+        );
+    let s = Setup::new(&catalog, Duration::from_secs(2)).await;
+    let id = s.order("hz-vps", None).await;
+    s.wait_all(&[id], "waiting", |i| {
+        i.status_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("FAKE_HCLOUD_TOKEN_UNSET"))
+    })
+    .await;
+    assert_eq!(
+        cloud.ledger().requests,
+        0,
+        "nothing is sent without credentials"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ovh_pool_servers_are_allocated_once_wiped_and_freed() {
+    let pool = ["ns1.fake.eu", "ns2.fake.eu", "ns3.fake.eu"];
+    let fake = OvhFake::start(&pool, Duration::from_millis(300)).await;
+    std::env::set_var("FAKE_OVH_AK", fakes::ovh::APP_KEY);
+    std::env::set_var("FAKE_OVH_AS", fakes::ovh::APP_SECRET);
+    std::env::set_var("FAKE_OVH_CK", fakes::ovh::CONSUMER_KEY);
+    let catalog = format!(
+        "apiVersion: provisioner/v1
+kind: ProviderAccount
+id: ovh-t
+module: ovh
+endpoint: {}
+credentials: {{application_key_env: FAKE_OVH_AK, application_secret_env: FAKE_OVH_AS, consumer_key_env: FAKE_OVH_CK}}
+poll_seconds: 0.1
+timeout_seconds: 2
+pool:
+  - {{service_name: ns1.fake.eu, hardware: adv-1, location: gra}}
+  - {{service_name: ns2.fake.eu, hardware: adv-1, location: gra}}
+  - {{service_name: ns3.fake.eu, hardware: rise-2, location: gra}}
+---
+",
+        fake.url
+    ) + &product("ded", "ovh-t", "gra", "debian12_64", "{hardware: [adv-1]}").replace("type: vps", "type: dedicated");
+    let s = Setup::new(&catalog, Duration::from_secs(2)).await;
+    let a = s.order("ded", Some("ssh-ed25519 AAAAC3Nza a@b")).await;
+    let b = s.order("ded", None).await;
+    let c = s.order("ded", None).await;
+    s.wait_all(&[a, b], "active", |i| {
+        i.observed_status == ObservedStatus::Active
+    })
+    .await;
+    let ia = s.store.instance(a).await.unwrap().unwrap();
+    let ib = s.store.instance(b).await.unwrap().unwrap();
+    assert_ne!(
+        ia.provider_server_id, ib.provider_server_id,
+        "two instances, two servers"
+    );
+    // The third order finds no free adv-1 server (the rise-2 one does not match): it waits.
+    s.wait_all(&[c], "retrying for capacity", |i| {
+        i.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("no free server"))
+    })
+    .await;
+    s.lifecycle(&[a]).await;
+    // Terminating `a` wiped its server and gave it back: `c` gets it.
+    s.wait_all(&[c], "active on the freed server", |i| {
+        i.observed_status == ObservedStatus::Active
+    })
+    .await;
+    let ic = s.store.instance(c).await.unwrap().unwrap();
+    assert_eq!(ic.provider_server_id, ia.provider_server_id);
+    let installs = fake.installs();
+    let server_a = ia.provider_server_id.clone().unwrap();
+    let on_a: Vec<&String> = installs
+        .iter()
+        .filter(|(sn, _)| *sn == server_a)
+        .map(|(_, h)| h)
+        .collect();
+    assert_eq!(
+        on_a.len(),
+        3,
+        "installed for a, wiped, installed for c: {installs:?}"
+    );
+    assert_eq!(fake.ledger().refused, 0, "every signature was right");
+    let history = s.store.history(a).await.unwrap();
+    assert!(history
+        .iter()
+        .any(|t| t.details["pool"]["allocated"] == server_a.as_str()));
+    assert!(history
+        .iter()
+        .any(|t| t.details["pool"]["boot"] == "rescue"));
+    assert!(history
+        .iter()
+        .any(|t| t.details["pool"]["wiping"] == server_a.as_str()));
+    s.stop().await;
+}
