@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::http::{
-    class_of_status, excerpt, request_details, secret_header, Api, ApiConfig, ResetMeans,
+    bearer, class_of_status, credential, excerpt, request_details, Api, ApiConfig, ResetMeans,
 };
 use super::limit::RateLimiter;
 use super::{
@@ -24,7 +24,6 @@ use super::{
     Progress, Provider, ProviderError, Result, Server,
 };
 use crate::catalog::{Module, ProductConfig, ProviderAccount};
-use crate::secrets::SecretString;
 use crate::store::Action;
 
 /// The public API.
@@ -188,15 +187,7 @@ impl DigitalOcean {
         limiter: Arc<RateLimiter>,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> std::result::Result<DigitalOcean, String> {
-        let var = account
-            .credentials
-            .iter()
-            .find(|c| c.field == "token_env")
-            .map_or("DIGITALOCEAN_TOKEN", |c| c.env.as_str());
-        let token = env(var)
-            .filter(|t| !t.is_empty())
-            .map(|t| SecretString::new(format!("Bearer {t}")))
-            .ok_or_else(|| format!("environment variable {var} (the API token) is not set"))?;
+        let token = credential(account, "token_env", "DIGITALOCEAN_TOKEN", env)?;
         let base = account
             .endpoint
             .clone()
@@ -207,9 +198,7 @@ impl DigitalOcean {
             module: "digitalocean",
             limiter,
             timeout: account.timeout.unwrap_or(Duration::from_secs(30)),
-            authorize: Box::new(move |_, _, _| {
-                Ok(vec![secret_header("authorization", token.expose())?])
-            }),
+            authorize: bearer(&token),
             read_error,
             reset: ResetMeans::NextRequest,
         })

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::http::{
-    class_of_status, excerpt, request_details, secret_header, Api, ApiConfig, ResetMeans,
+    bearer, class_of_status, credential, excerpt, request_details, Api, ApiConfig, ResetMeans,
 };
 use super::limit::RateLimiter;
 use super::{
@@ -183,15 +183,7 @@ impl HetznerCloud {
         limiter: Arc<RateLimiter>,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> std::result::Result<HetznerCloud, String> {
-        let var = account
-            .credentials
-            .iter()
-            .find(|c| c.field == "token_env")
-            .map_or("HCLOUD_TOKEN", |c| c.env.as_str());
-        let token = env(var)
-            .filter(|t| !t.is_empty())
-            .map(|t| SecretString::new(format!("Bearer {t}")))
-            .ok_or_else(|| format!("environment variable {var} (the API token) is not set"))?;
+        let token = credential(account, "token_env", "HCLOUD_TOKEN", env)?;
         let base = account
             .endpoint
             .clone()
@@ -202,9 +194,7 @@ impl HetznerCloud {
             module: "hetzner",
             limiter,
             timeout: account.timeout.unwrap_or(Duration::from_secs(30)),
-            authorize: Box::new(move |_, _, _| {
-                Ok(vec![secret_header("authorization", token.expose())?])
-            }),
+            authorize: bearer(&token),
             read_error,
             reset: ResetMeans::FullRecovery,
         })

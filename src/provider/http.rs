@@ -303,6 +303,34 @@ fn seconds_until(at: u64) -> Duration {
     Duration::from_secs(at).saturating_sub(now)
 }
 
+/// Reads the secret an account's credential `field` names (default variable `default`)
+/// through `env`.
+///
+/// # Errors
+/// When the variable is unset or empty; the message names the variable, never a value.
+pub fn credential(
+    account: &crate::catalog::ProviderAccount,
+    field: &str,
+    default: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> std::result::Result<crate::secrets::SecretString, String> {
+    let var = account
+        .credentials
+        .iter()
+        .find(|c| c.field == field)
+        .map_or(default, |c| c.env.as_str());
+    env(var)
+        .filter(|v| !v.is_empty())
+        .map(crate::secrets::SecretString::new)
+        .ok_or_else(|| format!("environment variable {var} is not set"))
+}
+
+/// Authorization by a bearer token (Hetzner Cloud, DigitalOcean).
+pub fn bearer(token: &crate::secrets::SecretString) -> Authorize {
+    let header = crate::secrets::SecretString::new(format!("Bearer {}", token.expose()));
+    Box::new(move |_, _, _| Ok(vec![secret_header("authorization", header.expose())?]))
+}
+
 /// Transition details naming the provider's request id, when it sent one.
 pub fn request_details(request_id: Option<String>) -> serde_json::Value {
     request_id.map_or(

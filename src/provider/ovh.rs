@@ -24,14 +24,15 @@ use serde_json::json;
 use sha1::{Digest, Sha1};
 use tokio::sync::OnceCell;
 
-use super::http::{class_of_status, excerpt, secret_header, Api, ApiConfig, ResetMeans};
+use super::http::{
+    class_of_status, credential, excerpt, secret_header, Api, ApiConfig, ResetMeans,
+};
 use super::limit::RateLimiter;
 use super::{
     Accepted, Call, CreateRequest, Created, ErrorClass, PowerState, Progress, Provider,
     ProviderError, Result, Server,
 };
 use crate::catalog::{Module, PoolServer, ProductConfig, ProviderAccount};
-use crate::secrets::SecretString;
 use crate::store::engine::{Arg, Row};
 use crate::store::{Action, SqlStore, StoreError};
 
@@ -197,17 +198,7 @@ impl Ovh {
         store: SqlStore,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> std::result::Result<Ovh, String> {
-        let read = |field: &str, default: &str| -> std::result::Result<SecretString, String> {
-            let var = account
-                .credentials
-                .iter()
-                .find(|c| c.field == field)
-                .map_or(default, |c| c.env.as_str());
-            env(var)
-                .filter(|v| !v.is_empty())
-                .map(SecretString::new)
-                .ok_or_else(|| format!("environment variable {var} is not set"))
-        };
+        let read = |field: &str, default: &str| credential(account, field, default, env);
         let app_key = read("application_key_env", "OVH_APPLICATION_KEY")?;
         let app_secret = read("application_secret_env", "OVH_APPLICATION_SECRET")?;
         let consumer_key = read("consumer_key_env", "OVH_CONSUMER_KEY")?;
