@@ -10,7 +10,7 @@ use axum::routing::get;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
-use crate::reconcile::metrics::Metrics;
+use crate::metrics::Metrics;
 
 /// What `/readyz` reports.
 #[derive(Debug, Default)]

@@ -9,18 +9,18 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`catalog`] | the YAML catalog: located parsing, validation with every error at `file:line:column`, product revisions, diffs, hot reload |
-//! | [`store`] | instances, the transition log, product revisions and manual tasks on SQLite or PostgreSQL; the billing contract |
-//! | [`provider`] | the provider trait, error classes, per-account rate budgets, and the `sim` and `manual` modules |
-//! | [`reconcile`] | the planner (pure), the executor, the daemon's work loop, resyncs, HTTP health and metrics |
-//! | [`secrets`] | root passwords and panel credentials sealed at rest; keys and rotation |
+//! | [`store`] | instances, the transition log, product revisions, manual tasks, the sim's cloud and the OVH pool on SQLite or PostgreSQL; the billing contract; all SQL lives here |
+//! | [`provider`] | the provider trait and each module's policy, error classes, accounts built from the catalog, per-account rate budgets, the shared HTTP client and listing; the `sim`, `manual`, `hetzner`, `digitalocean` and `ovh` modules |
+//! | [`reconcile`] | the planner and the decisions after a provider's answer (both pure), the executor that records them, the daemon's work loop, resyncs and shutdown |
+//! | [`metrics`] | the daemon's figures, rendered for Prometheus |
+//! | [`secrets`] | root passwords and panel credentials sealed at rest; keys, the key file beside a SQLite database, rotation |
 //! | [`api`] | the daemon's HTTP endpoints: `/healthz`, `/readyz`, `/metrics` |
 //! | [`cli`] | the `provisioner` command line: arguments, output formats, exit codes |
-//!
-//! Still to come: the hetzner, digitalocean and ovh provider modules.
 
 pub mod api;
 pub mod catalog;
 pub mod cli;
+pub mod metrics;
 pub mod provider;
 pub mod reconcile;
 pub mod secrets;

@@ -13,6 +13,7 @@
 use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -197,6 +198,35 @@ impl Keyring {
             Err(_) => Vec::new(),
         };
         Ok((Keyring { primary, previous }, generated))
+    }
+
+    /// The key for the secrets of the database at `database_url`: configured, or for SQLite
+    /// a file beside the database (`<file>.key`), generated — and said so in the log — on
+    /// first use.
+    ///
+    /// # Errors
+    /// When a configured key is malformed, the file cannot be used, or PostgreSQL has none.
+    pub fn for_database(database_url: &str) -> Result<Arc<Keyring>, SecretError> {
+        let default_file = if database_url.starts_with("sqlite:") {
+            let options =
+                <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(database_url)
+                    .ok();
+            options.map(|o| {
+                let mut name = o.get_filename().as_os_str().to_owned();
+                name.push(".key");
+                PathBuf::from(name)
+            })
+        } else {
+            None
+        };
+        let (ring, generated) = Keyring::load(default_file.as_deref())?;
+        if let Some(path) = generated {
+            tracing::warn!(
+                path = %path.display(),
+                "generated a new secret key for stored credentials; back this file up with the database, without it stored passwords cannot be read"
+            );
+        }
+        Ok(Arc::new(ring))
     }
 
     /// The id of the key that seals new secrets.

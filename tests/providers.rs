@@ -40,7 +40,7 @@ struct Setup {
 }
 
 impl Setup {
-    async fn new(catalog: &str, graceful: Duration) -> Setup {
+    async fn new(catalog: &str) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let cat = dir.path().join("catalog");
         std::fs::create_dir(&cat).unwrap();
@@ -54,8 +54,6 @@ impl Setup {
         config.timing.waiting = Duration::from_millis(300);
         config.timing.backoff_base = Duration::from_millis(100);
         config.timing.backoff_cap = Duration::from_secs(1);
-        config.timing.settle.graceful_off = graceful;
-        config.timing.settle.stuck_after = Duration::from_secs(20);
         config.catalog_watch = WatchOptions {
             debounce: Duration::from_millis(50),
             rescan_interval: Duration::from_secs(5),
@@ -218,6 +216,8 @@ endpoint: {url}
 credentials: {{token_env: {env}}}
 poll_seconds: 0.1
 timeout_seconds: 1
+graceful_timeout_seconds: 2
+stuck_timeout_seconds: 20
 ---
 "
     )
@@ -237,7 +237,7 @@ async fn hetzner_converges_without_duplicates_through_faults() {
             "ubuntu-24.04",
             "{server_type: cx22}",
         );
-    let s = Setup::new(&catalog, Duration::from_secs(2)).await;
+    let s = Setup::new(&catalog).await;
     let mut ids = Vec::new();
     for n in 0..12 {
         let key = (n % 2 == 0).then_some("ssh-ed25519 AAAAC3Nza test@example");
@@ -291,7 +291,7 @@ async fn digitalocean_converges_without_duplicates_through_faults() {
             "ubuntu-24-04-x64",
             "{size: s-1vcpu-1gb}",
         );
-    let s = Setup::new(&catalog, Duration::from_secs(2)).await;
+    let s = Setup::new(&catalog).await;
     let mut ids = Vec::new();
     for _ in 0..12 {
         ids.push(s.order("do-vps", None).await);
@@ -319,7 +319,11 @@ async fn a_reboot_the_os_ignores_is_followed_by_a_hard_reset() {
             "ubuntu-24.04",
             "{server_type: cx22}",
         );
-    let s = Setup::new(&catalog, Duration::from_millis(800)).await;
+    let catalog = catalog.replace(
+        "graceful_timeout_seconds: 2",
+        "graceful_timeout_seconds: 0.8",
+    );
+    let s = Setup::new(&catalog).await;
     let id = s.order("hz-vps", None).await;
     s.wait_all(&[id], "active", |i| {
         i.observed_status == ObservedStatus::Active
@@ -355,7 +359,7 @@ async fn missing_credentials_make_orders_wait_with_the_variable_named() {
             "ubuntu-24.04",
             "{server_type: cx22}",
         );
-    let s = Setup::new(&catalog, Duration::from_secs(2)).await;
+    let s = Setup::new(&catalog).await;
     let id = s.order("hz-vps", None).await;
     s.wait_all(&[id], "waiting", |i| {
         i.status_reason
@@ -395,7 +399,7 @@ pool:
 ",
         fake.url
     ) + &product("ded", "ovh-t", "gra", "debian12_64", "{hardware: [adv-1]}").replace("type: vps", "type: dedicated");
-    let s = Setup::new(&catalog, Duration::from_secs(2)).await;
+    let s = Setup::new(&catalog).await;
     let a = s.order("ded", Some("ssh-ed25519 AAAAC3Nza a@b")).await;
     let b = s.order("ded", None).await;
     let c = s.order("ded", None).await;

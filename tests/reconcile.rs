@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use provisioner::catalog::watch::WatchOptions;
 use provisioner::provider::sim;
-use provisioner::reconcile::daemon::{load_keyring, start, DaemonConfig, Running};
+use provisioner::reconcile::daemon::{start, DaemonConfig, Running};
+use provisioner::secrets::Keyring;
 use provisioner::store::{
     DesiredStatus, Instance, NewInstance, ObservedStatus, SqlStore, Store, TaskFilter, TaskKind,
 };
@@ -248,7 +249,7 @@ async fn manual_servers_are_provisioned_through_the_task_inbox() {
     );
     let i = s.wait(id, "the admin's work to be observed", active).await;
     assert_eq!(i.ipv4.as_deref(), Some("203.0.113.9"));
-    let ring = load_keyring(&s.url).unwrap();
+    let ring = Keyring::for_database(&s.url).unwrap();
     let sealed = i
         .credentials
         .as_ref()

@@ -12,8 +12,8 @@ use provisioner::catalog;
 use provisioner::secrets::{Keyring, SecretString};
 use provisioner::store::{
     Action, Cause, ConnectOptions, DesiredStatus, Engine, InstanceFilter, NewInstance,
-    NewTransition, NextCheck, ObservedPatch, ObservedStatus, Outcome, SqlStore, Store, StoreError,
-    TaskCompletion, TaskFilter, TaskKind, TaskState,
+    NewTransition, NextCheck, ObservedPatch, ObservedStatus, Outcome, Pending, SqlStore, Store,
+    StoreError, TaskCompletion, TaskFilter, TaskKind, TaskState,
 };
 use serde_json::json;
 
@@ -507,15 +507,34 @@ async fn records_write_state_and_transition_together(db: &Db) {
                 observed_status: Some(ObservedStatus::Provisioning),
                 product_revision: Some("0123456789abcdef".into()),
                 provider_account: Some(Some("sim-eu".into())),
-                pending: Some(Some((Action::Create, None))),
+                pending: Some(Some(Pending::new(Action::Create))),
                 ..ObservedPatch::default()
             },
             Some(&intent),
         )
         .await
         .unwrap();
-    assert_eq!(i.pending_action.as_deref(), Some("create"));
+    assert_eq!(i.pending, Some(Pending::new(Action::Create)));
     assert!(i.pending_since.is_some());
+    // The provider's action and the hard fallback are typed columns, read back as written.
+    let hard = Pending {
+        action: Action::Create,
+        action_id: Some("act-7".into()),
+        hard: true,
+    };
+    let i = db
+        .store
+        .record(
+            &lease,
+            &ObservedPatch {
+                pending: Some(Some(hard.clone())),
+                ..ObservedPatch::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(i.pending, Some(hard));
     let done = NewTransition {
         details: json!({"provider_action_id": "act-7"}),
         ..NewTransition::new(Action::Create, Cause::DesiredChange, Outcome::Succeeded)
@@ -539,7 +558,7 @@ async fn records_write_state_and_transition_together(db: &Db) {
         .await
         .unwrap();
     assert_eq!(i.observed_status, ObservedStatus::Active);
-    assert_eq!(i.pending_action, None);
+    assert_eq!(i.pending, None);
     assert_eq!(i.pending_since, None);
     assert!(i.next_check_at.unwrap() > chrono::Utc::now() + chrono::Duration::seconds(500));
     let h = db.store.history(id).await.unwrap();
@@ -911,7 +930,7 @@ async fn listing_filters_and_queue_stats(db: &Db) {
 
 async fn migrations_are_idempotent(db: &Db) {
     assert!(db.store.migrate().await.unwrap().is_empty());
-    assert_eq!(db.scalar("SELECT COUNT(*) FROM schema_migrations").await, 3);
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM schema_migrations").await, 4);
 }
 
 async fn missing_things_are_reported(db: &Db) {

@@ -127,6 +127,8 @@ pub fn account_json(a: &ProviderAccount) -> Value {
         "settings": settings,
         "poll_seconds": a.poll.map(|d| d.as_secs_f64()),
         "timeout_seconds": a.timeout.map(|d| d.as_secs_f64()),
+        "graceful_timeout_seconds": a.graceful_timeout.map(|d| d.as_secs_f64()),
+        "stuck_timeout_seconds": a.stuck_timeout.map(|d| d.as_secs_f64()),
     })
 }
 

@@ -288,6 +288,12 @@ pub struct ProviderAccount {
     pub poll: Option<std::time::Duration>,
     /// Timeout of each API request (API modules); `None` means 30 s.
     pub timeout: Option<std::time::Duration>,
+    /// How long a graceful shutdown or reboot may take before a hard one (API modules);
+    /// `None` means 60 s.
+    pub graceful_timeout: Option<std::time::Duration>,
+    /// How long an action may run before it is sent again (API modules); `None` means the
+    /// module's default (5 minutes; 2 hours for ovh, whose reinstalls take that long).
+    pub stuck_timeout: Option<std::time::Duration>,
     /// Where it was defined.
     pub origin: Origin,
 }

@@ -88,6 +88,8 @@ pub(super) fn account(
     let sim_node = f.optional("simulation");
     let poll_node = f.optional("poll_seconds");
     let timeout_node = f.optional("timeout_seconds");
+    let graceful_node = f.optional("graceful_timeout_seconds");
+    let stuck_node = f.optional("stuck_timeout_seconds");
     let Some(module) = module else {
         return (id, None);
     };
@@ -141,6 +143,22 @@ pub(super) fn account(
     }
     let poll = api_seconds(module, poll_node, "poll_seconds", 0.05, 3600.0, cx);
     let timeout = api_seconds(module, timeout_node, "timeout_seconds", 0.1, 600.0, cx);
+    let graceful_timeout = api_seconds(
+        module,
+        graceful_node,
+        "graceful_timeout_seconds",
+        0.1,
+        3600.0,
+        cx,
+    );
+    let stuck_timeout = api_seconds(
+        module,
+        stuck_node,
+        "stuck_timeout_seconds",
+        1.0,
+        86_400.0,
+        cx,
+    );
     let account = (|| {
         Some(ProviderAccount {
             id: id.clone()?.0,
@@ -151,6 +169,8 @@ pub(super) fn account(
             settings: settings?,
             poll: poll?,
             timeout: timeout?,
+            graceful_timeout: graceful_timeout?,
+            stuck_timeout: stuck_timeout?,
             origin,
         })
     })();

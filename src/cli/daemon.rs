@@ -12,8 +12,8 @@ use super::{RunArgs, EXIT_INVALID, EXIT_OK};
 use crate::catalog::{self, Module};
 use crate::provider::sim;
 use crate::reconcile::daemon::{start, DaemonConfig};
-use crate::reconcile::execute::{desired_met, product_check};
-use crate::reconcile::plan::{plan as plan_step, Step};
+use crate::reconcile::execute::desired_met;
+use crate::reconcile::plan::{plan as plan_step, product_check, Step};
 use crate::store::{
     ConnectOptions, DesiredStatus, Instance, InstanceFilter, NewInstance, SqlStore, Store,
 };
@@ -49,15 +49,30 @@ pub(super) async fn run(url: &str, args: RunArgs) -> anyhow::Result<ExitCode> {
     config.resync_interval = Duration::from_secs_f64(args.resync_seconds.max(0.1));
     config.idle_poll = Duration::from_millis(args.idle_poll_ms.max(1));
     config.lease = Duration::from_secs_f64(args.lease_seconds.max(1.0));
+    config.drain = Duration::from_secs_f64(args.drain_seconds.clamp(0.0, 3600.0));
     if let Some(owner) = args.owner {
         config.owner = owner;
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(signals(shutdown.clone()));
     tracing::info!(owner = %config.owner, database = %crate::store::redact_url(url), "starting");
-    let running = start(config, shutdown.clone()).await?;
+    let drain = config.drain;
+    let running = tokio::select! {
+        r = start(config, shutdown.clone()) => r?,
+        () = shutdown.cancelled() => {
+            tracing::info!("stopped before start-up finished");
+            return Ok(ExitCode::from(EXIT_OK));
+        }
+    };
     shutdown.cancelled().await;
-    running.wait().await;
+    // The drain deadline bounds the steps; a second more for the other tasks, whatever the
+    // database is doing.
+    if tokio::time::timeout(drain + Duration::from_secs(1), running.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("tasks did not end in time; exiting (leases held will expire)");
+    }
     tracing::info!("stopped");
     Ok(ExitCode::from(EXIT_OK))
 }

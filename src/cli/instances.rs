@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::{Format, InstancesCommand, EXIT_INVALID, EXIT_OK};
 use crate::catalog;
-use crate::reconcile::daemon::load_keyring;
+use crate::secrets::Keyring;
 use crate::store::{
     redact_url, ConnectOptions, DesiredStatus, Instance, InstanceFilter, NewInstance,
     ObservedStatus, SqlStore, Store, StoreError, Transition,
@@ -29,7 +29,7 @@ pub(super) async fn migrate(url: &str) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot use database {}", redact_url(url)))?;
     let applied = store.migrate().await?;
-    load_keyring(url)?;
+    Keyring::for_database(url)?;
     if applied.is_empty() {
         println!("{}: schema up to date", redact_url(url));
     } else {
@@ -193,7 +193,7 @@ async fn dispatch(
             let secret = if show_secrets {
                 match &instance.credentials {
                     Some(sealed) => Some(
-                        load_keyring(url)?
+                        Keyring::for_database(url)?
                             .open(sealed, &instance.secret_context())
                             .context("cannot open the stored credentials")?,
                     ),
@@ -236,8 +236,8 @@ async fn dispatch(
             println!(
                 "instance {}: taken up again ({}); the reconciler looks at it now",
                 i.id,
-                i.pending_action
-                    .as_deref()
+                i.pending
+                    .as_ref()
                     .map_or("starting over from pending".to_owned(), |_| {
                         "re-observing its server".to_owned()
                     })
@@ -334,7 +334,9 @@ fn instance_json(i: &Instance, secret: Option<&str>) -> Value {
         "root_password": secret,
         "last_error": i.last_error,
         "attempts": i.attempts,
-        "pending_action": i.pending_action,
+        "pending_action": i.pending.as_ref().map(|p| p.action.as_str()),
+        "pending_action_id": i.pending.as_ref().and_then(|p| p.action_id.as_deref()),
+        "pending_hard": i.pending.as_ref().map(|p| p.hard),
         "next_check_at": i.next_check_at,
         "lease_owner": i.lease_owner,
         "created_at": i.created_at,
@@ -423,7 +425,16 @@ fn print_instance(i: &Instance, secret: Option<&str>, format: Format) -> anyhow:
     let _ = writeln!(
         s,
         "in flight   {} since {}",
-        or_dash(i.pending_action.as_deref()),
+        i.pending.as_ref().map_or("-".to_owned(), |p| {
+            let mut s = p.action.as_str().to_owned();
+            if let Some(id) = &p.action_id {
+                s.push_str(&format!(" (provider action {id})"));
+            }
+            if p.hard {
+                s.push_str(", hard fallback sent");
+            }
+            s
+        }),
         ts(i.pending_since)
     );
     let _ = writeln!(

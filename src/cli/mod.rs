@@ -112,6 +112,10 @@ pub struct RunArgs {
     /// This daemon's name in leases (default: host:pid).
     #[arg(long)]
     pub owner: Option<String>,
+    /// Seconds steps in flight may take to finish after SIGTERM/SIGINT before they are
+    /// abandoned (their intent is recorded; the next daemon resolves them).
+    #[arg(long, default_value_t = 5.0)]
+    pub drain_seconds: f64,
 }
 
 /// `provisioner tasks …`
@@ -351,9 +355,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(
     fut: F,
 ) -> anyhow::Result<ExitCode> {
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()?
-        .block_on(fut)
+        .build()?;
+    let result = runtime.block_on(fut);
+    // Whatever is still running (a query to a database that stopped answering) does not
+    // hold the exit up.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    result
 }

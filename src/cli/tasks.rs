@@ -7,7 +7,7 @@ use anyhow::Context;
 use serde_json::{json, Map, Value};
 
 use super::{Format, TasksCommand, EXIT_INVALID, EXIT_OK};
-use crate::reconcile::daemon::load_keyring;
+use crate::secrets::Keyring;
 use crate::secrets::SecretString;
 use crate::store::{ConnectOptions, SqlStore, Store, StoreError, TaskCompletion, TaskFilter};
 
@@ -91,7 +91,7 @@ async fn dispatch(url: &str, store: &SqlStore, command: TasksCommand) -> anyhow:
                 (None, None) => None,
             };
             let secret = match &password {
-                Some(p) => Some(load_keyring(url)?.seal(p, &task.secret_context())),
+                Some(p) => Some(Keyring::for_database(url)?.seal(p, &task.secret_context())),
                 None => None,
             };
             let mut details = Map::new();

@@ -20,8 +20,8 @@ use super::http::{
 };
 use super::limit::RateLimiter;
 use super::{
-    cloud_init, split_ssh_keys, Accepted, Call, CreateRequest, Created, ErrorClass, PowerState,
-    Progress, Provider, ProviderError, Result, Server,
+    cloud_init, split_ssh_keys, Accepted, Call, CreateRequest, Created, ErrorClass, Policy,
+    PowerState, Progress, Provider, ProviderError, Result, Server,
 };
 use crate::catalog::{Module, ProductConfig, ProviderAccount};
 use crate::store::Action;
@@ -42,6 +42,7 @@ pub fn instance_tag(instance_id: i64) -> String {
 #[derive(Debug)]
 pub struct DigitalOcean {
     api: Api,
+    policy: Policy,
 }
 
 #[derive(Debug, Deserialize)]
@@ -203,7 +204,10 @@ impl DigitalOcean {
             reset: ResetMeans::NextRequest,
         })
         .map_err(|e| e.message)?;
-        Ok(DigitalOcean { api })
+        Ok(DigitalOcean {
+            api,
+            policy: Policy::api(account, Duration::from_secs(3), Duration::from_secs(10)),
+        })
     }
 
     async fn by_tag(&self, tag: &str) -> Result<Vec<Server>> {
@@ -313,8 +317,8 @@ impl Provider for DigitalOcean {
         Module::DigitalOcean
     }
 
-    fn meters_requests(&self) -> bool {
-        true
+    fn policy(&self) -> Policy {
+        self.policy
     }
 
     fn list_requests(&self, servers: usize) -> u32 {

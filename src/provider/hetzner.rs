@@ -23,8 +23,8 @@ use super::http::{
 };
 use super::limit::RateLimiter;
 use super::{
-    cloud_init, split_ssh_keys, Accepted, Call, CreateRequest, Created, ErrorClass, PowerState,
-    Progress, Provider, ProviderError, Result, Server, INSTANCE_LABEL,
+    cloud_init, split_ssh_keys, Accepted, Call, CreateRequest, Created, ErrorClass, Policy,
+    PowerState, Progress, Provider, ProviderError, Result, Server, INSTANCE_LABEL,
 };
 use crate::catalog::{Module, ProductConfig, ProviderAccount};
 use crate::secrets::SecretString;
@@ -39,6 +39,7 @@ pub const PAGE_SIZE: usize = 50;
 #[derive(Debug)]
 pub struct HetznerCloud {
     api: Api,
+    policy: Policy,
 }
 
 #[derive(Debug, Deserialize)]
@@ -199,7 +200,11 @@ impl HetznerCloud {
             reset: ResetMeans::FullRecovery,
         })
         .map_err(|e| e.message)?;
-        Ok(HetznerCloud { api })
+        Ok(HetznerCloud {
+            api,
+            // Actions finish in seconds; a new server may be missing from lists for a moment.
+            policy: Policy::api(account, Duration::from_secs(2), Duration::from_secs(10)),
+        })
     }
 
     async fn list(&self, selector: Option<String>, name: Option<String>) -> Result<Vec<Server>> {
@@ -287,8 +292,8 @@ impl Provider for HetznerCloud {
         Module::Hetzner
     }
 
-    fn meters_requests(&self) -> bool {
-        true
+    fn policy(&self) -> Policy {
+        self.policy
     }
 
     fn list_requests(&self, servers: usize) -> u32 {

@@ -2,7 +2,9 @@
 //!
 //! Every request takes a token from the account's [`RateLimiter`] first, carries a timeout and a
 //! user-agent naming provisioner and its version, and feeds the provider's rate-limit headers
-//! back into the budget. A 429 blocks the whole account until the provider's reset time. A
+//! back into the budget. A 429 blocks the whole account: for exactly `Retry-After` when the
+//! provider gives one, else until its budget holds one request again, backing off only while
+//! 429s keep coming (see [`RateLimiter::too_many`]). A
 //! failed response becomes a [`ProviderError`] with the provider's own code and message, its
 //! request id, and never a credential: authorization headers are marked sensitive and bodies
 //! are never echoed beyond the provider's message.
@@ -14,7 +16,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 
-use super::limit::RateLimiter;
+use super::limit::{RateLimiter, TooMany};
 use super::{ErrorClass, ProviderError, Result};
 
 /// The user-agent of every request.
@@ -26,11 +28,6 @@ pub const USER_AGENT: &str = concat!(
 
 /// Response headers that carry the provider's request id, in order of preference.
 const REQUEST_ID_HEADERS: [&str; 3] = ["x-request-id", "x-correlation-id", "x-ovh-queryid"];
-
-/// Longest an account is blocked after a 429 whose reset lies further out. Hetzner's
-/// `RateLimit-Reset` is the time of *full* recovery (up to an hour away) while its budget
-/// refills at one request per second, so waiting for all of it would waste the budget.
-const MAX_BLOCK: Duration = Duration::from_secs(60);
 
 /// What the provider's `RateLimit-Reset` header means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,6 +196,9 @@ impl Api {
             .await
             .map_err(|e| self.transport(&what, e))?;
         self.observe_budget(&headers, status);
+        if status != StatusCode::TOO_MANY_REQUESTS {
+            self.limiter.answered();
+        }
         if status.is_success() {
             return Ok(Reply {
                 status,
@@ -213,8 +213,7 @@ impl Api {
         );
         err.request_id = request_id;
         if class == ErrorClass::Throttled {
-            let after = self.block_after_429(&headers);
-            self.limiter.throttle(after);
+            let after = self.limiter.too_many(self.read_429(&headers));
             err.retry_after = Some(after);
         }
         Err(err)
@@ -251,36 +250,58 @@ impl Api {
     }
 
     fn observe_budget(&self, headers: &HeaderMap, status: StatusCode) {
-        if self.reset == ResetMeans::Nothing || status == StatusCode::TOO_MANY_REQUESTS {
+        if status == StatusCode::TOO_MANY_REQUESTS {
             return;
         }
-        let (Some(limit), Some(remaining)) = (
-            header_u64(headers, "ratelimit-limit"),
-            header_u64(headers, "ratelimit-remaining"),
-        ) else {
+        let Some(budget) = Budget::read(headers, self.reset) else {
             return;
         };
-        let until_reset =
-            header_u64(headers, "ratelimit-reset").map_or(Duration::from_secs(1), seconds_until);
-        let next_in = match self.reset {
-            ResetMeans::FullRecovery => until_reset.div_f64(limit.max(1) as f64),
-            _ => until_reset,
-        };
-        self.limiter.correct(
-            u32::try_from(limit).unwrap_or(u32::MAX),
-            u32::try_from(remaining).unwrap_or(u32::MAX),
-            next_in,
-        );
+        self.limiter
+            .correct(budget.limit, budget.remaining, budget.next_in);
     }
 
-    /// How long nothing may go to the account after a 429.
-    fn block_after_429(&self, headers: &HeaderMap) -> Duration {
-        let retry_after = header_u64(headers, "retry-after").map(Duration::from_secs);
-        let reset = header_u64(headers, "ratelimit-reset").map(seconds_until);
-        retry_after
-            .or(reset)
-            .unwrap_or(Duration::from_secs(1))
-            .clamp(Duration::from_millis(100), MAX_BLOCK)
+    /// What a 429's headers say.
+    fn read_429(&self, headers: &HeaderMap) -> TooMany {
+        let budget = Budget::read(headers, self.reset);
+        TooMany {
+            retry_after: header_u64(headers, "retry-after").map(Duration::from_secs),
+            refill: budget.map(|b| b.next_in),
+            exhausted: budget.is_some_and(|b| b.remaining == 0),
+        }
+    }
+}
+
+/// The provider's rate-limit headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Budget {
+    limit: u32,
+    remaining: u32,
+    /// When one more request is free.
+    next_in: Duration,
+}
+
+impl Budget {
+    fn read(headers: &HeaderMap, reset: ResetMeans) -> Option<Budget> {
+        if reset == ResetMeans::Nothing {
+            return None;
+        }
+        let limit = header_u64(headers, "ratelimit-limit")?;
+        let remaining = header_u64(headers, "ratelimit-remaining")?;
+        let until_reset =
+            header_u64(headers, "ratelimit-reset").map_or(Duration::from_secs(1), seconds_until);
+        let next_in = match reset {
+            // The budget refills evenly until the reset: one request is free after the
+            // reset's share of the requests missing.
+            ResetMeans::FullRecovery => {
+                until_reset.div_f64(limit.saturating_sub(remaining).max(1) as f64)
+            }
+            _ => until_reset,
+        };
+        Some(Budget {
+            limit: u32::try_from(limit).unwrap_or(u32::MAX),
+            remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
+            next_in,
+        })
     }
 }
 

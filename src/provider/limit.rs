@@ -1,9 +1,14 @@
 //! The request budget of one provider account: token buckets shared by every worker.
 //!
 //! Seeded from the catalog's `rate_limit` (per hour and/or per minute, each a bucket that
-//! starts full and refills continuously), and corrected by the provider: after a 429, nothing
-//! is sent before the reset time. Mutations wait for a token; background observation only
-//! takes one when the bucket is comfortably full, so it never starves mutations.
+//! starts full and refills continuously), and corrected by the provider's headers. After a
+//! 429 nothing is sent for a while: exactly the provider's `Retry-After` when it gives one;
+//! otherwise until the budget holds one request again, doubling (up to a minute) only while
+//! 429s keep coming. Mutations wait for a token; background observation only takes one when
+//! the bucket is comfortably full, so it never starves mutations.
+//!
+//! Time here is the process's monotonic clock (tokio's, so tests pause it): budgets are never
+//! stored.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -51,6 +56,25 @@ impl Bucket {
 struct State {
     buckets: Vec<Bucket>,
     blocked_until: Option<Instant>,
+    /// 429s without `Retry-After` in a row (reset by a success).
+    strikes: u32,
+}
+
+/// The longest wait after repeated 429s without `Retry-After`.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// The longest `Retry-After` believed (a larger one is a misconfigured proxy, not a budget).
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// What a 429 said about the budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TooMany {
+    /// `Retry-After`: honoured exactly.
+    pub retry_after: Option<Duration>,
+    /// When the provider's budget holds one request again, by its rate-limit headers.
+    pub refill: Option<Duration>,
+    /// The provider said nothing is left (`RateLimit-Remaining: 0`); a 429 with requests
+    /// left (a per-endpoint limit, a proxy, a burst) does not empty our budget.
+    pub exhausted: bool,
 }
 
 /// The shared budget of one account. Unlimited when built from an empty [`RateLimit`].
@@ -74,6 +98,7 @@ impl RateLimiter {
             state: Mutex::new(State {
                 buckets,
                 blocked_until: None,
+                strikes: 0,
             }),
         }
     }
@@ -127,6 +152,20 @@ impl RateLimiter {
         }
     }
 
+    /// Waits until a request could go out, without taking a token (the module's client takes
+    /// it when it sends). Returns whether it had to wait.
+    pub async fn wait_ready(&self) -> bool {
+        let mut waited = false;
+        loop {
+            let d = self.next_slot();
+            if d.is_zero() {
+                return waited;
+            }
+            waited = true;
+            tokio::time::sleep(d.max(Duration::from_millis(1))).await;
+        }
+    }
+
     /// Takes a token if one is available now, without waiting.
     pub fn try_acquire(&self) -> bool {
         self.take(0.0).is_ok()
@@ -138,14 +177,45 @@ impl RateLimiter {
         self.take(0.2).is_ok()
     }
 
-    /// Blocks the account until `after` from now (a 429 with its reset time).
-    pub fn throttle(&self, after: Duration) {
-        let until = Instant::now() + after;
+    /// Records a 429 and returns how long nothing goes to the account: `Retry-After`
+    /// exactly when given; otherwise until one request is free again (by the provider's
+    /// headers, else by our tightest bucket, else a second), doubled for each 429 in a row,
+    /// at most a minute.
+    pub fn too_many(&self, said: TooMany) -> Duration {
+        let now = Instant::now();
         let mut s = self.lock();
-        s.blocked_until = Some(s.blocked_until.map_or(until, |u| u.max(until)));
-        for b in &mut s.buckets {
-            b.tokens = b.tokens.min(0.0);
+        if said.exhausted {
+            for b in &mut s.buckets {
+                b.refill(now);
+                b.tokens = b.tokens.min(0.0);
+            }
         }
+        let wait = match said.retry_after {
+            Some(after) => after.min(MAX_RETRY_AFTER),
+            None => {
+                let one = s
+                    .buckets
+                    .iter()
+                    .map(|b| Duration::from_secs_f64(1.0 / b.per_second))
+                    .max()
+                    .unwrap_or(Duration::from_secs(1));
+                let base = said
+                    .refill
+                    .unwrap_or(one)
+                    .clamp(Duration::from_millis(100), MAX_BACKOFF);
+                let factor = 2u32.saturating_pow(s.strikes.min(16));
+                s.strikes = s.strikes.saturating_add(1);
+                base.saturating_mul(factor).min(MAX_BACKOFF)
+            }
+        };
+        let until = now + wait;
+        s.blocked_until = Some(s.blocked_until.map_or(until, |u| u.max(until)));
+        wait
+    }
+
+    /// Records an answered request: a streak of 429s is over.
+    pub fn answered(&self) {
+        self.lock().strikes = 0;
     }
 
     /// Whether background work could take a token now (a fifth of the budget stays free),
@@ -228,7 +298,10 @@ mod tests {
             requests_per_hour: Some(3600),
             requests_per_minute: None,
         });
-        limiter.throttle(Duration::from_secs(30));
+        limiter.too_many(TooMany {
+            retry_after: Some(Duration::from_secs(30)),
+            ..TooMany::default()
+        });
         assert!(!limiter.try_acquire_background());
         let start = Instant::now();
         limiter.acquire().await;

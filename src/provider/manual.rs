@@ -6,14 +6,15 @@
 //! the reconciler reports for the server.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use serde_json::{json, Value};
 
 use super::{
-    Accepted, Call, CreateRequest, Created, ErrorClass, PowerState, Provider, ProviderError,
-    Result, Server,
+    Accepted, Call, CreateRequest, Created, ErrorClass, Policy, PowerState, Provider,
+    ProviderError, Result, Server,
 };
 use crate::catalog::{Module, ProductConfig};
 use crate::secrets::Keyring;
@@ -159,6 +160,19 @@ impl Provider for ManualProvider {
 
     fn lists_servers(&self) -> bool {
         false
+    }
+
+    fn policy(&self) -> Policy {
+        Policy {
+            // Completing a task makes the instance due at once; this is only a safety net.
+            poll: Duration::from_secs(60),
+            poll_max: Duration::from_secs(60),
+            create_grace: Duration::ZERO,
+            // People take their time: a task is never escalated nor sent again.
+            graceful_timeout: None,
+            stuck_timeout: None,
+            meters_requests: false,
+        }
     }
 
     fn get<'a>(

@@ -6,10 +6,19 @@
 //! carry the label `provisioner-instance=<id>` and the name [`server_name`], so a server made
 //! by a call whose outcome was lost is found again instead of made twice.
 //!
+//! - [`account`]: the accounts a catalog declares, built into driven modules, and rebuilt on
+//!   reload when their definition changed;
 //! - [`limit`]: the per-account request budget shared by all workers;
+//! - [`http`]: the HTTP client the cloud modules share (budget, timeouts, errors, 429s);
+//! - [`view`]: a shared recent listing answering looks at actions in flight;
 //! - [`sim`]: the simulated cloud (demo, tests, benchmarks);
-//! - [`manual`]: an admin does the work through the task inbox.
+//! - [`manual`]: an admin does the work through the task inbox;
+//! - [`hetzner`], [`digitalocean`], [`ovh`]: the real providers.
+//!
+//! Each module states its own [`Policy`] (how often to look at an action in flight, how long
+//! a graceful shutdown may take, …): the reconciler reads it and names no module.
 
+pub mod account;
 pub mod digitalocean;
 pub mod hetzner;
 pub mod http;
@@ -17,13 +26,14 @@ pub mod limit;
 pub mod manual;
 pub mod ovh;
 pub mod sim;
+pub mod view;
 
 use std::fmt;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use crate::catalog::{Module, ProductConfig};
+use crate::catalog::{Module, ProductConfig, ProviderAccount};
 use crate::secrets::SecretString;
 use crate::store::{Action, Instance, Lease};
 
@@ -236,6 +246,71 @@ pub enum Progress {
     Failed(String),
 }
 
+/// How the reconciler treats one module's actions: stated by the module (with the catalog's
+/// overrides), read by the reconciler, which names no module itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// The first wait before looking again at an action in flight.
+    pub poll: Duration,
+    /// The longest wait between two looks (the wait grows with the action's age, so slow
+    /// actions cost few requests).
+    pub poll_max: Duration,
+    /// How long a created server may be missing from the API before counting as gone (APIs
+    /// are eventually consistent).
+    pub create_grace: Duration,
+    /// How long a graceful shutdown or reboot may take before a hard power-off or reset;
+    /// `None`: never escalate (a person does the work).
+    pub graceful_timeout: Option<Duration>,
+    /// How long an action may run before it is sent again; `None`: never.
+    pub stuck_timeout: Option<Duration>,
+    /// Whether the module sends each of its HTTP requests through the account's budget itself
+    /// (a method may make several); otherwise the executor takes one token per call.
+    pub meters_requests: bool,
+}
+
+impl Default for Policy {
+    /// The policy of an account that cannot be driven: only quiet steps use it.
+    fn default() -> Policy {
+        Policy {
+            poll: Duration::from_secs(60),
+            poll_max: Duration::from_secs(60),
+            create_grace: Duration::ZERO,
+            graceful_timeout: None,
+            stuck_timeout: None,
+            meters_requests: false,
+        }
+    }
+}
+
+/// Graceful shutdowns and reboots may take this long by default before a hard one.
+pub const DEFAULT_GRACEFUL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Actions may run this long by default before they are sent again.
+pub const DEFAULT_STUCK_TIMEOUT: Duration = Duration::from_secs(300);
+
+impl Policy {
+    /// The policy of an API module whose first look comes after `poll` and whose servers
+    /// may be missing from its API for `create_grace` after a create, with `account`'s
+    /// overrides from the catalog.
+    pub fn api(account: &ProviderAccount, poll: Duration, create_grace: Duration) -> Policy {
+        let poll = account.poll.unwrap_or(poll);
+        Policy {
+            poll,
+            // Cloud actions take seconds to minutes: the wait between looks grows to 8 times
+            // the first one.
+            poll_max: poll * 8,
+            create_grace,
+            graceful_timeout: Some(account.graceful_timeout.unwrap_or(DEFAULT_GRACEFUL_TIMEOUT)),
+            stuck_timeout: Some(account.stuck_timeout.unwrap_or(DEFAULT_STUCK_TIMEOUT)),
+            meters_requests: true,
+        }
+    }
+
+    /// The wait before the next look at an action that has been in flight for `elapsed`.
+    pub fn poll_after(&self, elapsed: Duration) -> Duration {
+        (elapsed / 2).clamp(self.poll, self.poll_max.max(self.poll))
+    }
+}
+
 /// The instance a call is made for, with the lease its writes are fenced by.
 #[derive(Debug, Clone, Copy)]
 pub struct Call<'a> {
@@ -255,11 +330,8 @@ pub trait Provider: Send + Sync {
         true
     }
 
-    /// Whether the module sends each of its HTTP requests through the account's budget itself
-    /// (a method may make several); otherwise the executor takes one token per call.
-    fn meters_requests(&self) -> bool {
-        false
-    }
+    /// How the reconciler paces and escalates this module's actions.
+    fn policy(&self) -> Policy;
 
     /// How many requests a bulk listing of `servers` owned servers costs.
     fn list_requests(&self, servers: usize) -> u32 {

@@ -29,11 +29,11 @@ use super::http::{
 };
 use super::limit::RateLimiter;
 use super::{
-    Accepted, Call, CreateRequest, Created, ErrorClass, PowerState, Progress, Provider,
+    Accepted, Call, CreateRequest, Created, ErrorClass, Policy, PowerState, Progress, Provider,
     ProviderError, Result, Server,
 };
 use crate::catalog::{Module, PoolServer, ProductConfig, ProviderAccount};
-use crate::store::engine::{Arg, Row};
+use crate::store::pool::{PoolChange, PoolSlot as Slot};
 use crate::store::{Action, SqlStore, StoreError};
 
 /// The API base URL of an endpoint name (`ovh-eu`, …) or a URL given as is.
@@ -100,6 +100,7 @@ pub struct Ovh {
     store: SqlStore,
     delta: Arc<AtomicI64>,
     clock: OnceCell<()>,
+    policy: Policy,
 }
 
 impl std::fmt::Debug for Ovh {
@@ -128,26 +129,6 @@ struct Task {
     status: String,
     #[serde(default)]
     comment: Option<String>,
-}
-
-/// One pool row.
-#[derive(Debug)]
-struct Slot {
-    service_name: String,
-    state: String,
-    os_image: Option<String>,
-    boot: String,
-    task_id: Option<String>,
-}
-
-fn slot(row: &Row) -> std::result::Result<Slot, StoreError> {
-    Ok(Slot {
-        service_name: row.text("service_name")?,
-        state: row.text("state")?,
-        os_image: row.opt_text("os_image")?,
-        boot: row.text("boot")?,
-        task_id: row.opt_text("task_id")?,
-    })
 }
 
 fn store_error(e: StoreError) -> ProviderError {
@@ -249,6 +230,13 @@ impl Ovh {
             store,
             delta,
             clock: OnceCell::new(),
+            policy: Policy {
+                // OVH has only hard reboots, and a reinstall takes 10 to 30 minutes: a task
+                // is sent again only after two hours, and nothing escalates.
+                graceful_timeout: account.graceful_timeout,
+                stuck_timeout: Some(account.stuck_timeout.unwrap_or(Duration::from_secs(7200))),
+                ..Policy::api(account, Duration::from_secs(30), Duration::ZERO)
+            },
         })
     }
 
@@ -278,77 +266,30 @@ impl Ovh {
     }
 
     async fn slot_of(&self, instance_id: i64) -> Result<Option<Slot>> {
-        let mut tx = self.store.pool().read().await.map_err(store_error)?;
-        let row = tx
-            .row(
-                "SELECT service_name, state, os_image, boot, task_id FROM ovh_pool
-                  WHERE account = $1 AND instance_id = $2",
-                vec![self.account.as_str().into(), Arg::Int(instance_id)],
-            )
+        self.store
+            .pool_slot(&self.account, instance_id)
             .await
-            .map_err(store_error)?;
-        row.as_ref().map(slot).transpose().map_err(store_error)
+            .map_err(store_error)
     }
 
-    async fn update_slot(&self, instance_id: i64, set: &str, args: Vec<Arg>) -> Result<()> {
-        let mut tx = self.store.pool().write().await.map_err(store_error)?;
-        let mut all = vec![self.account.as_str().into(), Arg::Int(instance_id)];
-        all.extend(args);
-        tx.execute(
-            &format!(
-                "UPDATE ovh_pool SET {set}, updated_at = {{now}} WHERE account = $1 AND instance_id = $2"
-            ),
-            all,
-        )
-        .await
-        .map_err(store_error)?;
-        tx.commit().await.map_err(store_error)
+    async fn update_slot(&self, instance_id: i64, change: PoolChange) -> Result<()> {
+        self.store
+            .pool_update(&self.account, instance_id, &change)
+            .await
+            .map_err(store_error)
     }
 
     /// Gives `instance_id` a free pool server among `candidates` (or the one it has already).
     async fn allocate(&self, instance_id: i64, candidates: &[&PoolServer]) -> Result<Slot> {
-        if let Some(s) = self.slot_of(instance_id).await? {
-            return Ok(s);
-        }
-        let mut tx = self.store.pool().write().await.map_err(store_error)?;
-        for server in candidates {
-            tx.execute(
-                "INSERT INTO ovh_pool (service_name, account) VALUES ($1, $2)
-                 ON CONFLICT (service_name) DO NOTHING",
-                vec![
-                    server.service_name.as_str().into(),
-                    self.account.as_str().into(),
-                ],
-            )
+        let names: Vec<&str> = candidates.iter().map(|s| s.service_name.as_str()).collect();
+        let allocated = self
+            .store
+            .pool_allocate(&self.account, instance_id, &names)
             .await
             .map_err(store_error)?;
-        }
-        tx.commit().await.map_err(store_error)?;
-        // One conditional UPDATE per candidate: of several daemons racing for a server, the
-        // first one's UPDATE matches and the others' match nothing and move on.
-        for server in candidates {
-            let mut tx = self.store.pool().write().await.map_err(store_error)?;
-            let taken = tx
-                .execute(
-                    "UPDATE ovh_pool SET instance_id = $3, state = 'installing', boot = 'harddisk',
-                            task_id = NULL, updated_at = {now}
-                      WHERE account = $1 AND service_name = $2 AND state = 'free'
-                        AND instance_id IS NULL",
-                    vec![
-                        self.account.as_str().into(),
-                        server.service_name.as_str().into(),
-                        Arg::Int(instance_id),
-                    ],
-                )
-                .await
-                .map_err(store_error)?;
-            tx.commit().await.map_err(store_error)?;
-            if taken == 1 {
-                tracing::info!(account = %self.account, server = %server.service_name, instance = instance_id, "pool server allocated");
-                return self.slot_of(instance_id).await?.ok_or_else(|| {
-                    ProviderError::new(ErrorClass::Transient, "ovh: allocation vanished")
-                });
-            }
+        if let Some(slot) = allocated {
+            tracing::info!(account = %self.account, server = %slot.service_name, instance = instance_id, "pool server allocated");
+            return Ok(slot);
         }
         Err(ProviderError::new(
             ErrorClass::Capacity,
@@ -365,7 +306,12 @@ impl Ovh {
     }
 
     /// Makes the server boot `boot_type` (`rescue`, `harddisk`) and reboots it.
-    async fn boot_into(&self, call: Call<'_>, server: &str, boot_type: &str) -> Result<Accepted> {
+    async fn boot_into(
+        &self,
+        call: Call<'_>,
+        server: &str,
+        boot_type: &'static str,
+    ) -> Result<Accepted> {
         let ids: Vec<i64> = self
             .call(
                 Method::GET,
@@ -396,8 +342,11 @@ impl Ovh {
             .await?;
         self.update_slot(
             call.instance.id,
-            "boot = $3, task_id = $4",
-            vec![boot_type.into(), task.task_id.to_string().into()],
+            PoolChange {
+                boot: Some(boot_type),
+                task_id: Some(Some(task.task_id.to_string())),
+                ..PoolChange::default()
+            },
         )
         .await?;
         Ok(Accepted {
@@ -461,8 +410,10 @@ impl Ovh {
         let server = slot.service_name;
         self.update_slot(
             call.instance.id,
-            "os_image = $3",
-            vec![request.os_image.as_str().into()],
+            PoolChange {
+                os_image: Some(request.os_image.clone()),
+                ..PoolChange::default()
+            },
         )
         .await?;
         let task = self
@@ -475,8 +426,10 @@ impl Ovh {
             .await?;
         self.update_slot(
             call.instance.id,
-            "task_id = $3",
-            vec![task.task_id.to_string().into()],
+            PoolChange {
+                task_id: Some(Some(task.task_id.to_string())),
+                ..PoolChange::default()
+            },
         )
         .await?;
         let found: Dedicated = self
@@ -570,8 +523,8 @@ impl Provider for Ovh {
         false
     }
 
-    fn meters_requests(&self) -> bool {
-        true
+    fn policy(&self) -> Policy {
+        self.policy
     }
 
     fn follows(&self, _action: Action) -> bool {
@@ -593,21 +546,26 @@ impl Provider for Ovh {
                     let slot = self.slot_of(call.instance.id).await?;
                     match slot.as_ref().map(|s| s.state.as_str()) {
                         Some("wiping") => {
-                            let mut tx = self.store.pool().write().await.map_err(store_error)?;
-                            tx.execute(
-                                "UPDATE ovh_pool SET instance_id = NULL, state = 'free', task_id = NULL,
-                                        os_image = NULL, boot = 'harddisk', updated_at = {now}
-                                  WHERE account = $1 AND instance_id = $2",
-                                vec![self.account.as_str().into(), Arg::Int(call.instance.id)],
-                            )
-                            .await
-                            .map_err(store_error)?;
-                            tx.commit().await.map_err(store_error)?;
-                            tracing::info!(server, instance = call.instance.id, "wiped and back in the pool");
+                            self.store
+                                .pool_release(&self.account, call.instance.id)
+                                .await
+                                .map_err(store_error)?;
+                            tracing::info!(
+                                server,
+                                instance = call.instance.id,
+                                "wiped and back in the pool"
+                            );
                         }
                         Some(_) => {
-                            self.update_slot(call.instance.id, "state = 'ready', task_id = NULL", vec![])
-                                .await?;
+                            self.update_slot(
+                                call.instance.id,
+                                PoolChange {
+                                    state: Some("ready"),
+                                    task_id: Some(None),
+                                    ..PoolChange::default()
+                                },
+                            )
+                            .await?;
                         }
                         None => {}
                     }
@@ -698,8 +656,10 @@ impl Provider for Ovh {
                 .await?;
             self.update_slot(
                 call.instance.id,
-                "task_id = $3",
-                vec![task.task_id.to_string().into()],
+                PoolChange {
+                    task_id: Some(Some(task.task_id.to_string())),
+                    ..PoolChange::default()
+                },
             )
             .await?;
             Ok(Accepted {
@@ -722,8 +682,14 @@ impl Provider for Ovh {
                     format!("ovh: server {server_id} is not allocated to this instance"),
                 ));
             };
-            self.update_slot(call.instance.id, "state = 'wiping'", vec![])
-                .await?;
+            self.update_slot(
+                call.instance.id,
+                PoolChange {
+                    state: Some("wiping"),
+                    ..PoolChange::default()
+                },
+            )
+            .await?;
             if slot.boot == "rescue" {
                 self.api_void(
                     Method::PUT,
@@ -736,8 +702,10 @@ impl Provider for Ovh {
             let task = self.reinstall(server_id, &os, server_id, &[]).await?;
             self.update_slot(
                 call.instance.id,
-                "task_id = $3",
-                vec![task.task_id.to_string().into()],
+                PoolChange {
+                    task_id: Some(Some(task.task_id.to_string())),
+                    ..PoolChange::default()
+                },
             )
             .await?;
             Ok(Accepted {

@@ -20,11 +20,12 @@ use futures::FutureExt;
 
 use super::limit::RateLimiter;
 use super::{
-    Accepted, Call, CreateRequest, Created, ErrorClass, PowerState, Provider, ProviderError,
-    Result, Server,
+    Accepted, Call, CreateRequest, Created, ErrorClass, Policy, PowerState, Provider,
+    ProviderError, Result, Server,
 };
 use crate::catalog::{Module, ProductConfig, RateLimit, SimSettings};
-use crate::store::engine::{Arg, Row};
+pub use crate::store::sim::Ledger;
+use crate::store::sim::{NewSimServer, SimCreated, SimSelect, SimServer};
 use crate::store::{SqlStore, StoreError};
 
 /// One simulated account.
@@ -45,12 +46,6 @@ impl std::fmt::Debug for SimCloud {
     }
 }
 
-const SELECT: &str = "SELECT id, instance_id, name, ipv4, ipv6,
-        CASE WHEN state IN ('creating', 'starting', 'rebooting') AND ready_at <= {now} THEN 'running'
-             WHEN state = 'stopping' AND ready_at <= {now} THEN 'off'
-             ELSE state END AS state
-   FROM sim_servers";
-
 fn store_error(e: StoreError) -> ProviderError {
     ProviderError::new(
         ErrorClass::Transient,
@@ -58,8 +53,8 @@ fn store_error(e: StoreError) -> ProviderError {
     )
 }
 
-fn server_from(row: &Row) -> std::result::Result<Server, StoreError> {
-    let state = match row.text("state")?.as_str() {
+fn server_from(row: SimServer) -> Result<Server> {
+    let state = match row.state.as_str() {
         "creating" => PowerState::Creating,
         "running" => PowerState::Running,
         "stopping" => PowerState::Stopping,
@@ -67,16 +62,19 @@ fn server_from(row: &Row) -> std::result::Result<Server, StoreError> {
         "starting" => PowerState::Starting,
         "rebooting" => PowerState::Rebooting,
         other => {
-            return Err(StoreError::Corrupt(format!("sim server state `{other}`")));
+            return Err(store_error(StoreError::Corrupt(format!(
+                "sim server {} has state `{other}`",
+                row.id
+            ))));
         }
     };
     Ok(Server {
-        id: row.int("id")?.to_string(),
-        instance_id: row.opt_text("instance_id")?.and_then(|s| s.parse().ok()),
-        name: row.text("name")?,
+        id: row.id.to_string(),
+        instance_id: row.instance_id,
+        name: row.name,
         state,
-        ipv4: row.opt_text("ipv4")?,
-        ipv6: row.opt_text("ipv6")?,
+        ipv4: row.ipv4,
+        ipv6: row.ipv6,
         root_password: None,
     })
 }
@@ -155,26 +153,20 @@ impl SimCloud {
         Ok(value)
     }
 
-    async fn servers(&self, condition: &str, mut args: Vec<Arg>) -> Result<Vec<Server>> {
-        let sql = format!(
-            "{SELECT} WHERE account = ${} AND deleted_at IS NULL{condition} ORDER BY id",
-            args.len() + 1
-        );
-        args.push(self.account.as_str().into());
-        let mut tx = self.store.pool().read().await.map_err(store_error)?;
-        tx.rows(&sql, args)
+    async fn servers(&self, which: SimSelect) -> Result<Vec<Server>> {
+        self.store
+            .sim_servers(&self.account, which)
             .await
             .map_err(store_error)?
-            .iter()
+            .into_iter()
             .map(server_from)
-            .collect::<std::result::Result<_, _>>()
-            .map_err(store_error)
+            .collect()
     }
 
     async fn transition(&self, server_id: &str, state: &str, skip_if: &str) -> Result<Accepted> {
         self.enter().await?;
         let id = parse_id(server_id)?;
-        let current = self.servers(" AND id = $1", vec![Arg::Int(id)]).await?;
+        let current = self.servers(SimSelect::Id(id)).await?;
         let Some(server) = current.first() else {
             return Err(ProviderError::new(
                 ErrorClass::NotFound,
@@ -183,98 +175,55 @@ impl SimCloud {
         };
         let effective = format!("{:?}", server.state).to_lowercase();
         if effective != skip_if {
-            let mut tx = self.store.pool().write().await.map_err(store_error)?;
-            tx.execute(
-                "UPDATE sim_servers SET state = $2, ready_at = {later:$3} WHERE id = $1 AND deleted_at IS NULL",
-                vec![Arg::Int(id), state.into(), Arg::Float(self.settings.action_seconds)],
-            )
-            .await
-            .map_err(store_error)?;
-            tx.commit().await.map_err(store_error)?;
+            self.store
+                .sim_transition(&self.account, id, state, self.settings.action_seconds)
+                .await
+                .map_err(store_error)?;
         }
         self.leave(Accepted::default())
     }
 
     async fn do_create(&self, request: &CreateRequest) -> Result<Created> {
         self.enter().await?;
-        let mut tx = self.store.pool().write().await.map_err(store_error)?;
-        let taken = tx
-            .row(
-                "SELECT id FROM sim_servers WHERE account = $1 AND name = $2 AND deleted_at IS NULL",
-                vec![self.account.as_str().into(), request.name.as_str().into()],
-            )
+        let size = match &request.config {
+            ProductConfig::Sim { size } => size.as_deref(),
+            _ => None,
+        };
+        let made = self
+            .store
+            .sim_create(&NewSimServer {
+                account: &self.account,
+                instance_id: request.instance_id,
+                name: &request.name,
+                size,
+                image: &request.os_image,
+                location: &request.location,
+                boot_seconds: self.settings.boot_seconds,
+                capacity: self.settings.capacity,
+            })
             .await
             .map_err(store_error)?;
-        if taken.is_some() {
-            return Err(ProviderError::new(
-                ErrorClass::AlreadyExists,
-                format!(
-                    "server name `{}` is already used (uniqueness_error)",
-                    request.name
-                ),
-            ));
-        }
-        if let Some(capacity) = self.settings.capacity {
-            let used = tx
-                .row(
-                    "SELECT COUNT(*) AS n FROM sim_servers WHERE account = $1 AND deleted_at IS NULL",
-                    vec![self.account.as_str().into()],
-                )
-                .await
-                .map_err(store_error)?
-                .map_or(Ok(0), |r| r.int("n"))
-                .map_err(store_error)?;
-            if used >= i64::try_from(capacity).unwrap_or(i64::MAX) {
+        let server = match made {
+            SimCreated::Made(server) => server_from(server)?,
+            SimCreated::NameTaken => {
+                return Err(ProviderError::new(
+                    ErrorClass::AlreadyExists,
+                    format!(
+                        "server name `{}` is already used (uniqueness_error)",
+                        request.name
+                    ),
+                ))
+            }
+            SimCreated::Full => {
                 return Err(ProviderError::new(
                     ErrorClass::Capacity,
                     "no capacity left in the simulated cloud",
-                ));
+                ))
             }
-        }
-        let size = match &request.config {
-            ProductConfig::Sim { size } => size.clone(),
-            _ => None,
         };
-        let row = tx
-            .row(
-                "INSERT INTO sim_servers (account, instance_id, name, size, image, location, state, ready_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, 'creating', {later:$7})
-                 RETURNING id",
-                vec![
-                    self.account.as_str().into(),
-                    Arg::Int(request.instance_id),
-                    request.name.as_str().into(),
-                    size.into(),
-                    request.os_image.as_str().into(),
-                    request.location.as_str().into(),
-                    Arg::Float(self.settings.boot_seconds),
-                ],
-            )
-            .await
-            .map_err(store_error)?
-            .ok_or_else(|| ProviderError::new(ErrorClass::Transient, "simulated insert returned nothing"))?;
-        let id = row.int("id").map_err(store_error)?;
-        // Documentation-only address ranges (RFC 5737 / RFC 3849): the sim reaches nothing.
-        let ipv4 = format!("198.51.{}.{}", (id >> 8) & 0xff, id & 0xff);
-        let ipv6 = format!("2001:db8:{:x}::/64", id & 0xffff);
-        tx.execute(
-            "UPDATE sim_servers SET ipv4 = $2, ipv6 = $3 WHERE id = $1",
-            vec![Arg::Int(id), ipv4.as_str().into(), ipv6.as_str().into()],
-        )
-        .await
-        .map_err(store_error)?;
-        tx.commit().await.map_err(store_error)?;
         let created = Created {
-            server: Server {
-                id: id.to_string(),
-                instance_id: Some(request.instance_id),
-                name: request.name.clone(),
-                state: PowerState::Creating,
-                ipv4: Some(ipv4),
-                ipv6: Some(ipv6),
-                root_password: None,
-            },
-            action_id: Some(format!("sim-create-{id}")),
+            action_id: Some(format!("sim-create-{}", server.id)),
+            server,
             root_password: Some(crate::secrets::SecretString::new(format!(
                 "sim-{:016x}",
                 (self.roll() * 1e18) as u64
@@ -290,6 +239,20 @@ impl Provider for SimCloud {
         Module::Sim
     }
 
+    fn policy(&self) -> Policy {
+        // Look again after half the quickest simulated action; the pace stays steady.
+        let quickest = self.settings.boot_seconds.min(self.settings.action_seconds);
+        let poll = Duration::from_secs_f64((quickest / 2.0).clamp(0.05, 2.0));
+        Policy {
+            poll,
+            poll_max: poll,
+            create_grace: Duration::ZERO,
+            graceful_timeout: Some(super::DEFAULT_GRACEFUL_TIMEOUT),
+            stuck_timeout: Some(super::DEFAULT_STUCK_TIMEOUT),
+            meters_requests: false,
+        }
+    }
+
     fn get<'a>(
         &'a self,
         _call: Call<'a>,
@@ -298,11 +261,7 @@ impl Provider for SimCloud {
         async move {
             self.enter().await?;
             let id = parse_id(server_id)?;
-            Ok(self
-                .servers(" AND id = $1", vec![Arg::Int(id)])
-                .await?
-                .into_iter()
-                .next())
+            Ok(self.servers(SimSelect::Id(id)).await?.into_iter().next())
         }
         .boxed()
     }
@@ -310,8 +269,7 @@ impl Provider for SimCloud {
     fn find<'a>(&'a self, call: Call<'a>) -> BoxFuture<'a, Result<Vec<Server>>> {
         async move {
             self.enter().await?;
-            self.servers(" AND instance_id = $1", vec![Arg::Int(call.instance.id)])
-                .await
+            self.servers(SimSelect::Instance(call.instance.id)).await
         }
         .boxed()
     }
@@ -319,7 +277,7 @@ impl Provider for SimCloud {
     fn list_owned(&self) -> BoxFuture<'_, Result<Vec<Server>>> {
         async move {
             self.enter().await?;
-            self.servers(" AND instance_id IS NOT NULL", vec![]).await
+            self.servers(SimSelect::Labelled).await
         }
         .boxed()
     }
@@ -366,32 +324,14 @@ impl Provider for SimCloud {
         async move {
             self.enter().await?;
             let id = parse_id(server_id)?;
-            let mut tx = self.store.pool().write().await.map_err(store_error)?;
-            tx.execute(
-                "UPDATE sim_servers SET state = 'deleted', deleted_at = {now}
-                  WHERE id = $1 AND account = $2 AND deleted_at IS NULL",
-                vec![Arg::Int(id), self.account.as_str().into()],
-            )
-            .await
-            .map_err(store_error)?;
-            tx.commit().await.map_err(store_error)?;
+            self.store
+                .sim_delete(&self.account, id)
+                .await
+                .map_err(store_error)?;
             self.leave(Accepted::default())
         }
         .boxed()
     }
-}
-
-/// What the sim's ledger says about the servers it ever made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Ledger {
-    /// Servers ever created.
-    pub created: i64,
-    /// Servers existing now.
-    pub live: i64,
-    /// Instances that got more than one server over their life.
-    pub duplicated_instances: i64,
-    /// Live servers whose instance is terminated, or unknown to the store.
-    pub orphans: i64,
 }
 
 /// Reads the sim's ledger (all sim accounts).
@@ -399,27 +339,5 @@ pub struct Ledger {
 /// # Errors
 /// [`StoreError`] when the database cannot be read.
 pub async fn ledger(store: &SqlStore) -> std::result::Result<Ledger, StoreError> {
-    let mut tx = store.pool().read().await?;
-    let row = tx
-        .row(
-            "SELECT (SELECT COUNT(*) FROM sim_servers) AS created,
-                    (SELECT COUNT(*) FROM sim_servers WHERE deleted_at IS NULL) AS live,
-                    (SELECT COUNT(*) FROM (SELECT instance_id FROM sim_servers
-                                            WHERE instance_id IS NOT NULL
-                                            GROUP BY instance_id HAVING COUNT(*) > 1) AS d) AS duplicated,
-                    (SELECT COUNT(*) FROM sim_servers s
-                      WHERE s.deleted_at IS NULL
-                        AND NOT EXISTS (SELECT 1 FROM instances i
-                                         WHERE i.id = s.instance_id
-                                           AND i.observed_status <> 'terminated')) AS orphans",
-            vec![],
-        )
-        .await?
-        .ok_or_else(|| StoreError::Corrupt("ledger query returned no row".into()))?;
-    Ok(Ledger {
-        created: row.int("created")?,
-        live: row.int("live")?,
-        duplicated_instances: row.int("duplicated")?,
-        orphans: row.int("orphans")?,
-    })
+    store.sim_ledger().await
 }

@@ -6,8 +6,10 @@
 //! worked by at most `workers` concurrent steps; the store's leases make sure no instance is
 //! worked on twice at once, also across daemons.
 //!
-//! Shutdown: cancelling the token stops claiming; steps in flight finish and give their leases
-//! back; then every task ends.
+//! Shutdown: cancelling the token stops claiming; steps in flight get `drain` to finish and
+//! give their leases back, after which they are abandoned (a step waiting for rate budget has
+//! sent nothing; a request already sent has its intent recorded, and adoption or the next
+//! look resolves it once the lease expires); then every task ends.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,23 +19,20 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use chrono::Utc;
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::execute::{build_accounts, Account, Accounts, Executor, Timing};
-use super::metrics::Metrics;
+use super::decide::{resynced, Next, Timing};
+use super::execute::Executor;
 use crate::api;
 use crate::catalog::watch::{spawn as watch_catalog, ReloadStatus, WatchOptions};
-use crate::catalog::{Catalog, ProviderAccount};
-use crate::provider::PowerState;
+use crate::catalog::Catalog;
+use crate::metrics::Metrics;
+use crate::provider::account::{Account, Accounts};
 use crate::secrets::Keyring;
-use crate::store::{
-    Action, Cause, ConnectOptions, InstanceFilter, NewTransition, NextCheck, ObservedPatch,
-    ObservedStatus, Outcome, SqlStore, Store,
-};
+use crate::store::{ConnectOptions, InstanceFilter, NextCheck, ObservedStatus, SqlStore, Store};
 
 /// How a daemon runs.
 #[derive(Debug, Clone)]
@@ -62,6 +61,8 @@ pub struct DaemonConfig {
     pub catalog_watch: WatchOptions,
     /// Database pool size.
     pub max_connections: u32,
+    /// How long steps in flight may finish after shutdown begins before they are abandoned.
+    pub drain: Duration,
 }
 
 impl DaemonConfig {
@@ -86,6 +87,7 @@ impl DaemonConfig {
             timing: Timing::default(),
             catalog_watch: WatchOptions::default(),
             max_connections: 16,
+            drain: Duration::from_secs(5),
         }
     }
 }
@@ -114,32 +116,6 @@ impl Running {
     }
 }
 
-/// The key for sealed credentials: configured, or for SQLite a file beside the database.
-///
-/// # Errors
-/// When a configured key is malformed or PostgreSQL has none.
-pub fn load_keyring(database_url: &str) -> anyhow::Result<Arc<Keyring>> {
-    let default_file = if database_url.starts_with("sqlite:") {
-        let options =
-            <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(database_url).ok();
-        options.map(|o| {
-            let mut name = o.get_filename().as_os_str().to_owned();
-            name.push(".key");
-            PathBuf::from(name)
-        })
-    } else {
-        None
-    };
-    let (ring, generated) = Keyring::load(default_file.as_deref())?;
-    if let Some(path) = generated {
-        tracing::warn!(
-            path = %path.display(),
-            "generated a new secret key for stored credentials; back this file up with the database, without it stored passwords cannot be read"
-        );
-    }
-    Ok(Arc::new(ring))
-}
-
 /// Starts the daemon's tasks; they run until `shutdown` is cancelled.
 ///
 /// # Errors
@@ -160,7 +136,7 @@ pub async fn start(config: DaemonConfig, shutdown: CancellationToken) -> anyhow:
             crate::store::redact_url(&config.database_url)
         )
     })?;
-    let keyring = load_keyring(&config.database_url)?;
+    let keyring = Keyring::for_database(&config.database_url)?;
     let watcher = watch_catalog(
         config.catalog_dir.clone(),
         config.catalog_watch,
@@ -177,28 +153,8 @@ pub async fn start(config: DaemonConfig, shutdown: CancellationToken) -> anyhow:
         new_revisions = new,
         "catalog loaded"
     );
-    let defined: HashMap<String, (ProviderAccount, Arc<Account>)> = {
-        let built = build_accounts(&initial, &store, &keyring);
-        initial
-            .accounts
-            .values()
-            .filter_map(|a| {
-                built
-                    .get(&a.id)
-                    .map(|b| (a.id.clone(), (a.clone(), b.clone())))
-            })
-            .collect()
-    };
-    for a in initial.accounts.values() {
-        if !defined.contains_key(&a.id) {
-            tracing::warn!(account = %a.id, module = %a.module, "this build cannot drive the module yet; its products wait");
-        }
-    }
     let accounts = Arc::new(RwLock::new(Arc::new(
-        defined
-            .iter()
-            .map(|(k, (_, v))| (k.clone(), v.clone()))
-            .collect::<Accounts>(),
+        Accounts::default().rebuild(&initial, &store, &keyring),
     )));
     let metrics = Arc::new(Metrics::default());
     metrics.catalog_valid.store(1, Ordering::Relaxed);
@@ -248,7 +204,6 @@ pub async fn start(config: DaemonConfig, shutdown: CancellationToken) -> anyhow:
             store: store.clone(),
             keyring,
             accounts: accounts.clone(),
-            defined,
             wake: wake.clone(),
             metrics: metrics.clone(),
         },
@@ -267,9 +222,7 @@ pub async fn start(config: DaemonConfig, shutdown: CancellationToken) -> anyhow:
         ready,
         shutdown.clone(),
     ));
-    if let Some(pool) = store.postgres_pool() {
-        tracker.spawn(listen_loop(pool.clone(), wake.clone(), shutdown.clone()));
-    }
+    tracker.spawn(listen_loop(store.clone(), wake.clone(), shutdown.clone()));
     tracker.spawn(async move { watcher.join().await });
     Ok(Running {
         store,
@@ -291,6 +244,8 @@ async fn work_loop(
 ) {
     let workers = Arc::new(Semaphore::new(config.workers.max(1)));
     let steps = TaskTracker::new();
+    // Cancelled when the drain deadline passes: steps still running are abandoned.
+    let abandon = CancellationToken::new();
     let mut failures = 0u32;
     while !shutdown.is_cancelled() {
         let free = workers.available_permits();
@@ -302,10 +257,11 @@ async fn work_loop(
             continue;
         }
         let want = u32::try_from(free).unwrap_or(u32::MAX).min(config.batch);
-        let claims = match store
-            .claim_due(&config.owner, want, config.lease.as_secs_f64())
-            .await
-        {
+        let claimed = tokio::select! {
+            () = shutdown.cancelled() => break,
+            c = store.claim_due(&config.owner, want, config.lease.as_secs_f64()) => c,
+        };
+        let claims = match claimed {
             Ok(c) => {
                 failures = 0;
                 c
@@ -335,11 +291,17 @@ async fn work_loop(
             };
             let executor = executor.clone();
             let metrics = metrics.clone();
+            let abandon = abandon.clone();
             let span = tracing::info_span!("step", instance = claim.instance.id);
             metrics.in_flight.fetch_add(1, Ordering::Relaxed);
             steps.spawn(
                 async move {
-                    executor.step(claim).await;
+                    tokio::select! {
+                        () = abandon.cancelled() => {
+                            tracing::warn!("abandoned at shutdown; the lease expires and the step is taken up again");
+                        }
+                        _ = executor.step(claim) => {}
+                    }
                     metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
                     drop(permit);
                 }
@@ -349,11 +311,23 @@ async fn work_loop(
     }
     tracing::info!(
         in_flight = steps.len(),
+        drain = ?config.drain,
         "stopped claiming; finishing the steps in flight"
     );
     steps.close();
-    steps.wait().await;
-    tracing::info!("all steps finished; leases given back");
+    if tokio::time::timeout(config.drain, steps.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            abandoned = steps.len(),
+            "drain deadline passed: abandoning the steps still in flight"
+        );
+        abandon.cancel();
+        steps.wait().await;
+    } else {
+        tracing::info!("all steps finished; leases given back");
+    }
 }
 
 struct CatalogFollower {
@@ -362,9 +336,6 @@ struct CatalogFollower {
     store: SqlStore,
     keyring: Arc<Keyring>,
     accounts: Arc<RwLock<Arc<Accounts>>>,
-    /// Accounts with the definition they were built from, reused while it is unchanged so
-    /// that their rate budgets survive reloads.
-    defined: HashMap<String, (ProviderAccount, Arc<Account>)>,
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
 }
@@ -383,22 +354,9 @@ async fn follow_catalog(mut f: CatalogFollower, shutdown: CancellationToken) {
                     Ok(_) => {}
                     Err(e) => tracing::error!(error = %e, "cannot record product revisions"),
                 }
-                let built = build_accounts(&catalog, &f.store, &f.keyring);
-                let mut next = HashMap::new();
-                for a in catalog.accounts.values() {
-                    let reuse = f.defined.get(&a.id).filter(|(def, _)| def.module == a.module && def.settings == a.settings && def.rate_limit == a.rate_limit && def.endpoint == a.endpoint);
-                    let account = match reuse {
-                        Some((_, existing)) => existing.clone(),
-                        None => match built.get(&a.id) {
-                            Some(b) => b.clone(),
-                            None => continue,
-                        },
-                    };
-                    next.insert(a.id.clone(), (a.clone(), account));
-                }
-                f.defined = next;
-                let accounts: Accounts = f.defined.iter().map(|(k, (_, v))| (k.clone(), v.clone())).collect();
-                *f.accounts.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(accounts);
+                let current = f.accounts.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+                let next = current.rebuild(&catalog, &f.store, &f.keyring);
+                *f.accounts.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(next);
                 match f.store.wake_waiting().await {
                     Ok(n) if n > 0 => tracing::info!(instances = n, "catalog changed: waiting instances are looked at again"),
                     Ok(_) => {}
@@ -419,28 +377,16 @@ async fn follow_catalog(mut f: CatalogFollower, shutdown: CancellationToken) {
     }
 }
 
-async fn listen_loop(pool: sqlx::PgPool, wake: Arc<Notify>, shutdown: CancellationToken) {
+/// Wakes the work loop on the store's change notifications (PostgreSQL's NOTIFY), if the
+/// engine has them; reconnects after a lost connection.
+async fn listen_loop(store: SqlStore, wake: Arc<Notify>, shutdown: CancellationToken) {
     loop {
-        match sqlx::postgres::PgListener::connect_with(&pool).await {
-            Ok(mut listener) => {
-                if let Err(e) = listener.listen("provisioner_instances").await {
-                    tracing::warn!(error = %e, "cannot LISTEN for desired-state changes; polling only");
-                } else {
-                    loop {
-                        tokio::select! {
-                            () = shutdown.cancelled() => return,
-                            n = listener.recv() => match n {
-                                Ok(_) => wake.notify_one(),
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");
-                                    break;
-                                }
-                            },
-                        }
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot connect for LISTEN; polling only for now"),
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            ended = store.listen_for_changes(&wake) => match ended {
+                Ok(()) => return,
+                Err(e) => tracing::warn!(error = %e, "cannot listen for desired-state changes; polling only until it reconnects"),
+            },
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -456,7 +402,11 @@ async fn stats_loop(
     shutdown: CancellationToken,
 ) {
     loop {
-        match store.queue_stats().await {
+        let stats = tokio::select! {
+            () = shutdown.cancelled() => return,
+            s = store.queue_stats() => s,
+        };
+        match stats {
             Ok(s) => {
                 metrics.due_instances.store(s.due, Ordering::Relaxed);
                 metrics.leased_instances.store(s.leased, Ordering::Relaxed);
@@ -492,13 +442,13 @@ async fn resync_loop(
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
         let mut orphans = 0;
-        for account in snapshot.values() {
+        for account in snapshot.iter() {
             if !account.provider.lists_servers() {
                 continue;
             }
             // A module that meters its own requests takes a token per page; others take one
             // for the whole listing.
-            let spare = if account.provider.meters_requests() {
+            let spare = if account.policy.meters_requests {
                 account.limiter.has_spare()
             } else {
                 account.limiter.try_acquire_background()
@@ -507,7 +457,11 @@ async fn resync_loop(
                 tracing::debug!(account = %account.id, "resync skipped: the rate budget is kept for mutations");
                 continue;
             }
-            match resync_account(&store, account, &metrics).await {
+            let resync = tokio::select! {
+                () = shutdown.cancelled() => return,
+                r = resync_account(&store, account, &metrics) => r,
+            };
+            match resync {
                 Ok(n) => orphans += n,
                 Err(e) => tracing::warn!(account = %account.id, error = %e, "resync failed"),
             }
@@ -516,8 +470,9 @@ async fn resync_loop(
     }
 }
 
-/// Lists an account's servers and compares them with the store: records drift on instances
-/// nobody is working on, and reports orphans. Returns the number of orphans.
+/// Lists an account's servers and compares them with the store: records what it finds on
+/// instances nobody is working on (an action that took effect, drift, a server gone), and
+/// reports orphans. Returns the number of orphans.
 ///
 /// # Errors
 /// When the provider or the store cannot be read.
@@ -526,7 +481,7 @@ pub async fn resync_account(
     account: &Account,
     metrics: &Metrics,
 ) -> anyhow::Result<i64> {
-    let started = Utc::now();
+    let started = store.now().await?;
     let servers = account.provider.list_owned().await?;
     metrics.provider_call(&account.id, "list", "ok");
     account
@@ -540,8 +495,9 @@ pub async fn resync_account(
     let by_id: HashMap<&str, &crate::provider::Server> =
         servers.iter().map(|s| (s.id.as_str(), s)).collect();
     // Servers created moments ago may not be listed yet; recent changes are left alone.
-    let settled_before = Utc::now()
-        - chrono::Duration::from_std(account.poll * 4 + Duration::from_secs(5)).unwrap_or_default();
+    let settled_before = started
+        - chrono::Duration::from_std(account.policy.poll * 4 + Duration::from_secs(5))
+            .unwrap_or_default();
     // Live instances of the account and their server, for the orphan check. Instances are
     // read a page at a time, so a large account never sits in memory whole.
     let mut live: HashMap<i64, Option<String>> = HashMap::new();
@@ -561,7 +517,14 @@ pub async fn resync_account(
             if i.observed_status != ObservedStatus::Terminated {
                 live.insert(i.id, i.provider_server_id.clone());
             }
-            drift(store, i, &by_id, settled_before, metrics).await?;
+            let state = i
+                .provider_server_id
+                .as_deref()
+                .and_then(|id| by_id.get(id))
+                .map(|s| s.state);
+            if let Some(found) = resynced(i, state, settled_before) {
+                record_resynced(store, i, found, metrics).await?;
+            }
         }
     }
     let mut orphans = 0;
@@ -582,74 +545,38 @@ pub async fn resync_account(
     Ok(orphans)
 }
 
-/// Compares one instance nobody is working on with its server as listed, and records drift.
-async fn drift(
+/// Records what a resync found on one instance, unless someone took it up meanwhile.
+async fn record_resynced(
     store: &SqlStore,
     i: &crate::store::Instance,
-    servers: &HashMap<&str, &crate::provider::Server>,
-    settled_before: chrono::DateTime<Utc>,
+    found: crate::reconcile::decide::Resynced,
     metrics: &Metrics,
 ) -> anyhow::Result<()> {
-    let Some(server_id) = i.provider_server_id.as_deref() else {
-        return Ok(());
-    };
-    if i.pending_action.is_some() || i.lease_owner.is_some() || i.updated_at > settled_before {
-        return Ok(());
-    }
-    let state = servers.get(server_id).map(|s| s.state);
-    let found = match (i.observed_status, state) {
-        (ObservedStatus::Active | ObservedStatus::Suspended, None) => (
-            "gone",
-            ObservedStatus::Lost,
-            format!("server {server_id} is gone at the provider"),
-            NextCheck::Never,
-        ),
-        (ObservedStatus::Suspended, Some(PowerState::Running | PowerState::Starting)) => (
-            "running_while_suspended",
-            ObservedStatus::Active,
-            format!("suspended server {server_id} found running"),
-            NextCheck::Now,
-        ),
-        (ObservedStatus::Active, Some(PowerState::Off | PowerState::Stopping)) => (
-            "off_while_active",
-            ObservedStatus::Suspended,
-            format!("active server {server_id} found powered off"),
-            NextCheck::Now,
-        ),
-        _ => return Ok(()),
-    };
-    let (kind, now_status, what, next) = found;
-    let lost = now_status == ObservedStatus::Lost;
-    let outcome = if lost {
-        Outcome::Failed
-    } else {
-        Outcome::Succeeded
-    };
-    let mut t = NewTransition::new(Action::Observe, Cause::Drift, outcome);
-    t.error = Some(what.clone());
-    let patch = ObservedPatch {
-        observed_status: Some(now_status),
-        status_reason: Some(lost.then(|| what.clone())),
-        next_check: Some(next),
-        ..ObservedPatch::default()
-    };
-    if store
-        .record_drift(i.id, i.observed_status, &patch, &t)
+    let mut patch = found.patch;
+    patch.next_check = Some(match found.next {
+        Next::Now => NextCheck::Now,
+        Next::After(d) => NextCheck::After(d),
+        Next::Backoff(_) | Next::Idle => NextCheck::Never,
+    });
+    if !store
+        .record_drift(i.id, i.observed_status, &patch, &found.transition)
         .await?
     {
-        metrics.drift(kind);
-        if lost {
-            tracing::error!(
-                instance = i.id,
-                server = server_id,
-                "drift: {what}; marked lost (not recreated)"
-            );
-        } else {
-            tracing::warn!(
-                instance = i.id,
-                server = server_id,
-                "drift: {what}; reconciling"
-            );
+        return Ok(());
+    }
+    let what = &found.what;
+    match found.drift {
+        None => tracing::info!(instance = i.id, "resync: {what}"),
+        Some(kind) => {
+            metrics.drift(kind);
+            if found.lost {
+                tracing::error!(
+                    instance = i.id,
+                    "drift: {what}; marked lost (not recreated)"
+                );
+            } else {
+                tracing::warn!(instance = i.id, "drift: {what}; reconciling");
+            }
         }
     }
     Ok(())

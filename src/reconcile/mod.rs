@@ -1,13 +1,16 @@
-//! The reconciler: plan, execute, converge.
+//! The reconciler: plan, decide, execute, converge. It names no provider module: each module
+//! states its [`Policy`](crate::provider::Policy) behind the provider seam.
 //!
-//! - [`plan`]: pure decisions (the next step; whether an action in flight is done);
-//! - [`execute`]: one step for one claimed instance, intent before effect;
+//! - [`plan`]: the first decision of a step (what to do), and whether an action in flight is
+//!   done by the server's power state; pure;
+//! - [`decide`]: everything decided after a provider answered (create answers, followed
+//!   actions and hard escalation, adoption, not-found, the error policy, drift, the next
+//!   check); pure;
+//! - [`execute`]: one step for one claimed instance: intent, call, decision, record;
 //! - [`daemon`]: work sources (due rows, NOTIFY, catalog reloads, resyncs), bounded workers,
-//!   graceful shutdown, and the HTTP endpoints;
-//! - [`metrics`]: the figures on `/metrics`.
+//!   graceful shutdown with a drain deadline, and the HTTP endpoints.
 
 pub mod daemon;
+pub mod decide;
 pub mod execute;
-pub mod metrics;
 pub mod plan;
-pub mod view;

@@ -7,7 +7,8 @@
 
 use std::time::Duration;
 
-use crate::provider::PowerState;
+use crate::catalog::Catalog;
+use crate::provider::{Policy, PowerState};
 use crate::store::{Action, DesiredStatus, Instance, ObservedStatus};
 
 /// What the catalog allows for an instance that has no server yet.
@@ -20,6 +21,41 @@ pub enum ProductCheck {
     },
     /// Why nothing can be provisioned (unknown product, inactive, bad location or OS).
     Blocked(String),
+}
+
+/// What `catalog` allows for `i` (before it has a server).
+pub fn product_check(catalog: &Catalog, i: &Instance) -> ProductCheck {
+    let Some(p) = catalog.product(&i.product_id) else {
+        return ProductCheck::Blocked(format!(
+            "unknown product `{}`: not in the catalog",
+            i.product_id
+        ));
+    };
+    if !p.active {
+        return ProductCheck::Blocked(format!(
+            "product `{}` is inactive: no new servers are provisioned",
+            p.id
+        ));
+    }
+    if let Some(l) = &i.location {
+        if !p.locations.contains(l) {
+            return ProductCheck::Blocked(format!(
+                "location `{l}` is not offered by product `{}` (offered: {})",
+                p.id,
+                p.locations.join(", ")
+            ));
+        }
+    }
+    if let Some(o) = &i.os_image {
+        if !p.os_images.contains(o) {
+            return ProductCheck::Blocked(format!(
+                "OS image `{o}` is not offered by product `{}` (offered: {})",
+                p.id,
+                p.os_images.join(", ")
+            ));
+        }
+    }
+    ProductCheck::Sellable { stock: p.stock }
 }
 
 /// The next thing to do for an instance.
@@ -88,8 +124,8 @@ pub fn plan(i: &Instance, product: &ProductCheck) -> Step {
     if i.observed_status == O::Terminated {
         return Step::Idle("terminated".into());
     }
-    if let Some(action) = i.pending_action.as_deref().and_then(|a| a.parse().ok()) {
-        return Step::Poll(action);
+    if let Some(p) = &i.pending {
+        return Step::Poll(p.action);
     }
     if let Some(action) = implied_action(i.observed_status) {
         return Step::Poll(action);
@@ -138,7 +174,7 @@ pub fn plan(i: &Instance, product: &ProductCheck) -> Step {
 }
 
 /// Timing of in-flight actions.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SettleTiming {
     /// How long a just-created server may be missing from the provider's answers before it
     /// counts as gone (APIs are eventually consistent).
@@ -147,6 +183,17 @@ pub struct SettleTiming {
     pub graceful_off: Duration,
     /// How long an action may take before it is sent again.
     pub stuck_after: Duration,
+}
+
+impl From<&Policy> for SettleTiming {
+    /// A module's policy as settle timing: what it never does, it does after forever.
+    fn from(p: &Policy) -> SettleTiming {
+        SettleTiming {
+            create_grace: p.create_grace,
+            graceful_off: p.graceful_timeout.unwrap_or(Duration::MAX),
+            stuck_after: p.stuck_timeout.unwrap_or(Duration::MAX),
+        }
+    }
 }
 
 /// Where an in-flight action stands.
@@ -238,8 +285,7 @@ mod tests {
             credentials: None,
             last_error: None,
             attempts: 0,
-            pending_action: None,
-            pending_action_id: None,
+            pending: None,
             pending_since: None,
             next_check_at: Some(now),
             lease_owner: None,
@@ -325,7 +371,7 @@ mod tests {
             }
             i.reboot_requested = c.reboots.0;
             i.reboot_handled = c.reboots.1;
-            i.pending_action = c.pending.map(|a| a.as_str().to_owned());
+            i.pending = c.pending.map(crate::store::Pending::new);
             assert_eq!(plan(&i, &c.product), c.expect, "{}", c.says);
         }
     }

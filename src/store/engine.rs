@@ -84,7 +84,8 @@ pub(crate) struct Dialect {
     now: &'static str,
     /// Locks the selected rows until commit, where the engine has row locks.
     pub(crate) for_update: &'static str,
-    /// Claims due instances: `$1` owner, `$2` lease seconds, `$3` limit; returns the rows.
+    /// Claims due instances: `$1` owner, `$2` lease seconds, `$3` limit; returns the rows,
+    /// each with the database's clock as `claimed_at`.
     /// A claim also moves `next_check_at` to the lease's expiry: leased rows leave the head of
     /// the due index, and a crashed worker's instances come due exactly when its leases end.
     pub(crate) claim: &'static str,
@@ -108,7 +109,7 @@ pub(crate) static SQLITE: Dialect = Dialect {
                              AND (lease_expires_at IS NULL OR lease_expires_at <= {now})
                            ORDER BY next_check_at, id
                            LIMIT $3)
-         RETURNING *",
+         RETURNING *, {now} AS claimed_at",
 };
 
 pub(crate) static POSTGRES: Dialect = Dialect {
@@ -128,7 +129,7 @@ pub(crate) static POSTGRES: Dialect = Dialect {
                      LIMIT $3
                        FOR UPDATE SKIP LOCKED) AS due
              WHERE i.id = due.id
-         RETURNING i.*",
+         RETURNING i.*, now() AS claimed_at",
 };
 
 impl Dialect {
@@ -172,6 +173,7 @@ impl Dialect {
 #[derive(Debug, Clone)]
 pub(crate) enum Arg {
     Int(i64),
+    Bool(bool),
     Float(f64),
     Text(Option<String>),
     Json(Value),
@@ -361,6 +363,7 @@ macro_rules! bind_all {
         for arg in $args {
             q = match arg {
                 Arg::Int(v) => q.bind(v),
+                Arg::Bool(v) => q.bind(v),
                 Arg::Float(v) => q.bind(v),
                 Arg::Text(v) => q.bind(v),
                 Arg::Json(v) => q.bind($json(v)),
@@ -669,6 +672,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "ovh pool",
         include_str!("../../migrations/sqlite/0003_ovh_pool.sql"),
     ),
+    (
+        4,
+        "typed hard fallback",
+        include_str!("../../migrations/sqlite/0004_pending_hard.sql"),
+    ),
 ];
 
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -686,6 +694,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "ovh pool",
         include_str!("../../migrations/postgres/0003_ovh_pool.sql"),
+    ),
+    (
+        4,
+        "typed hard fallback",
+        include_str!("../../migrations/postgres/0004_pending_hard.sql"),
     ),
 ];
 

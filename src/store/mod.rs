@@ -10,8 +10,10 @@
 //! - [`model`]: the rows and the vocabulary of their text columns;
 //! - [`SqlStore`]: the verbs, written once over both engines.
 
-pub mod engine;
+pub(crate) mod engine;
 pub mod model;
+pub mod pool;
+pub mod sim;
 
 use std::future::Future;
 
@@ -307,6 +309,36 @@ impl SqlStore {
             Pool::Sqlite(..) => None,
         }
     }
+
+    /// The database's clock: the one clock every stored time is written with.
+    ///
+    /// # Errors
+    /// When the database cannot be reached.
+    pub async fn now(&self) -> Result<chrono::DateTime<chrono::Utc>> {
+        let mut tx = self.pool.read().await?;
+        tx.row("SELECT {now} AS now", vec![])
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("SELECT now returned no row".into()))?
+            .ts("now")
+    }
+
+    /// Calls `wake` whenever billing changes an instance (PostgreSQL's `NOTIFY
+    /// provisioner_instances`), until the connection is lost. On SQLite, which has no
+    /// notifications, it never returns: the work loop polls.
+    ///
+    /// # Errors
+    /// When the listening connection cannot be made or is lost.
+    pub async fn listen_for_changes(&self, wake: &tokio::sync::Notify) -> Result<()> {
+        let Pool::Postgres(pool) = &self.pool else {
+            return std::future::pending().await;
+        };
+        let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+        listener.listen("provisioner_instances").await?;
+        loop {
+            listener.recv().await?;
+            wake.notify_one();
+        }
+    }
 }
 
 fn sealed(row: &Row, text: &str, key: &str) -> Result<Option<Sealed>> {
@@ -343,8 +375,14 @@ fn instance_from(r: &Row) -> Result<Instance> {
         credentials: sealed(r, "credentials_sealed", "credentials_key_id")?,
         last_error: r.opt_text("last_error")?,
         attempts: r.int("attempts")?,
-        pending_action: r.opt_text("pending_action")?,
-        pending_action_id: r.opt_text("pending_action_id")?,
+        pending: match r.opt_text("pending_action")? {
+            None => None,
+            Some(_) => Some(Pending {
+                action: r.parse("pending_action")?,
+                action_id: r.opt_text("pending_action_id")?,
+                hard: r.int("pending_hard")? != 0,
+            }),
+        },
         pending_since: r.opt_ts("pending_since")?,
         next_check_at: r.opt_ts("next_check_at")?,
         lease_owner: r.opt_text("lease_owner")?,
@@ -496,13 +534,22 @@ fn patch_sql(patch: &ObservedPatch, lease: &Lease, args: &mut Vec<Arg>) -> Vec<S
         set("attempts", Arg::Int(v), args);
     }
     if let Some(p) = &patch.pending {
-        let (action, id) = match p {
-            Some((a, id)) => (Some(a.as_str().to_owned()), id.clone()),
-            None => (None, None),
-        };
-        let started = action.is_some();
-        set("pending_action", action.into(), args);
-        set("pending_action_id", id.into(), args);
+        let started = p.is_some();
+        set(
+            "pending_action",
+            p.as_ref().map(|p| p.action.as_str().to_owned()).into(),
+            args,
+        );
+        set(
+            "pending_action_id",
+            p.as_ref().and_then(|p| p.action_id.clone()).into(),
+            args,
+        );
+        set(
+            "pending_hard",
+            Arg::Bool(p.as_ref().is_some_and(|p| p.hard)),
+            args,
+        );
         sets.push(format!(
             "pending_since = {}",
             if started { "{now}" } else { "NULL" }
@@ -721,7 +768,12 @@ impl Store for SqlStore {
                     epoch: instance.lease_epoch,
                     desired_generation: instance.desired_generation,
                 };
-                Ok(Claim { instance, lease })
+                let now = r.ts("claimed_at")?;
+                Ok(Claim {
+                    instance,
+                    lease,
+                    now,
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         claims.sort_by_key(|c| (c.instance.next_check_at, c.instance.id));
@@ -914,11 +966,17 @@ impl Store for SqlStore {
                 "UPDATE instances
                     SET observed_status = $2, status_reason = NULL, last_error = NULL,
                         attempts = 0, pending_action = $3, pending_action_id = NULL,
+                        pending_hard = $4,
                         pending_since = CASE WHEN $3 IS NULL THEN NULL ELSE {now} END,
                         next_check_at = {now}, lease_owner = NULL, lease_expires_at = NULL,
                         lease_epoch = lease_epoch + 1, updated_at = {now}
                   WHERE id = $1 RETURNING *",
-                vec![Arg::Int(id), status.into(), pending.into()],
+                vec![
+                    Arg::Int(id),
+                    status.into(),
+                    pending.into(),
+                    Arg::Bool(false),
+                ],
             )
             .await?
             .ok_or(StoreError::InstanceNotFound(id))?;

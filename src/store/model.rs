@@ -190,10 +190,8 @@ pub struct Instance {
     /// Consecutive failed attempts.
     pub attempts: i64,
     /// The action in flight, recorded before the provider call.
-    pub pending_action: Option<String>,
-    /// The provider's id of the action in flight.
-    pub pending_action_id: Option<String>,
-    /// When the action in flight started.
+    pub pending: Option<Pending>,
+    /// When the action in flight started (the database's clock).
     pub pending_since: Option<DateTime<Utc>>,
     /// When the reconciler looks again; `None` never (final).
     pub next_check_at: Option<DateTime<Utc>>,
@@ -324,6 +322,29 @@ impl NewTransition {
     }
 }
 
+/// An action in flight, as the reconciler recorded it: decoded once from its columns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    /// What is under way.
+    pub action: Action,
+    /// The provider's action or task being followed, if the provider gave one.
+    pub action_id: Option<String>,
+    /// Whether the hard fallback (a power-off after a graceful shutdown timed out, a reset
+    /// after a graceful reboot) was sent already.
+    pub hard: bool,
+}
+
+impl Pending {
+    /// `action` just recorded: no provider id yet, nothing hard sent.
+    pub fn new(action: Action) -> Pending {
+        Pending {
+            action,
+            action_id: None,
+            hard: false,
+        }
+    }
+}
+
 /// A worker's exclusive right to act on one instance, until another claim bumps the epoch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
@@ -345,6 +366,10 @@ pub struct Claim {
     pub instance: Instance,
     /// The lease.
     pub lease: Lease,
+    /// The database's clock when the claim was made: every decision of the step compares
+    /// stored times (`pending_since`, `updated_at`) with this, never with the process clock,
+    /// so that skew between daemon hosts does not leak into timeouts.
+    pub now: DateTime<Utc>,
 }
 
 /// When the reconciler should look at an instance again.
@@ -385,8 +410,8 @@ pub struct ObservedPatch {
     pub last_error: Option<Option<String>>,
     /// Consecutive failed attempts.
     pub attempts: Option<i64>,
-    /// Action in flight and its provider id (`Some(None)` clears it).
-    pub pending: Option<Option<(Action, Option<String>)>>,
+    /// Action in flight (`Some(None)` clears it); setting one also sets its start time.
+    pub pending: Option<Option<Pending>>,
     /// Next check.
     pub next_check: Option<NextCheck>,
     /// Give the lease back in the same write (the last write of a step).

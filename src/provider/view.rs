@@ -6,6 +6,11 @@
 //! made only when it is cheaper than what it replaces: when the looks of the current window
 //! outnumber the pages a listing costs. Looks that wait while a listing is under way share it.
 //! A server missing from a listing is never taken as gone from it: the caller asks for it by id.
+//!
+//! Times are the database's clock, as the caller passes them: `since` is when the action's
+//! intent was stored, `now` the time of the step, and a listing counts as started at the
+//! `now` of the step or resync that made it (a little before it really started, so never
+//! mistaken for a listing made after an action it may predate).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -61,7 +66,7 @@ impl View {
         }
     }
 
-    /// Looks at `server_id` for an action sent at `since`; `list` makes a listing and
+    /// Looks at `server_id` for an action sent at `since`, at `now`; `list` makes a listing and
     /// `cost_of` tells how many requests a listing of that many servers costs.
     ///
     /// # Errors
@@ -70,6 +75,7 @@ impl View {
         &self,
         server_id: &str,
         since: DateTime<Utc>,
+        now: DateTime<Utc>,
         max_age: Duration,
         list: F,
         cost_of: impl Fn(usize) -> u32,
@@ -80,7 +86,6 @@ impl View {
     {
         let max_age = chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::MAX);
         let mut s = self.state.lock().await;
-        let now = Utc::now();
         if let Some(l) = &s.latest {
             if l.started >= since && now - l.started <= max_age {
                 return Ok(l
@@ -102,7 +107,7 @@ impl View {
         }
         // Cheaper than the looks it replaces: list, holding the lock so that looks arriving
         // meanwhile share this listing.
-        let started = Utc::now();
+        let started = now;
         let servers = list().await?;
         let cost = cost_of(servers.len());
         let found = servers
@@ -150,18 +155,24 @@ mod tests {
         let since = Utc::now() - chrono::Duration::seconds(1);
         let age = Duration::from_secs(60);
         assert_eq!(
-            view.look("1", since, age, list, |_| 3).await.unwrap(),
+            view.look("1", since, Utc::now(), age, list, |_| 3)
+                .await
+                .unwrap(),
             Look::Ask,
             "one look is cheaper than a listing of unknown cost"
         );
         view.offer(since - chrono::Duration::seconds(5), &[], 3)
             .await;
         assert_eq!(
-            view.look("1", since, age, list, |_| 3).await.unwrap(),
+            view.look("1", since, Utc::now(), age, list, |_| 3)
+                .await
+                .unwrap(),
             Look::Ask
         );
         assert_eq!(
-            view.look("1", since, age, list, |_| 3).await.unwrap(),
+            view.look("1", since, Utc::now(), age, list, |_| 3)
+                .await
+                .unwrap(),
             Look::Ask
         );
         assert_eq!(
@@ -170,17 +181,23 @@ mod tests {
             "two looks are cheaper than 3 pages"
         );
         assert_eq!(
-            view.look("2", since, age, list, |_| 3).await.unwrap(),
+            view.look("2", since, Utc::now(), age, list, |_| 3)
+                .await
+                .unwrap(),
             Look::Listed(server("2"))
         );
         assert_eq!(
-            view.look("1", since, age, list, |_| 3).await.unwrap(),
+            view.look("1", since, Utc::now(), age, list, |_| 3)
+                .await
+                .unwrap(),
             Look::Listed(server("1")),
             "the fresh listing answers without another request"
         );
         assert_eq!(lists.load(Ordering::Relaxed), 1);
         assert_eq!(
-            view.look("9", since, age, list, |_| 3).await.unwrap(),
+            view.look("9", since, Utc::now(), age, list, |_| 3)
+                .await
+                .unwrap(),
             Look::Ask,
             "missing from a listing is not gone: ask by id"
         );
@@ -194,9 +211,16 @@ mod tests {
         let since = before + chrono::Duration::milliseconds(1);
         let fresh = || async { Ok(vec![]) };
         assert_eq!(
-            view.look("1", since, Duration::from_secs(60), fresh, |_| 1)
-                .await
-                .unwrap(),
+            view.look(
+                "1",
+                since,
+                Utc::now(),
+                Duration::from_secs(60),
+                fresh,
+                |_| 1
+            )
+            .await
+            .unwrap(),
             Look::Ask
         );
     }

@@ -1,0 +1,254 @@
+//! The simulated cloud's servers (`sim_servers`): the storage behind the `sim` module, and
+//! the ledger of every server it ever made.
+//!
+//! Time-driven states (creating → running after the boot time, stopping → off after the
+//! action time, …) are resolved by the database clock when read, so every daemon sees the
+//! same cloud. Rows are never deleted.
+
+use super::engine::{Arg, Row};
+use super::{Result, SqlStore, StoreError};
+
+/// A simulated server as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimServer {
+    /// Its id.
+    pub id: i64,
+    /// The instance its label names.
+    pub instance_id: Option<i64>,
+    /// Its name (unique among the account's live servers).
+    pub name: String,
+    /// `creating`, `running`, `stopping`, `off`, `starting` or `rebooting`, as of now.
+    pub state: String,
+    /// Its addresses.
+    pub ipv4: Option<String>,
+    /// Its addresses.
+    pub ipv6: Option<String>,
+}
+
+/// Which live servers of an account to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SimSelect {
+    /// One by id.
+    Id(i64),
+    /// Those labelled for an instance.
+    Instance(i64),
+    /// Every labelled one.
+    Labelled,
+}
+
+/// A server to make.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewSimServer<'a> {
+    /// The account.
+    pub account: &'a str,
+    /// The instance of its label.
+    pub instance_id: i64,
+    /// Its name.
+    pub name: &'a str,
+    /// Its size, if the product names one.
+    pub size: Option<&'a str>,
+    /// Its image.
+    pub image: &'a str,
+    /// Its location.
+    pub location: &'a str,
+    /// Seconds until it runs.
+    pub boot_seconds: f64,
+    /// The most live servers the account may have.
+    pub capacity: Option<u64>,
+}
+
+/// What a create made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SimCreated {
+    /// The new server.
+    Made(SimServer),
+    /// A live server has the name already.
+    NameTaken,
+    /// The account is at capacity.
+    Full,
+}
+
+/// What the sim's ledger says about the servers it ever made (all sim accounts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Ledger {
+    /// Servers ever created.
+    pub created: i64,
+    /// Servers existing now.
+    pub live: i64,
+    /// Instances that got more than one server over their life.
+    pub duplicated_instances: i64,
+    /// Live servers whose instance is terminated, or unknown to the store.
+    pub orphans: i64,
+}
+
+const SELECT: &str = "SELECT id, instance_id, name, ipv4, ipv6,
+        CASE WHEN state IN ('creating', 'starting', 'rebooting') AND ready_at <= {now} THEN 'running'
+             WHEN state = 'stopping' AND ready_at <= {now} THEN 'off'
+             ELSE state END AS state
+   FROM sim_servers";
+
+fn server_from(row: &Row) -> Result<SimServer> {
+    Ok(SimServer {
+        id: row.int("id")?,
+        instance_id: row.opt_text("instance_id")?.and_then(|s| s.parse().ok()),
+        name: row.text("name")?,
+        state: row.text("state")?,
+        ipv4: row.opt_text("ipv4")?,
+        ipv6: row.opt_text("ipv6")?,
+    })
+}
+
+impl SqlStore {
+    /// The live servers of `account` that `which` selects, by id.
+    ///
+    /// # Errors
+    /// When the database cannot be read.
+    pub async fn sim_servers(&self, account: &str, which: SimSelect) -> Result<Vec<SimServer>> {
+        let (condition, mut args) = match which {
+            SimSelect::Id(id) => (" AND id = $2", vec![Arg::Int(id)]),
+            SimSelect::Instance(id) => (" AND instance_id = $2", vec![Arg::Int(id)]),
+            SimSelect::Labelled => (" AND instance_id IS NOT NULL", vec![]),
+        };
+        args.insert(0, account.into());
+        let sql =
+            format!("{SELECT} WHERE account = $1 AND deleted_at IS NULL{condition} ORDER BY id");
+        let mut tx = self.pool().read().await?;
+        tx.rows(&sql, args).await?.iter().map(server_from).collect()
+    }
+
+    /// Starts a power transition of server `id` of `account`: it is in `state` until
+    /// `seconds` from now (then the read resolves it).
+    ///
+    /// # Errors
+    /// When the database cannot be written.
+    pub async fn sim_transition(
+        &self,
+        account: &str,
+        id: i64,
+        state: &str,
+        seconds: f64,
+    ) -> Result<()> {
+        let mut tx = self.pool().write().await?;
+        tx.execute(
+            "UPDATE sim_servers SET state = $3, ready_at = {later:$4}
+              WHERE id = $1 AND account = $2 AND deleted_at IS NULL",
+            vec![
+                Arg::Int(id),
+                account.into(),
+                state.into(),
+                Arg::Float(seconds),
+            ],
+        )
+        .await?;
+        tx.commit().await
+    }
+
+    /// Makes a server, unless its name is taken or the account is full.
+    ///
+    /// # Errors
+    /// When the database cannot be written.
+    pub async fn sim_create(&self, new: &NewSimServer<'_>) -> Result<SimCreated> {
+        let mut tx = self.pool().write().await?;
+        let taken = tx
+            .row(
+                "SELECT id FROM sim_servers WHERE account = $1 AND name = $2 AND deleted_at IS NULL",
+                vec![new.account.into(), new.name.into()],
+            )
+            .await?;
+        if taken.is_some() {
+            return Ok(SimCreated::NameTaken);
+        }
+        if let Some(capacity) = new.capacity {
+            let used = tx
+                .row(
+                    "SELECT COUNT(*) AS n FROM sim_servers WHERE account = $1 AND deleted_at IS NULL",
+                    vec![new.account.into()],
+                )
+                .await?
+                .map_or(Ok(0), |r| r.int("n"))?;
+            if used >= i64::try_from(capacity).unwrap_or(i64::MAX) {
+                return Ok(SimCreated::Full);
+            }
+        }
+        let id = tx
+            .row(
+                "INSERT INTO sim_servers (account, instance_id, name, size, image, location, state, ready_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, 'creating', {later:$7})
+                 RETURNING id",
+                vec![
+                    new.account.into(),
+                    Arg::Int(new.instance_id),
+                    new.name.into(),
+                    new.size.map(str::to_owned).into(),
+                    new.image.into(),
+                    new.location.into(),
+                    Arg::Float(new.boot_seconds),
+                ],
+            )
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("sim_servers INSERT returned no row".into()))?
+            .int("id")?;
+        // Documentation-only address ranges (RFC 5737 / RFC 3849): the sim reaches nothing.
+        let ipv4 = format!("198.51.{}.{}", (id >> 8) & 0xff, id & 0xff);
+        let ipv6 = format!("2001:db8:{:x}::/64", id & 0xffff);
+        tx.execute(
+            "UPDATE sim_servers SET ipv4 = $2, ipv6 = $3 WHERE id = $1",
+            vec![Arg::Int(id), ipv4.as_str().into(), ipv6.as_str().into()],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(SimCreated::Made(SimServer {
+            id,
+            instance_id: Some(new.instance_id),
+            name: new.name.to_owned(),
+            state: "creating".into(),
+            ipv4: Some(ipv4),
+            ipv6: Some(ipv6),
+        }))
+    }
+
+    /// Deletes server `id` of `account` (kept in the ledger); deleting it again is a no-op.
+    ///
+    /// # Errors
+    /// When the database cannot be written.
+    pub async fn sim_delete(&self, account: &str, id: i64) -> Result<()> {
+        let mut tx = self.pool().write().await?;
+        tx.execute(
+            "UPDATE sim_servers SET state = 'deleted', deleted_at = {now}
+              WHERE id = $1 AND account = $2 AND deleted_at IS NULL",
+            vec![Arg::Int(id), account.into()],
+        )
+        .await?;
+        tx.commit().await
+    }
+
+    /// Counts what the sim ever made, across accounts: duplicates and orphans included.
+    ///
+    /// # Errors
+    /// When the database cannot be read.
+    pub async fn sim_ledger(&self) -> Result<Ledger> {
+        let mut tx = self.pool().read().await?;
+        let row = tx
+            .row(
+                "SELECT (SELECT COUNT(*) FROM sim_servers) AS created,
+                        (SELECT COUNT(*) FROM sim_servers WHERE deleted_at IS NULL) AS live,
+                        (SELECT COUNT(*) FROM (SELECT instance_id FROM sim_servers
+                                                WHERE instance_id IS NOT NULL
+                                                GROUP BY instance_id HAVING COUNT(*) > 1) AS d) AS duplicated,
+                        (SELECT COUNT(*) FROM sim_servers s
+                          WHERE s.deleted_at IS NULL
+                            AND NOT EXISTS (SELECT 1 FROM instances i
+                                             WHERE i.id = s.instance_id
+                                               AND i.observed_status <> 'terminated')) AS orphans",
+                vec![],
+            )
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("ledger query returned no row".into()))?;
+        Ok(Ledger {
+            created: row.int("created")?,
+            live: row.int("live")?,
+            duplicated_instances: row.int("duplicated")?,
+            orphans: row.int("orphans")?,
+        })
+    }
+}
