@@ -4,9 +4,14 @@
 //! 2. calls for a full resync of 1,000 owned servers;
 //! 3. with a backlog larger than the budget (fake limit lowered to 60 requests, refilling
 //!    1 per second, the catalog's `rate_limit` set to match), the share of the budget used
-//!    and the share of requests answered 429.
+//!    and the share of requests answered 429;
+//! 4. `429s`: 500 orders at Hetzner's real budget (3,600 refilling 1/s) and DigitalOcean's,
+//!    with every 20th request answered 429 although requests are left: the time to converge
+//!    and the longest the account went without sending;
+//! 5. `shutdown`: the daemon binary with a saturated backlog (400 creates against a budget of
+//!    60 + 1/s, the fake answering after 20 s), SIGTERM, and the time until it exited.
 //!
-//! `cargo bench --bench providers`
+//! `cargo bench --bench providers [-- creates|resync|budget|429s|shutdown]`
 
 #[path = "../tests/fakes/mod.rs"]
 mod fakes;
@@ -199,6 +204,134 @@ async fn budget_use(flavor: Flavor, module: &str) {
     );
 }
 
+async fn occasional_429s(flavor: Flavor, module: &str) {
+    let mut cfg = CloudConfig::new(flavor, "bench-token");
+    cfg.limit = match flavor {
+        Flavor::Hetzner => (3600, 1.0),
+        Flavor::DigitalOcean => (250, 250.0 / 60.0),
+    };
+    cfg.boot = Duration::from_secs(2);
+    cfg.faults.spurious_429_every = Some(20);
+    let cloud = Cloud::start(cfg).await;
+    let env = format!("BENCH_429_{}_TOKEN", module.to_uppercase());
+    std::env::set_var(&env, "bench-token");
+    let n = 500;
+    let (_dir, elapsed, active) = run(
+        &catalog(module, &cloud.url, &env, ""),
+        n,
+        Duration::from_secs(300),
+        Duration::from_secs(30),
+    )
+    .await;
+    let ledger = cloud.ledger();
+    let mut times: Vec<Duration> = ledger
+        .served_at
+        .iter()
+        .chain(&ledger.throttled_at)
+        .copied()
+        .collect();
+    times.sort();
+    let longest_gap = times
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    println!(
+        "{module}: {active}/{n} creates converged in {:.1} s with every 20th request answered 429 ({} of {} requests); the longest the account went without a request: {:.2} s",
+        elapsed.as_secs_f64(),
+        ledger.throttled,
+        ledger.requests,
+        longest_gap.as_secs_f64()
+    );
+}
+
+async fn shutdown_time() {
+    let mut cfg = CloudConfig::new(Flavor::Hetzner, "bench-token");
+    cfg.limit = (60, 1.0);
+    cfg.faults.latency = Duration::from_secs(20);
+    let cloud = Cloud::start(cfg).await;
+    let mut took = Vec::new();
+    for round in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = dir.path().join("catalog");
+        std::fs::create_dir(&cat).unwrap();
+        std::fs::write(
+            cat.join("c.yaml"),
+            catalog(
+                "hetzner",
+                &cloud.url,
+                "BENCH_SHUTDOWN_TOKEN",
+                "rate_limit: {requests_per_minute: 60}\ntimeout_seconds: 60",
+            ),
+        )
+        .unwrap();
+        let url = format!("sqlite://{}", dir.path().join("s.db").display());
+        let store = provisioner::store::SqlStore::open(&url, &Default::default())
+            .await
+            .unwrap();
+        for _ in 0..400 {
+            store
+                .create_instance(&NewInstance {
+                    customer_id: "bench".into(),
+                    product_id: "vps".into(),
+                    ..NewInstance::default()
+                })
+                .await
+                .unwrap();
+        }
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_provisioner"))
+            .args([
+                "--database-url",
+                &url,
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--catalog",
+            ])
+            .arg(&cat)
+            .env("BENCH_SHUTDOWN_TOKEN", "bench-token")
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Saturated: every worker holds a claim (creates hanging on the provider, the rest
+        // waiting for budget).
+        let waiting = Instant::now();
+        while store.queue_stats().await.unwrap().leased < 32
+            && waiting.elapsed() < Duration::from_secs(30)
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2 + round)).await;
+        let signalled = Instant::now();
+        std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        took.push(signalled.elapsed());
+        let left = store.queue_stats().await.unwrap();
+        println!(
+            "shutdown round {round}: exit {status} {:.2} s after SIGTERM; {} instances still leased afterwards",
+            signalled.elapsed().as_secs_f64(),
+            left.leased
+        );
+        store.close().await;
+    }
+    took.sort();
+    println!(
+        "shutdown with a saturated backlog (drain deadline 5 s): median {:.2} s, worst {:.2} s from SIGTERM to exit",
+        took[took.len() / 2].as_secs_f64(),
+        took[took.len() - 1].as_secs_f64()
+    );
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     tracing_subscriber::fmt()
@@ -217,5 +350,12 @@ async fn main() {
     if want("budget") {
         budget_use(Flavor::Hetzner, "hetzner").await;
         budget_use(Flavor::DigitalOcean, "digitalocean").await;
+    }
+    if want("429s") {
+        occasional_429s(Flavor::Hetzner, "hetzner").await;
+        occasional_429s(Flavor::DigitalOcean, "digitalocean").await;
+    }
+    if want("shutdown") {
+        shutdown_time().await;
     }
 }

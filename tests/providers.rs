@@ -203,6 +203,7 @@ fn faults() -> Faults {
         // Longer than the account's 1 s timeout: applied, but the client never hears back.
         slow_create_every: Some((4, Duration::from_millis(1500))),
         latency: Duration::ZERO,
+        spurious_429_every: None,
     }
 }
 
@@ -223,20 +224,42 @@ stuck_timeout_seconds: 20
     )
 }
 
+/// A fake cloud started with `cfg`, its token in the environment variable `env`, and a
+/// catalog of one account (`hz` or `do`) with one product (`hz-vps` or `do-vps`) on it.
+async fn cloud_with_catalog(cfg: CloudConfig, env: &str) -> (Cloud, String) {
+    let (flavor, token) = (cfg.flavor, cfg.token.clone());
+    let cloud = Cloud::start(cfg).await;
+    std::env::set_var(env, token);
+    let catalog = match flavor {
+        Flavor::Hetzner => {
+            cloud_account("hz", "hetzner", &cloud.url, env)
+                + &product(
+                    "hz-vps",
+                    "hz",
+                    "fsn1",
+                    "ubuntu-24.04",
+                    "{server_type: cx22}",
+                )
+        }
+        Flavor::DigitalOcean => {
+            cloud_account("do", "digitalocean", &cloud.url, env)
+                + &product(
+                    "do-vps",
+                    "do",
+                    "fra1",
+                    "ubuntu-24-04-x64",
+                    "{size: s-1vcpu-1gb}",
+                )
+        }
+    };
+    (cloud, catalog)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hetzner_converges_without_duplicates_through_faults() {
     let mut cfg = CloudConfig::new(Flavor::Hetzner, "hz-secret-token");
     cfg.faults = faults();
-    let cloud = Cloud::start(cfg).await;
-    std::env::set_var("FAKE_HCLOUD_TOKEN_1", "hz-secret-token");
-    let catalog = cloud_account("hz", "hetzner", &cloud.url, "FAKE_HCLOUD_TOKEN_1")
-        + &product(
-            "hz-vps",
-            "hz",
-            "fsn1",
-            "ubuntu-24.04",
-            "{server_type: cx22}",
-        );
+    let (cloud, catalog) = cloud_with_catalog(cfg, "FAKE_HCLOUD_TOKEN_1").await;
     let s = Setup::new(&catalog).await;
     let mut ids = Vec::new();
     for n in 0..12 {
@@ -278,19 +301,42 @@ async fn hetzner_converges_without_duplicates_through_faults() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_occasional_429_does_not_stall_the_account() {
+    // Hetzner's real budget: 3,600 requests refilling one a second, `RateLimit-Reset` the
+    // time of full recovery (minutes away once a few hundred requests went out). Every 10th
+    // request is answered 429 although requests are left, without `Retry-After`.
+    let mut cfg = CloudConfig::new(Flavor::Hetzner, "hz-token-429");
+    cfg.limit = (3600, 1.0);
+    cfg.faults.spurious_429_every = Some(10);
+    let (cloud, catalog) = cloud_with_catalog(cfg, "FAKE_HCLOUD_TOKEN_429").await;
+    let s = Setup::new(&catalog).await;
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        ids.push(s.order("hz-vps", None).await);
+    }
+    // Blocking the account until the full-recovery reset (up to a minute per 429, as it
+    // did) would not converge within wait_all's minute; a second per 429 does.
+    s.wait_all(&ids, "active despite 429s", |i| {
+        i.observed_status == ObservedStatus::Active
+    })
+    .await;
+    let ledger = cloud.ledger();
+    assert!(
+        ledger.throttled >= 3,
+        "the fake answered 429s: {}",
+        ledger.throttled
+    );
+    for id in &ids {
+        assert_eq!(ledger.servers_for(*id), 1, "instance {id}: one server");
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn digitalocean_converges_without_duplicates_through_faults() {
     let mut cfg = CloudConfig::new(Flavor::DigitalOcean, "do-secret-token");
     cfg.faults = faults();
-    let cloud = Cloud::start(cfg).await;
-    std::env::set_var("FAKE_DO_TOKEN_1", "do-secret-token");
-    let catalog = cloud_account("do", "digitalocean", &cloud.url, "FAKE_DO_TOKEN_1")
-        + &product(
-            "do-vps",
-            "do",
-            "fra1",
-            "ubuntu-24-04-x64",
-            "{size: s-1vcpu-1gb}",
-        );
+    let (cloud, catalog) = cloud_with_catalog(cfg, "FAKE_DO_TOKEN_1").await;
     let s = Setup::new(&catalog).await;
     let mut ids = Vec::new();
     for _ in 0..12 {
@@ -309,16 +355,7 @@ async fn digitalocean_converges_without_duplicates_through_faults() {
 async fn a_reboot_the_os_ignores_is_followed_by_a_hard_reset() {
     let mut cfg = CloudConfig::new(Flavor::Hetzner, "hz-token-2");
     cfg.reboot_hangs = true;
-    let cloud = Cloud::start(cfg).await;
-    std::env::set_var("FAKE_HCLOUD_TOKEN_2", "hz-token-2");
-    let catalog = cloud_account("hz", "hetzner", &cloud.url, "FAKE_HCLOUD_TOKEN_2")
-        + &product(
-            "hz-vps",
-            "hz",
-            "fsn1",
-            "ubuntu-24.04",
-            "{server_type: cx22}",
-        );
+    let (cloud, catalog) = cloud_with_catalog(cfg, "FAKE_HCLOUD_TOKEN_2").await;
     let catalog = catalog.replace(
         "graceful_timeout_seconds: 2",
         "graceful_timeout_seconds: 0.8",

@@ -417,6 +417,49 @@ mod tests {
         );
     }
 
+    fn headers(pairs: &[(&'static str, String)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    fn unix_in(seconds: u64) -> String {
+        (SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + seconds)
+            .to_string()
+    }
+
+    #[test]
+    fn rate_limit_headers_say_when_one_request_is_free() {
+        // Hetzner: the reset is full recovery; at 3,600 an hour one request is free in ~1 s.
+        let h = headers(&[
+            ("ratelimit-limit", "3600".into()),
+            ("ratelimit-remaining", "0".into()),
+            ("ratelimit-reset", unix_in(3600)),
+        ]);
+        let b = Budget::read(&h, ResetMeans::FullRecovery).unwrap();
+        assert_eq!(b.remaining, 0);
+        assert!(
+            b.next_in <= Duration::from_secs(1) && b.next_in > Duration::from_millis(990),
+            "{:?}",
+            b.next_in
+        );
+        // DigitalOcean: the reset is when the oldest counted request expires.
+        let b = Budget::read(&h, ResetMeans::NextRequest).unwrap();
+        assert!(b.next_in > Duration::from_secs(3598), "{:?}", b.next_in);
+        // OVH sends none, and a 429 without headers says nothing about the budget.
+        assert_eq!(Budget::read(&h, ResetMeans::Nothing), None);
+        assert_eq!(
+            Budget::read(&HeaderMap::new(), ResetMeans::FullRecovery),
+            None
+        );
+    }
+
     #[test]
     fn secret_headers_do_not_show_in_debug_output() {
         let (_, v) = secret_header("authorization", "Bearer hunter2").unwrap();

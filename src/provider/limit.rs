@@ -344,6 +344,91 @@ mod tests {
         );
     }
 
+    fn hetzner() -> RateLimiter {
+        RateLimiter::new(&RateLimit {
+            requests_per_hour: Some(3600),
+            requests_per_minute: None,
+        })
+    }
+
+    async fn waited(limiter: &RateLimiter) -> Duration {
+        let start = Instant::now();
+        limiter.acquire().await;
+        start.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_without_retry_after_resumes_when_one_request_is_free_again() {
+        let limiter = hetzner();
+        // Hetzner's headers on the 429: nothing left, full recovery in an hour, which at
+        // 3,600 an hour frees one request a second.
+        let wait = limiter.too_many(TooMany {
+            retry_after: None,
+            refill: Some(Duration::from_secs(1)),
+            exhausted: true,
+        });
+        assert_eq!(wait, Duration::from_secs(1));
+        let w = waited(&limiter).await;
+        assert!(
+            w >= Duration::from_secs(1) && w < Duration::from_millis(1100),
+            "resumes after about a second, not a minute: waited {w:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_with_requests_left_does_not_empty_the_budget() {
+        let limiter = hetzner();
+        let wait = limiter.too_many(TooMany {
+            retry_after: None,
+            refill: Some(Duration::from_secs(1)),
+            exhausted: false,
+        });
+        tokio::time::sleep(wait).await;
+        for _ in 0..100 {
+            assert!(
+                limiter.try_acquire(),
+                "a per-endpoint 429 leaves the account's budget as it was"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn repeated_429s_back_off_and_a_success_ends_the_streak() {
+        let limiter = hetzner();
+        let said = TooMany {
+            retry_after: None,
+            refill: None,
+            exhausted: false,
+        };
+        let waits: Vec<u64> = (0..8).map(|_| limiter.too_many(said).as_secs()).collect();
+        assert_eq!(
+            waits,
+            vec![1, 2, 4, 8, 16, 32, 60, 60],
+            "doubling from one refill interval, at most a minute"
+        );
+        limiter.answered();
+        assert_eq!(limiter.too_many(said), Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_is_honoured_exactly() {
+        let limiter = hetzner();
+        for _ in 0..3 {
+            // Repeated Retry-After answers do not back off beyond what the provider says.
+            let wait = limiter.too_many(TooMany {
+                retry_after: Some(Duration::from_secs(7)),
+                refill: Some(Duration::from_secs(1)),
+                exhausted: false,
+            });
+            assert_eq!(wait, Duration::from_secs(7));
+        }
+        let w = waited(&limiter).await;
+        assert!(
+            w >= Duration::from_secs(7) && w < Duration::from_millis(7100),
+            "waited {w:?}"
+        );
+    }
+
     #[tokio::test]
     async fn unlimited_accounts_never_wait() {
         let limiter = RateLimiter::new(&RateLimit::default());

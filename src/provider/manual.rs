@@ -6,7 +6,6 @@
 //! the reconciler reports for the server.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -163,16 +162,9 @@ impl Provider for ManualProvider {
     }
 
     fn policy(&self) -> Policy {
-        Policy {
-            // Completing a task makes the instance due at once; this is only a safety net.
-            poll: Duration::from_secs(60),
-            poll_max: Duration::from_secs(60),
-            create_grace: Duration::ZERO,
-            // People take their time: a task is never escalated nor sent again.
-            graceful_timeout: None,
-            stuck_timeout: None,
-            meters_requests: false,
-        }
+        // Completing a task makes the instance due at once, so the minute-long poll is only
+        // a safety net; people take their time: a task is never escalated nor sent again.
+        Policy::default()
     }
 
     fn get<'a>(

@@ -269,7 +269,8 @@ pub struct Policy {
 }
 
 impl Default for Policy {
-    /// The policy of an account that cannot be driven: only quiet steps use it.
+    /// A steady minute-long pace that never escalates nor sends again: the manual module's
+    /// (people do the work), and what steps of an account that cannot be driven see.
     fn default() -> Policy {
         Policy {
             poll: Duration::from_secs(60),

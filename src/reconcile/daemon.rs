@@ -292,13 +292,23 @@ async fn work_loop(
             let executor = executor.clone();
             let metrics = metrics.clone();
             let abandon = abandon.clone();
+            let store = store.clone();
+            let lease = claim.lease.clone();
             let span = tracing::info_span!("step", instance = claim.instance.id);
             metrics.in_flight.fetch_add(1, Ordering::Relaxed);
             steps.spawn(
                 async move {
                     tokio::select! {
                         () = abandon.cancelled() => {
-                            tracing::warn!("abandoned at shutdown; the lease expires and the step is taken up again");
+                            // Its intent, if any, is recorded: the next daemon takes it up
+                            // at once (looking the server up before any second create).
+                            // A database that does not answer leaves the lease to expire.
+                            let released = tokio::time::timeout(
+                                Duration::from_millis(500),
+                                store.release(&lease, NextCheck::Now),
+                            )
+                            .await;
+                            tracing::warn!(released = matches!(released, Ok(Ok(()))), "abandoned at shutdown");
                         }
                         _ = executor.step(claim) => {}
                     }

@@ -354,6 +354,20 @@ fn merge(details: &mut serde_json::Value, extra: serde_json::Value) {
     }
 }
 
+/// The provider accepted a call: follow `pending` from the next poll on; an error streak is
+/// over.
+fn accepted_for(
+    cx: &Context<'_>,
+    pending: Pending,
+    mut patch: ObservedPatch,
+    t: NewTransition,
+) -> Decision {
+    patch.pending = Some(Some(pending));
+    patch.attempts = Some(0);
+    patch.last_error = Some(None);
+    Decision::new(patch, Some(t), Next::After(cx.policy.poll), "progressed")
+}
+
 /// What a create's answer means.
 pub fn created(cx: &Context<'_>, answer: Result<Created, ProviderError>) -> Decision {
     match answer {
@@ -361,24 +375,18 @@ pub fn created(cx: &Context<'_>, answer: Result<Created, ProviderError>) -> Deci
             let mut t = cx.transition(Action::Create, Outcome::Succeeded);
             t.details = json!({"server_id": created.server.id, "action_id": created.action_id});
             merge(&mut t.details, created.details);
-            let mut d = Decision::new(
-                ObservedPatch {
-                    provider_server_id: Some(Some(created.server.id.clone())),
-                    ipv4: created.server.ipv4.clone().map(Some),
-                    ipv6: created.server.ipv6.clone().map(Some),
-                    pending: Some(Some(Pending {
-                        action: Action::Create,
-                        action_id: created.action_id,
-                        hard: false,
-                    })),
-                    attempts: Some(0),
-                    last_error: Some(None),
-                    ..ObservedPatch::default()
-                },
-                Some(t),
-                Next::After(cx.policy.poll),
-                "progressed",
-            );
+            let patch = ObservedPatch {
+                provider_server_id: Some(Some(created.server.id.clone())),
+                ipv4: created.server.ipv4.clone().map(Some),
+                ipv6: created.server.ipv6.clone().map(Some),
+                ..ObservedPatch::default()
+            };
+            let pending = Pending {
+                action: Action::Create,
+                action_id: created.action_id,
+                hard: false,
+            };
+            let mut d = accepted_for(cx, pending, patch, t);
             d.seal = created.root_password;
             d
         }
@@ -502,21 +510,12 @@ pub fn sent(
             } else {
                 accepted.action_id
             };
-            Decision::new(
-                ObservedPatch {
-                    pending: Some(Some(Pending {
-                        action,
-                        action_id,
-                        hard,
-                    })),
-                    attempts: Some(0),
-                    last_error: Some(None),
-                    ..ObservedPatch::default()
-                },
-                Some(t),
-                Next::After(cx.policy.poll),
-                "progressed",
-            )
+            let pending = Pending {
+                action,
+                action_id,
+                hard,
+            };
+            accepted_for(cx, pending, ObservedPatch::default(), t)
         }
         Err(e) if e.class == ErrorClass::NotFound && action == Action::Terminate => {
             done(cx, action, ObservedStatus::Terminated, None)

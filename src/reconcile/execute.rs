@@ -150,6 +150,24 @@ impl Executor {
         Ok(d.result)
     }
 
+    /// What the decisions of a step on `claim` are made from: the claim's database clock and
+    /// the policy of `account` (if it can be driven).
+    fn context<'a>(
+        &self,
+        claim: &'a Claim,
+        account: Option<&Account>,
+        product: &'a ProductCheck,
+    ) -> Context<'a> {
+        Context {
+            instance: &claim.instance,
+            generation: claim.lease.desired_generation,
+            now: claim.now,
+            policy: account.map_or_else(Policy::default, |a| a.policy),
+            timing: self.timing,
+            product,
+        }
+    }
+
     async fn run(&self, claim: &Claim) -> Result<StepResult, StoreError> {
         let i = &claim.instance;
         let catalog = self.catalog.borrow().clone();
@@ -157,14 +175,7 @@ impl Executor {
         let step = plan(i, &product);
         tracing::debug!(step = %step.describe(), "planned");
         let account = i.provider_account.as_deref().and_then(|a| self.account(a));
-        let cx = Context {
-            instance: i,
-            generation: claim.lease.desired_generation,
-            now: claim.now,
-            policy: account.as_ref().map_or_else(Policy::default, |a| a.policy),
-            timing: self.timing,
-            product: &product,
-        };
+        let cx = self.context(claim, account.as_deref(), &product);
         if let Some(d) = decide::quiet(&cx, &step) {
             return self.apply(claim, d).await;
         }
@@ -208,14 +219,7 @@ impl Executor {
         let p = catalog.product(&i.product_id);
         let account_id = p.map(|p| p.provisioning.account.as_str());
         let account = account_id.and_then(|a| self.account(a));
-        let cx = Context {
-            instance: i,
-            generation: claim.lease.desired_generation,
-            now: claim.now,
-            policy: account.as_ref().map_or_else(Policy::default, |a| a.policy),
-            timing: self.timing,
-            product,
-        };
+        let cx = self.context(claim, account.as_deref(), product);
         let (Some(p), Some(account_id)) = (p, account_id) else {
             let reason = format!("unknown product `{}`", i.product_id);
             return self.apply(claim, decide::wait(&cx, reason)).await;

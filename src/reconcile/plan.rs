@@ -253,11 +253,12 @@ pub fn settle(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use chrono::Utc;
 
-    fn instance(desired: DesiredStatus, observed: ObservedStatus) -> Instance {
+    /// An instance with no server, nothing in flight, generation 1 desired and 0 observed.
+    pub(crate) fn instance(desired: DesiredStatus, observed: ObservedStatus) -> Instance {
         let now = Utc::now();
         Instance {
             id: 7,

@@ -282,6 +282,28 @@ impl Inner {
         let path = uri.path().to_owned();
         let kind = kind_of(method.as_str(), &path);
         *self.ledger.by_kind.entry(kind).or_default() += 1;
+        let spurious = self
+            .cfg
+            .faults
+            .spurious_429_every
+            .is_some_and(|n| self.ledger.requests % n == 0);
+        if spurious {
+            self.ledger.throttled += 1;
+            self.ledger.throttled_at.push(elapsed);
+            let mut h = self.rate_headers();
+            if !self.hetzner() {
+                h.push(("retry-after".into(), "1".into()));
+            }
+            let code = if self.hetzner() {
+                "rate_limit_exceeded"
+            } else {
+                "too_many_requests"
+            };
+            return (
+                self.error(StatusCode::TOO_MANY_REQUESTS, code, "Slow down."),
+                h,
+            );
+        }
         if !self.bucket.take() {
             self.ledger.throttled += 1;
             self.ledger.throttled_at.push(elapsed);

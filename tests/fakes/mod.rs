@@ -77,6 +77,10 @@ pub struct Faults {
     pub slow_create_every: Option<(u64, Duration)>,
     /// Every response is delayed this long.
     pub latency: Duration,
+    /// Every n-th request is answered 429 although the account's budget has requests left
+    /// (`RateLimit-Remaining` > 0), as a per-endpoint limit, a proxy or a burst limit does;
+    /// Hetzner sends no `Retry-After`, DigitalOcean `Retry-After: 1`.
+    pub spurious_429_every: Option<u64>,
 }
 
 /// What a fake saw.

@@ -13,41 +13,17 @@ fn t0() -> DateTime<Utc> {
 }
 
 fn instance(desired: D, observed: O) -> Instance {
-    Instance {
-        id: 42,
-        customer_id: "c".into(),
-        order_id: None,
-        product_id: "vps".into(),
-        location: None,
-        os_image: None,
-        hostname: None,
-        ssh_keys: None,
-        desired_status: desired,
-        suspend_reason: None,
-        reboot_requested: 0,
-        desired_generation: 2,
-        desired_changed_at: t0(),
-        observed_generation: 1,
-        observed_status: observed,
-        status_reason: None,
-        provider_account: Some("acct".into()),
-        provider_server_id: Some("100".into()),
-        ipv4: None,
-        ipv6: None,
-        product_revision: None,
-        reboot_handled: 0,
-        credentials: None,
-        last_error: None,
-        attempts: 0,
-        pending: None,
-        pending_since: None,
-        next_check_at: Some(t0()),
-        lease_owner: None,
-        lease_expires_at: None,
-        lease_epoch: 1,
-        created_at: t0(),
-        updated_at: t0(),
-    }
+    let mut i = crate::reconcile::plan::tests::instance(desired, observed);
+    i.id = 42;
+    i.desired_generation = 2;
+    i.observed_generation = 1;
+    i.provider_account = Some("acct".into());
+    i.provider_server_id = Some("100".into());
+    i.desired_changed_at = t0();
+    i.next_check_at = Some(t0());
+    i.created_at = t0();
+    i.updated_at = t0();
+    i
 }
 
 /// `action` in flight since t0, looked at `elapsed` later.
