@@ -618,3 +618,43 @@ fn hostile_yaml_is_refused_without_exhausting_anything() {
         .message
         .starts_with("file is not valid UTF-8"));
 }
+
+#[test]
+fn escalation_timeouts_are_api_account_settings_in_range() {
+    let accounts = "apiVersion: provisioner/v1
+kind: ProviderAccount
+id: hz
+module: hetzner
+graceful_timeout_seconds: 0
+stuck_timeout_seconds: 120
+---
+apiVersion: provisioner/v1
+kind: ProviderAccount
+id: s
+module: sim
+graceful_timeout_seconds: 5
+";
+    expect_errors(
+        &[("a.yaml", accounts)],
+        &[
+            "a.yaml:5:27: error: `graceful_timeout_seconds` must be between 0.1 and 3600, found `0`".to_owned(),
+            "a.yaml:12:27: error: `graceful_timeout_seconds` does not apply to `sim` accounts, which call no API".to_owned(),
+        ],
+    );
+    let (catalog, _) = check(&[(
+        "a.yaml",
+        "apiVersion: provisioner/v1
+kind: ProviderAccount
+id: hz
+module: hetzner
+graceful_timeout_seconds: 90
+stuck_timeout_seconds: 600
+",
+    )]);
+    let hz = catalog.expect("valid").account("hz").cloned().unwrap();
+    assert_eq!(
+        hz.graceful_timeout,
+        Some(std::time::Duration::from_secs(90))
+    );
+    assert_eq!(hz.stuck_timeout, Some(std::time::Duration::from_secs(600)));
+}

@@ -10,7 +10,7 @@
 //! Time here is the process's monotonic clock (tokio's, so tests pause it): budgets are never
 //! stored.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -64,6 +64,54 @@ struct State {
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// The longest `Retry-After` believed (a larger one is a misconfigured proxy, not a budget).
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+tokio::task_local! {
+    /// Set while a call whose first request was paid for in advance runs.
+    static PREPAID: std::cell::Cell<bool>;
+}
+
+/// A token taken in advance for a call's first request: a step takes it before it records
+/// its intent, so that a step waiting for budget has recorded nothing and an intent is
+/// followed by its request at once. Given back when dropped unused (an order found out of
+/// stock after all, a call that failed before sending anything).
+#[derive(Debug)]
+pub struct Reserved {
+    limiter: Arc<RateLimiter>,
+    used: bool,
+}
+
+impl Reserved {
+    /// Runs `call` of a module whose HTTP client meters its own requests: its first request
+    /// is paid by this token (the client takes none for it).
+    pub async fn metered<F: std::future::Future>(mut self, call: F) -> F::Output {
+        let (out, used) = PREPAID
+            .scope(std::cell::Cell::new(true), async {
+                let out = call.await;
+                (out, !PREPAID.with(std::cell::Cell::get))
+            })
+            .await;
+        self.used = used;
+        out
+    }
+
+    /// The token pays for a call the caller makes itself.
+    pub fn spend(mut self) {
+        self.used = true;
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        if !self.used {
+            self.limiter.refund();
+        }
+    }
+}
+
+/// Whether the request about to go out was paid for in advance (then it is no longer).
+pub fn take_prepaid() -> bool {
+    PREPAID.try_with(|p| p.replace(false)).unwrap_or(false)
+}
 
 /// What a 429 said about the budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -152,17 +200,26 @@ impl RateLimiter {
         }
     }
 
-    /// Waits until a request could go out, without taking a token (the module's client takes
-    /// it when it sends). Returns whether it had to wait.
-    pub async fn wait_ready(&self) -> bool {
-        let mut waited = false;
-        loop {
-            let d = self.next_slot();
-            if d.is_zero() {
-                return waited;
-            }
-            waited = true;
-            tokio::time::sleep(d.max(Duration::from_millis(1))).await;
+    /// Waits for a token and holds it for a call to come (see [`Reserved`]). Returns whether
+    /// it had to wait.
+    pub async fn reserve(self: &Arc<Self>) -> (Reserved, bool) {
+        let waited = self.acquire().await;
+        (
+            Reserved {
+                limiter: self.clone(),
+                used: false,
+            },
+            waited,
+        )
+    }
+
+    /// Gives back a token that was taken but not used.
+    fn refund(&self) {
+        let now = Instant::now();
+        let mut s = self.lock();
+        for b in &mut s.buckets {
+            b.refill(now);
+            b.tokens = (b.tokens + 1.0).min(b.capacity);
         }
     }
 
@@ -427,6 +484,26 @@ mod tests {
             w >= Duration::from_secs(7) && w < Duration::from_millis(7100),
             "waited {w:?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reserved_token_pays_one_request_or_is_given_back() {
+        let limiter = Arc::new(RateLimiter::new(&RateLimit {
+            requests_per_hour: None,
+            requests_per_minute: Some(2),
+        }));
+        let (unused, _) = limiter.reserve().await;
+        drop(unused);
+        let (reserved, waited) = limiter.reserve().await;
+        assert!(!waited, "the unused token was given back");
+        let (first, second) = reserved
+            .metered(async { (take_prepaid(), take_prepaid()) })
+            .await;
+        assert!(first, "the call's first request is paid");
+        assert!(!second, "its next one takes a token of its own");
+        assert!(!take_prepaid(), "outside the call nothing is prepaid");
+        assert!(limiter.try_acquire(), "one of the two tokens is left");
+        assert!(!limiter.try_acquire());
     }
 
     #[tokio::test]

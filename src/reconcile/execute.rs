@@ -16,7 +16,7 @@ use super::plan::{plan, product_check, ProductCheck, Step};
 use crate::catalog::Catalog;
 use crate::metrics::Metrics;
 use crate::provider::account::{unavailable, Account, Accounts};
-use crate::provider::limit::TooMany;
+use crate::provider::limit::{Reserved, TooMany};
 use crate::provider::view::Look as Listed;
 use crate::provider::{
     server_name, Accepted, Call, CreateRequest, ErrorClass, Policy, ProviderError, Server,
@@ -176,16 +176,19 @@ impl Executor {
         tracing::debug!(step = %step.describe(), "planned");
         let account = i.provider_account.as_deref().and_then(|a| self.account(a));
         let cx = self.context(claim, account.as_deref(), &product);
-        if let Some(d) = decide::quiet(&cx, &step) {
-            return self.apply(claim, d).await;
-        }
         let action = match step {
             Step::Create => return self.create(claim, &catalog, &product).await,
             Step::Poll(action) => return self.poll(claim, &cx, account, action).await,
             Step::Suspend => Action::Suspend,
             Step::Unsuspend => Action::Unsuspend,
             Step::Reboot => Action::Reboot,
-            _ => Action::Terminate,
+            Step::Terminate => Action::Terminate,
+            Step::Converged | Step::Wait(_) | Step::Idle(_) | Step::Forget | Step::SkipReboot => {
+                let d = decide::quiet(&cx, &step).unwrap_or_else(|| {
+                    decide::wait(&cx, format!("no decision for `{}`", step.describe()))
+                });
+                return self.apply(claim, d).await;
+            }
         };
         let (Some(server_id), Some(account)) = (i.provider_server_id.as_deref(), account) else {
             let reason = format!(
@@ -196,10 +199,12 @@ impl Executor {
         };
         // Wait for the budget before the intent: a step that waits is dropped harmlessly at
         // shutdown, and an intent is followed by its call at once.
-        self.budget(&account).await;
+        let paid = self.budget(&account).await;
         let (intent, t) = decide::intent(&cx, action);
         let updated = self.store.record(&claim.lease, &intent, Some(&t)).await?;
-        let answer = self.send(&account, &updated, claim, action, false).await;
+        let answer = self
+            .send(&account, &updated, claim, action, false, Some(paid))
+            .await;
         let cx = Context {
             instance: &updated,
             ..cx
@@ -247,7 +252,7 @@ impl Executor {
             ProductCheck::Sellable { stock } => *stock,
             ProductCheck::Blocked(_) => None,
         };
-        self.budget(&account).await;
+        let paid = self.budget(&account).await;
         let Some(updated) = self
             .store
             .begin_create(&claim.lease, stock, &intent, &t)
@@ -283,7 +288,12 @@ impl Executor {
             lease: &claim.lease,
         };
         let answer = self
-            .call(&account, "create", account.provider.create(call, &request))
+            .paid_call(
+                &account,
+                "create",
+                paid,
+                account.provider.create(call, &request),
+            )
             .await;
         let cx = Context {
             instance: &updated,
@@ -335,7 +345,7 @@ impl Executor {
             Look::Decided(d) => *d,
             Look::Send(attempt) => {
                 let answer = self
-                    .send(&account, i, claim, action, attempt == Attempt::Hard)
+                    .send(&account, i, claim, action, attempt == Attempt::Hard, None)
                     .await;
                 decide::sent(cx, action, attempt, answer, server_id)
             }
@@ -343,7 +353,8 @@ impl Executor {
         self.apply(claim, d).await
     }
 
-    /// Sends the call of `action` (hard: the fallback after a graceful one timed out).
+    /// Sends the call of `action` (hard: the fallback after a graceful one timed out), its
+    /// first request `paid` for already when the step took the token before its intent.
     async fn send(
         &self,
         account: &Account,
@@ -351,6 +362,7 @@ impl Executor {
         claim: &Claim,
         action: Action,
         hard: bool,
+        paid: Option<Reserved>,
     ) -> crate::provider::Result<Accepted> {
         let call = Call {
             instance,
@@ -363,39 +375,23 @@ impl Executor {
             ));
         };
         let p = &account.provider;
-        match (action, hard) {
-            (Action::Suspend, false) => {
-                self.call(account, "power_off", p.power_off(call, server_id, false))
-                    .await
+        let (name, fut) = match (action, hard) {
+            (Action::Suspend, false) => ("power_off", p.power_off(call, server_id, false)),
+            (Action::Suspend, true) => ("power_off_hard", p.power_off(call, server_id, true)),
+            (Action::Unsuspend, _) => ("power_on", p.power_on(call, server_id)),
+            (Action::Reboot, false) => ("reboot", p.reboot(call, server_id, false)),
+            (Action::Reboot, true) => ("reboot_hard", p.reboot(call, server_id, true)),
+            (Action::Terminate, _) => ("delete", p.delete(call, server_id)),
+            (other, _) => {
+                return Err(ProviderError::new(
+                    ErrorClass::Invalid,
+                    format!("{other} has no call to send"),
+                ))
             }
-            (Action::Suspend, true) => {
-                self.call(
-                    account,
-                    "power_off_hard",
-                    p.power_off(call, server_id, true),
-                )
-                .await
-            }
-            (Action::Unsuspend, _) => {
-                self.call(account, "power_on", p.power_on(call, server_id))
-                    .await
-            }
-            (Action::Reboot, false) => {
-                self.call(account, "reboot", p.reboot(call, server_id, false))
-                    .await
-            }
-            (Action::Reboot, true) => {
-                self.call(account, "reboot_hard", p.reboot(call, server_id, true))
-                    .await
-            }
-            (Action::Terminate, _) => {
-                self.call(account, "delete", p.delete(call, server_id))
-                    .await
-            }
-            (other, _) => Err(ProviderError::new(
-                ErrorClass::Invalid,
-                format!("{other} has no call to send"),
-            )),
+        };
+        match paid {
+            Some(paid) => self.paid_call(account, name, paid, fut).await,
+            None => self.call(account, name, fut).await,
         }
     }
 
@@ -434,11 +430,15 @@ impl Executor {
         self.call(account, "get", p.get(call, server_id)).await
     }
 
-    /// Waits until the account's budget could send a request (without taking it).
-    async fn budget(&self, account: &Account) {
-        if account.limiter.wait_ready().await {
+    /// Takes the token of the next call's first request: before the intent is recorded, so
+    /// that a step waiting for budget has recorded nothing (and is dropped harmlessly at
+    /// shutdown), and the intent is followed by its request at once.
+    async fn budget(&self, account: &Account) -> Reserved {
+        let (reserved, waited) = account.limiter.reserve().await;
+        if waited {
             self.metrics.rate_limit_wait(&account.id);
         }
+        reserved
     }
 
     /// Makes a provider call within the account's budget, counting it.
@@ -456,7 +456,34 @@ impl Executor {
         } else if account.limiter.acquire().await {
             self.metrics.rate_limit_wait(&account.id);
         }
-        let result = fut.await;
+        self.answered(account, name, fut.await)
+    }
+
+    /// Makes a provider call whose first request `paid` pays for.
+    async fn paid_call<T>(
+        &self,
+        account: &Account,
+        name: &str,
+        paid: Reserved,
+        fut: impl std::future::Future<Output = crate::provider::Result<T>>,
+    ) -> crate::provider::Result<T> {
+        let result = if account.policy.meters_requests {
+            paid.metered(fut).await
+        } else {
+            paid.spend();
+            fut.await
+        };
+        self.answered(account, name, result)
+    }
+
+    /// Counts a call's answer and feeds a 429 to the budget of a module that does not meter
+    /// its own requests.
+    fn answered<T>(
+        &self,
+        account: &Account,
+        name: &str,
+        result: crate::provider::Result<T>,
+    ) -> crate::provider::Result<T> {
         let metered = account.policy.meters_requests;
         match &result {
             Ok(_) => {
