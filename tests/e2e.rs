@@ -10,7 +10,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use provisioner::provider::sim;
-use provisioner::reconcile::execute::desired_met;
 use provisioner::store::{
     ConnectOptions, DesiredStatus, Instance, InstanceFilter, NewInstance, SqlStore, Store,
 };
@@ -173,13 +172,13 @@ async fn converge(store: &SqlStore, what: &str, daemons: &[&Daemon]) {
     let start = Instant::now();
     loop {
         let all = all_instances(store).await;
-        if all.iter().all(desired_met) {
+        if all.iter().all(Instance::desired_met) {
             return;
         }
         if start.elapsed() > PATIENCE {
             let stuck: Vec<String> = all
                 .iter()
-                .filter(|i| !desired_met(i))
+                .filter(|i| !i.desired_met())
                 .take(5)
                 .map(|i| {
                     format!(

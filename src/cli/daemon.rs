@@ -12,7 +12,6 @@ use super::{RunArgs, EXIT_INVALID, EXIT_OK};
 use crate::catalog::{self, Module};
 use crate::provider::sim;
 use crate::reconcile::daemon::{start, DaemonConfig};
-use crate::reconcile::execute::desired_met;
 use crate::reconcile::plan::{plan as plan_step, product_check, Step};
 use crate::store::{
     ConnectOptions, DesiredStatus, Instance, InstanceFilter, NewInstance, SqlStore, Store,
@@ -110,7 +109,7 @@ async fn wait_until(
                 .await?;
             all.extend(list.into_iter().filter(|i| chunk.contains(&i.id)));
         }
-        let done = all.iter().filter(|i| desired_met(i)).count();
+        let done = all.iter().filter(|i| i.desired_met()).count();
         if last_print.elapsed() >= Duration::from_millis(500) || done == ids.len() {
             println!(
                 "  {:>5.1}s  {what}: {done}/{} converged  ({})",
@@ -313,7 +312,7 @@ pub(super) async fn plan(url: &str, catalog_dir: &Path, all: bool) -> anyhow::Re
         for i in &page {
             let step = plan_step(i, &product_check(&catalog, i));
             let quiet = matches!(step, Step::Converged)
-                || (matches!(step, Step::Idle(_)) && desired_met(i));
+                || (matches!(step, Step::Idle(_)) && i.desired_met());
             if quiet && !all {
                 continue;
             }

@@ -213,6 +213,39 @@ pub struct CreateRequest {
     pub product_id: String,
 }
 
+impl CreateRequest {
+    /// What to create for `instance` of `product`: its location and OS, or the product's
+    /// first ones; its hostname, or the server's name; its SSH keys, one per line.
+    pub fn new(instance: &Instance, product: &crate::catalog::Product) -> CreateRequest {
+        let name = server_name(instance.id);
+        let first = |list: &[String]| list.first().cloned().unwrap_or_default();
+        CreateRequest {
+            instance_id: instance.id,
+            hostname: instance.hostname.clone().unwrap_or_else(|| name.clone()),
+            name,
+            location: instance
+                .location
+                .clone()
+                .unwrap_or_else(|| first(&product.locations)),
+            os_image: instance
+                .os_image
+                .clone()
+                .unwrap_or_else(|| first(&product.os_images)),
+            ssh_keys: instance
+                .ssh_keys
+                .as_deref()
+                .unwrap_or("")
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            config: product.provisioning.config.clone(),
+            product_id: product.id.clone(),
+        }
+    }
+}
+
 /// A create the provider accepted.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Created {

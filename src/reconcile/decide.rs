@@ -15,8 +15,8 @@ use serde_json::json;
 
 use super::plan::{plan, settle, ProductCheck, SettleTiming, Settled, Step};
 use crate::provider::{
-    Accepted, Created, ErrorClass, Policy, PowerState, Progress, ProviderError, Server,
-    INSTANCE_LABEL,
+    Accepted, CreateRequest, Created, ErrorClass, Policy, PowerState, Progress, ProviderError,
+    Server, INSTANCE_LABEL,
 };
 use crate::secrets::SecretString;
 use crate::store::{
@@ -307,38 +307,29 @@ pub fn intent(cx: &Context<'_>, action: Action) -> (ObservedPatch, NewTransition
     )
 }
 
-/// What a create is about to make, as recorded in its intent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CreatePlan<'a> {
-    /// The account it goes to.
-    pub account: &'a str,
-    /// The product's current revision.
-    pub revision: &'a str,
-    /// The server's name at the provider.
-    pub name: &'a str,
-    /// Where.
-    pub location: &'a str,
-    /// Which OS.
-    pub os_image: &'a str,
-}
-
-/// The intent recorded before a create: the instance pins the revision it was sold under.
-pub fn create_intent(cx: &Context<'_>, plan: &CreatePlan<'_>) -> (ObservedPatch, NewTransition) {
+/// The intent recorded before `request` goes to `account`: the instance pins the product
+/// `revision` it is sold under (unless it has one already).
+pub fn create_intent(
+    cx: &Context<'_>,
+    account: &str,
+    revision: &str,
+    request: &CreateRequest,
+) -> (ObservedPatch, NewTransition) {
     let i = cx.instance;
     let mut t = cx.transition(Action::Create, Outcome::Started);
     t.details = json!({
-        "server_name": plan.name, "account": plan.account, "location": plan.location,
-        "os_image": plan.os_image, "product_revision": plan.revision,
+        "server_name": request.name, "account": account, "location": request.location,
+        "os_image": request.os_image, "product_revision": revision,
     });
     (
         ObservedPatch {
             observed_status: Some(ObservedStatus::Provisioning),
             status_reason: Some(None),
-            provider_account: Some(Some(plan.account.to_owned())),
+            provider_account: Some(Some(account.to_owned())),
             product_revision: Some(
                 i.product_revision
                     .clone()
-                    .unwrap_or_else(|| plan.revision.to_owned()),
+                    .unwrap_or_else(|| revision.to_owned()),
             ),
             pending: Some(Some(Pending::new(Action::Create))),
             ..ObservedPatch::default()

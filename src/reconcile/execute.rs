@@ -11,20 +11,16 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 
-use super::decide::{self, Attempt, Context, CreatePlan, Decision, Look, Next, StepResult, Timing};
+use super::decide::{self, Attempt, Context, Decision, Look, Next, StepResult, Timing};
 use super::plan::{plan, product_check, ProductCheck, Step};
 use crate::catalog::Catalog;
 use crate::metrics::Metrics;
 use crate::provider::account::{unavailable, Account, Accounts};
 use crate::provider::limit::{Reserved, TooMany};
 use crate::provider::view::Look as Listed;
-use crate::provider::{
-    server_name, Accepted, Call, CreateRequest, ErrorClass, Policy, ProviderError, Server,
-};
+use crate::provider::{Accepted, Call, CreateRequest, ErrorClass, Policy, ProviderError, Server};
 use crate::secrets::Keyring;
-use crate::store::{
-    Action, Claim, DesiredStatus, Instance, NextCheck, ObservedStatus, SqlStore, Store, StoreError,
-};
+use crate::store::{Action, Claim, Instance, NextCheck, SqlStore, Store, StoreError};
 
 /// Performs steps; shared by every worker of a daemon.
 pub struct Executor {
@@ -235,19 +231,8 @@ impl Executor {
             });
             return self.apply(claim, decide::wait(&cx, reason)).await;
         };
-        let location = i.location.clone().unwrap_or_else(|| p.locations[0].clone());
-        let os_image = i.os_image.clone().unwrap_or_else(|| p.os_images[0].clone());
-        let name = server_name(i.id);
-        let (intent, t) = decide::create_intent(
-            &cx,
-            &CreatePlan {
-                account: account_id,
-                revision: &p.revision.0,
-                name: &name,
-                location: &location,
-                os_image: &os_image,
-            },
-        );
+        let request = CreateRequest::new(i, p);
+        let (intent, t) = decide::create_intent(&cx, account_id, &p.revision.0, &request);
         let stock = match product {
             ProductCheck::Sellable { stock } => *stock,
             ProductCheck::Blocked(_) => None,
@@ -264,24 +249,6 @@ impl Executor {
                 p.id
             );
             return self.apply(claim, decide::wait(&cx, reason)).await;
-        };
-        let request = CreateRequest {
-            instance_id: i.id,
-            name: name.clone(),
-            hostname: i.hostname.clone().unwrap_or(name),
-            location,
-            os_image,
-            ssh_keys: i
-                .ssh_keys
-                .as_deref()
-                .unwrap_or("")
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(str::to_owned)
-                .collect(),
-            config: p.provisioning.config.clone(),
-            product_id: p.id.clone(),
         };
         let call = Call {
             instance: &updated,
@@ -505,11 +472,4 @@ impl Executor {
         }
         result
     }
-}
-
-/// Whether an instance's desired status is met (used by the demo and tests).
-pub fn desired_met(i: &Instance) -> bool {
-    i.is_converged()
-        || (i.desired_status == DesiredStatus::Terminated
-            && i.observed_status == ObservedStatus::Terminated)
 }

@@ -213,6 +213,14 @@ impl Instance {
         format!("instance:{}", self.id)
     }
 
+    /// Whether billing's wish is met: converged, or terminated as asked (a terminated
+    /// instance's pending reboots no longer count).
+    pub fn desired_met(&self) -> bool {
+        self.is_converged()
+            || (self.desired_status == DesiredStatus::Terminated
+                && self.observed_status == ObservedStatus::Terminated)
+    }
+
     /// Whether observed matches desired and every requested reboot was carried out.
     pub fn is_converged(&self) -> bool {
         let status_matches = matches!(
