@@ -111,13 +111,20 @@ async fn run(
     (dir, elapsed, active)
 }
 
+/// Starts a fake cloud with `cfg` and puts its token in a variable named after the bench's
+/// `part` and the `module`; returns the cloud and the variable's name.
+async fn start_cloud(cfg: CloudConfig, part: &str, module: &str) -> (Cloud, String) {
+    let cloud = Cloud::start(cfg).await;
+    let env = format!("BENCH_{part}{}_TOKEN", module.to_uppercase());
+    std::env::set_var(&env, "bench-token");
+    (cloud, env)
+}
+
 async fn calls_per_create(flavor: Flavor, module: &str) {
     let mut cfg = CloudConfig::new(flavor, "bench-token");
     // Cloud servers take tens of seconds to boot; the fake takes 8 s.
     cfg.boot = Duration::from_secs(8);
-    let cloud = Cloud::start(cfg).await;
-    let env = format!("BENCH_{}_TOKEN", module.to_uppercase());
-    std::env::set_var(&env, "bench-token");
+    let (cloud, env) = start_cloud(cfg, "", module).await;
     let n = 200;
     let (_dir, elapsed, active) = run(
         &catalog(module, &cloud.url, &env, ""),
@@ -175,9 +182,7 @@ async fn budget_use(flavor: Flavor, module: &str) {
     let mut cfg = CloudConfig::new(flavor, "bench-token");
     cfg.limit = (60, 1.0);
     cfg.boot = Duration::from_secs(2);
-    let cloud = Cloud::start(cfg).await;
-    let env = format!("BENCH_BUDGET_{}_TOKEN", module.to_uppercase());
-    std::env::set_var(&env, "bench-token");
+    let (cloud, env) = start_cloud(cfg, "BUDGET_", module).await;
     let window = Duration::from_secs(40);
     let (_dir, _elapsed, active) = run(
         &catalog(
@@ -212,9 +217,7 @@ async fn occasional_429s(flavor: Flavor, module: &str) {
     };
     cfg.boot = Duration::from_secs(2);
     cfg.faults.spurious_429_every = Some(20);
-    let cloud = Cloud::start(cfg).await;
-    let env = format!("BENCH_429_{}_TOKEN", module.to_uppercase());
-    std::env::set_var(&env, "bench-token");
+    let (cloud, env) = start_cloud(cfg, "429_", module).await;
     let n = 500;
     let (_dir, elapsed, active) = run(
         &catalog(module, &cloud.url, &env, ""),

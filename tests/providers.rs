@@ -301,6 +301,80 @@ async fn hetzner_converges_without_duplicates_through_faults() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wrong_server_id_never_reaches_another_customers_server() {
+    let cfg = CloudConfig::new(Flavor::Hetzner, "hz-token-own");
+    let (cloud, catalog) = cloud_with_catalog(cfg, "FAKE_HCLOUD_TOKEN_OWN").await;
+    let s = Setup::new(&catalog).await;
+    let (a, b, c) = (
+        s.order("hz-vps", None).await,
+        s.order("hz-vps", None).await,
+        s.order("hz-vps", None).await,
+    );
+    s.wait_all(&[a, b, c], "active", |i| {
+        i.observed_status == ObservedStatus::Active
+    })
+    .await;
+    let b_server = s
+        .store
+        .instance(b)
+        .await
+        .unwrap()
+        .unwrap()
+        .provider_server_id
+        .unwrap();
+    // Billing-side SQL points A at B's server and C at a path, then cancels both.
+    let pool = s.store.sqlite_pool().unwrap();
+    for (id, server) in [(a, b_server.as_str()), (c, "../volumes/7")] {
+        sqlx::query("UPDATE instances SET provider_server_id = ?1 WHERE id = ?2")
+            .bind(server)
+            .bind(id)
+            .execute(pool)
+            .await
+            .unwrap();
+        s.store
+            .set_desired(id, DesiredStatus::Terminated, Some("cancelled"))
+            .await
+            .unwrap();
+    }
+    s.running.as_ref().unwrap().wake.notify_one();
+    s.wait_all(&[a, c], "stopped for a person", |i| {
+        i.observed_status == ObservedStatus::Failed
+    })
+    .await;
+    let a_now = s.store.instance(a).await.unwrap().unwrap();
+    let reason = a_now.status_reason.unwrap_or_default();
+    assert!(
+        reason.contains(&format!("provisioner-instance={b}"))
+            && reason.contains("refusing to terminate"),
+        "{reason}"
+    );
+    let c_now = s.store.instance(c).await.unwrap().unwrap();
+    assert!(
+        c_now
+            .last_error
+            .unwrap_or_default()
+            .contains("not a positive integer"),
+        "the malformed id was refused before any request"
+    );
+    let ledger = cloud.ledger();
+    assert_eq!(
+        ledger.count("DELETE /v1/servers/{id}"),
+        0,
+        "nothing was deleted: {:?}",
+        ledger.by_kind
+    );
+    assert!(
+        ledger.by_kind.keys().all(|k| !k.contains("volumes")),
+        "no request went to another path: {:?}",
+        ledger.by_kind
+    );
+    assert_eq!(cloud.live(), 3, "every server is still there");
+    let b_now = s.store.instance(b).await.unwrap().unwrap();
+    assert_eq!(b_now.observed_status, ObservedStatus::Active);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_occasional_429_does_not_stall_the_account() {
     // Hetzner's real budget: 3,600 requests refilling one a second, `RateLimit-Reset` the
     // time of full recovery (minutes away once a few hundred requests went out). Every 10th

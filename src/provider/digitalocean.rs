@@ -16,7 +16,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::http::{
-    bearer, class_of_status, credential, excerpt, request_details, Api, ApiConfig, ResetMeans,
+    bearer, class_of_status, credential, excerpt, numeric_id, request_details, Api, ApiConfig,
+    ResetMeans,
 };
 use super::limit::RateLimiter;
 use super::{
@@ -238,7 +239,8 @@ impl DigitalOcean {
     }
 
     async fn action(&self, server_id: &str, kind: &str) -> Result<Accepted> {
-        let path = format!("/droplets/{server_id}/actions");
+        let id = numeric_id("digitalocean", "droplet", server_id)?;
+        let path = format!("/droplets/{id}/actions");
         let body = json!({"type": kind});
         let (a, rid): (OneAction, _) = self.api.json(Method::POST, &path, &[], Some(&body)).await?;
         tracing::debug!(droplet = server_id, action = a.action.id, kind = %a.action.kind, "action accepted");
@@ -335,7 +337,8 @@ impl Provider for DigitalOcean {
         action_id: &'a str,
     ) -> BoxFuture<'a, Result<Progress>> {
         async move {
-            let path = format!("/actions/{action_id}");
+            let id = numeric_id("digitalocean", "action", action_id)?;
+            let path = format!("/actions/{id}");
             let (a, _): (OneAction, _) = self.api.json(Method::GET, &path, &[], None).await?;
             Ok(match a.action.status.as_str() {
                 "completed" => Progress::Succeeded,
@@ -352,7 +355,8 @@ impl Provider for DigitalOcean {
         server_id: &'a str,
     ) -> BoxFuture<'a, Result<Option<Server>>> {
         async move {
-            let path = format!("/droplets/{server_id}");
+            let id = numeric_id("digitalocean", "droplet", server_id)?;
+            let path = format!("/droplets/{id}");
             match self
                 .api
                 .json::<OneDroplet>(Method::GET, &path, &[], None)
@@ -416,7 +420,8 @@ impl Provider for DigitalOcean {
         server_id: &'a str,
     ) -> BoxFuture<'a, Result<Accepted>> {
         async move {
-            let path = format!("/droplets/{server_id}");
+            let id = numeric_id("digitalocean", "droplet", server_id)?;
+            let path = format!("/droplets/{id}");
             let reply = self.api.send(Method::DELETE, &path, &[], None).await?;
             Ok(Accepted {
                 action_id: None,

@@ -19,7 +19,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::http::{
-    bearer, class_of_status, credential, excerpt, request_details, Api, ApiConfig, ResetMeans,
+    bearer, class_of_status, credential, excerpt, numeric_id, request_details, Api, ApiConfig,
+    ResetMeans,
 };
 use super::limit::RateLimiter;
 use super::{
@@ -232,7 +233,8 @@ impl HetznerCloud {
     }
 
     async fn action(&self, server_id: &str, command: &str) -> Result<Accepted> {
-        let path = format!("/servers/{server_id}/actions/{command}");
+        let id = numeric_id("hetzner", "server", server_id)?;
+        let path = format!("/servers/{id}/actions/{command}");
         let (a, rid): (OneAction, _) = self.api.json(Method::POST, &path, &[], None).await?;
         Ok(Accepted {
             action_id: Some(a.action.id.to_string()),
@@ -310,7 +312,8 @@ impl Provider for HetznerCloud {
         action_id: &'a str,
     ) -> BoxFuture<'a, Result<Progress>> {
         async move {
-            let path = format!("/actions/{action_id}");
+            let id = numeric_id("hetzner", "action", action_id)?;
+            let path = format!("/actions/{id}");
             let (a, _): (OneAction, _) = self.api.json(Method::GET, &path, &[], None).await?;
             Ok(match a.action.status.as_str() {
                 "success" => Progress::Succeeded,
@@ -330,7 +333,8 @@ impl Provider for HetznerCloud {
         server_id: &'a str,
     ) -> BoxFuture<'a, Result<Option<Server>>> {
         async move {
-            let path = format!("/servers/{server_id}");
+            let id = numeric_id("hetzner", "server", server_id)?;
+            let path = format!("/servers/{id}");
             match self
                 .api
                 .json::<OneServer>(Method::GET, &path, &[], None)
@@ -406,7 +410,8 @@ impl Provider for HetznerCloud {
         server_id: &'a str,
     ) -> BoxFuture<'a, Result<Accepted>> {
         async move {
-            let path = format!("/servers/{server_id}");
+            let id = numeric_id("hetzner", "server", server_id)?;
+            let path = format!("/servers/{id}");
             let (a, rid): (OneAction, _) = self.api.json(Method::DELETE, &path, &[], None).await?;
             Ok(Accepted {
                 action_id: Some(a.action.id.to_string()),

@@ -378,6 +378,41 @@ pub fn secret_header(name: &'static str, value: &str) -> Result<(HeaderName, Hea
     Ok((HeaderName::from_static(name), v))
 }
 
+/// A provider's numeric id (a Hetzner or DigitalOcean server or action) as read back from
+/// the database or an answer: only a positive integer ever goes into a request path.
+///
+/// # Errors
+/// [`ErrorClass::Invalid`] naming the id (escaped) when it is anything else.
+pub fn numeric_id(module: &str, what: &str, id: &str) -> Result<u64> {
+    id.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+        ProviderError::new(
+            ErrorClass::Invalid,
+            format!(
+                "{module}: {what} id {:?} is not a positive integer; it is not put into a request",
+                excerpt(id.as_bytes())
+            ),
+        )
+    })
+}
+
+/// Characters percent-encoded in a path segment: all but RFC 3986's unreserved ones.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// `value` as one percent-encoded path segment: a `/`, `?` or `..` in it stays inside it.
+pub fn segment(value: &str) -> String {
+    let encoded = percent_encoding::utf8_percent_encode(value, SEGMENT).to_string();
+    match encoded.as_str() {
+        // Dot segments would be resolved away by URL parsing.
+        "." => "%2E".to_owned(),
+        ".." => "%2E%2E".to_owned(),
+        _ => encoded,
+    }
+}
+
 /// The class an HTTP status means when the body says nothing more specific.
 pub fn class_of_status(status: StatusCode) -> ErrorClass {
     match status.as_u16() {
@@ -460,6 +495,33 @@ mod tests {
             Budget::read(&HeaderMap::new(), ResetMeans::FullRecovery),
             None
         );
+    }
+
+    #[test]
+    fn ids_read_back_are_checked_before_they_reach_a_path() {
+        assert_eq!(numeric_id("hetzner", "server", "42").unwrap(), 42);
+        for bad in [
+            "../volumes/7",
+            "1?x=",
+            "0",
+            "-1",
+            "",
+            "42 ",
+            "1/2",
+            "9999999999999999999999",
+        ] {
+            let e = numeric_id("hetzner", "server", bad).unwrap_err();
+            assert_eq!(e.class, ErrorClass::Invalid, "{bad:?}");
+            assert!(
+                e.message.contains("not a positive integer"),
+                "{}",
+                e.message
+            );
+        }
+        assert_eq!(segment("ns1.ip-1-2-3.eu"), "ns1.ip-1-2-3.eu");
+        assert_eq!(segment("../volumes/7"), "..%2Fvolumes%2F7");
+        assert_eq!(segment(".."), "%2E%2E");
+        assert_eq!(segment("1?x=&y#z"), "1%3Fx%3D%26y%23z");
     }
 
     #[test]

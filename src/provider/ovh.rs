@@ -25,7 +25,8 @@ use sha1::{Digest, Sha1};
 use tokio::sync::OnceCell;
 
 use super::http::{
-    class_of_status, credential, excerpt, secret_header, Api, ApiConfig, ResetMeans,
+    class_of_status, credential, excerpt, numeric_id, secret_header, segment, Api, ApiConfig,
+    ResetMeans,
 };
 use super::limit::RateLimiter;
 use super::{
@@ -133,6 +134,29 @@ struct Task {
 
 fn store_error(e: StoreError) -> ProviderError {
     ProviderError::new(ErrorClass::Transient, format!("ovh pool storage: {e}"))
+}
+
+/// An OVH service name (`ns1234567.ip-1-2-3.eu`) as read back from the database or the
+/// catalog, as a path segment: letters, digits, dots and hyphens only.
+fn service(server: &str) -> Result<String> {
+    let valid = !server.is_empty()
+        && server.len() <= 255
+        && !server.starts_with('.')
+        && !server.contains("..")
+        && server
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+    if valid {
+        Ok(segment(server))
+    } else {
+        Err(ProviderError::new(
+            ErrorClass::Invalid,
+            format!(
+                "ovh: {:?} is not an OVH service name; it is not put into a request",
+                excerpt(server.as_bytes())
+            ),
+        ))
+    }
 }
 
 /// Reads OVH's error body `{"message", "errorCode"?, "class"?}`.
@@ -315,7 +339,7 @@ impl Ovh {
         let ids: Vec<i64> = self
             .call(
                 Method::GET,
-                &format!("/dedicated/server/{server}/boot"),
+                &format!("/dedicated/server/{}/boot", service(server)?),
                 &[("bootType", boot_type.to_owned())],
                 None,
             )
@@ -328,14 +352,14 @@ impl Ovh {
         };
         self.api_void(
             Method::PUT,
-            &format!("/dedicated/server/{server}"),
+            &format!("/dedicated/server/{}", service(server)?),
             &json!({ "bootId": boot_id }),
         )
         .await?;
         let task: Task = self
             .call(
                 Method::POST,
-                &format!("/dedicated/server/{server}/reboot"),
+                &format!("/dedicated/server/{}/reboot", service(server)?),
                 &[],
                 None,
             )
@@ -374,7 +398,7 @@ impl Ovh {
         }
         self.call(
             Method::POST,
-            &format!("/dedicated/server/{server}/reinstall"),
+            &format!("/dedicated/server/{}/reinstall", service(server)?),
             &[],
             Some(&json!({ "operatingSystem": os, "customizations": customizations })),
         )
@@ -384,7 +408,11 @@ impl Ovh {
     async fn task(&self, server: &str, task_id: &str) -> Result<Task> {
         self.call(
             Method::GET,
-            &format!("/dedicated/server/{server}/task/{task_id}"),
+            &format!(
+                "/dedicated/server/{}/task/{}",
+                service(server)?,
+                numeric_id("ovh", "task", task_id)?
+            ),
             &[],
             None,
         )
@@ -435,7 +463,7 @@ impl Ovh {
         let found: Dedicated = self
             .call(
                 Method::GET,
-                &format!("/dedicated/server/{server}"),
+                &format!("/dedicated/server/{}", service(&server)?),
                 &[],
                 None,
             )
@@ -475,7 +503,7 @@ impl Ovh {
         let found: Dedicated = match self
             .call(
                 Method::GET,
-                &format!("/dedicated/server/{server}"),
+                &format!("/dedicated/server/{}", service(server)?),
                 &[],
                 None,
             )
@@ -649,7 +677,7 @@ impl Provider for Ovh {
             let task: Task = self
                 .call(
                     Method::POST,
-                    &format!("/dedicated/server/{server_id}/reboot"),
+                    &format!("/dedicated/server/{}/reboot", service(server_id)?),
                     &[],
                     None,
                 )
@@ -693,7 +721,7 @@ impl Provider for Ovh {
             if slot.boot == "rescue" {
                 self.api_void(
                     Method::PUT,
-                    &format!("/dedicated/server/{server_id}"),
+                    &format!("/dedicated/server/{}", service(server_id)?),
                     &json!({"bootId": self.harddisk_boot(server_id).await?}),
                 )
                 .await?;
@@ -722,7 +750,7 @@ impl Ovh {
         let ids: Vec<i64> = self
             .call(
                 Method::GET,
-                &format!("/dedicated/server/{server}/boot"),
+                &format!("/dedicated/server/{}/boot", service(server)?),
                 &[("bootType", "harddisk".to_owned())],
                 None,
             )
@@ -739,6 +767,26 @@ impl Ovh {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_service_names_reach_a_path() {
+        assert_eq!(
+            service("ns1234567.ip-1-2-3.eu").unwrap(),
+            "ns1234567.ip-1-2-3.eu"
+        );
+        for bad in [
+            "../me",
+            "ns1.eu/reboot",
+            "ns1.eu?x=1",
+            "",
+            ".hidden",
+            "a..b",
+            "ns1 eu",
+        ] {
+            let e = service(bad).unwrap_err();
+            assert_eq!(e.class, ErrorClass::Invalid, "{bad:?}");
+        }
+    }
 
     #[test]
     fn endpoint_names_resolve_like_ovh_clients() {

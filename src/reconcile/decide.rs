@@ -467,6 +467,54 @@ pub fn found(cx: &Context<'_>, answer: Result<Vec<Server>, ProviderError>) -> De
     }
 }
 
+/// Whether the server about to get `action` is the instance's own, by the provider's answer
+/// to a look at it: `None` when it is (go ahead). A server carrying another instance's label,
+/// or none, is never touched: the instance stops for a person (its recorded server id is
+/// wrong). A server that is gone is terminated already, or lost.
+pub fn owned(
+    cx: &Context<'_>,
+    action: Action,
+    answer: Result<Option<Server>, ProviderError>,
+    server_id: &str,
+) -> Option<Decision> {
+    match answer {
+        Ok(Some(s)) if s.instance_id == Some(cx.instance.id) => None,
+        Ok(Some(s)) => Some(foreign(cx, action, &s)),
+        Ok(None) => Some(gone(cx, action, server_id)),
+        Err(e) if e.class == ErrorClass::NotFound => Some(gone(cx, action, server_id)),
+        Err(e) => Some(failed(cx, action, &e, None)),
+    }
+}
+
+/// The server is not the instance's own: refuse, and say why.
+fn foreign(cx: &Context<'_>, action: Action, server: &Server) -> Decision {
+    let i = cx.instance;
+    let carries = server.instance_id.map_or_else(
+        || "no provisioner label".to_owned(),
+        |other| format!("the label {INSTANCE_LABEL}={other}"),
+    );
+    let reason = format!(
+        "server {} carries {carries}, not this instance's: refusing to {action} it; the recorded provider_server_id is wrong — correct it, then `provisioner instances retry {}`",
+        server.id, i.id
+    );
+    stop(
+        ObservedStatus::Failed,
+        reason,
+        cx.transition(action, Outcome::Failed),
+        ObservedPatch::default(),
+        "failed",
+    )
+}
+
+/// The server of `action` is gone: a terminate is done, anything else lost it.
+fn gone(cx: &Context<'_>, action: Action, server_id: &str) -> Decision {
+    if action == Action::Terminate {
+        done(cx, action, ObservedStatus::Terminated, None)
+    } else {
+        lost(action, server_id)
+    }
+}
+
 /// What the answer to a power or delete call of `action` means.
 pub fn sent(
     cx: &Context<'_>,
@@ -508,10 +556,7 @@ pub fn sent(
             };
             accepted_for(cx, pending, ObservedPatch::default(), t)
         }
-        Err(e) if e.class == ErrorClass::NotFound && action == Action::Terminate => {
-            done(cx, action, ObservedStatus::Terminated, None)
-        }
-        Err(e) if e.class == ErrorClass::NotFound => lost(action, server_id),
+        Err(e) if e.class == ErrorClass::NotFound => gone(cx, action, server_id),
         // Calls are idempotent: if this one was applied after all, sending it again does no
         // harm. A first send reverts to where it started, so the planner sends it again.
         Err(e) => {
@@ -537,6 +582,12 @@ pub fn looked(
         Err(e) if e.class == ErrorClass::NotFound => None,
         Err(e) => return decided(failed(cx, action, &e, None)),
     };
+    if let Some(s) = server
+        .as_ref()
+        .filter(|s| s.instance_id != Some(cx.instance.id))
+    {
+        return decided(foreign(cx, action, s));
+    }
     let hard_sent = cx.instance.pending.as_ref().is_some_and(|p| p.hard);
     let timing = SettleTiming::from(&cx.policy);
     match settle(

@@ -193,7 +193,18 @@ impl Executor {
             );
             return self.apply(claim, decide::wait(&cx, reason)).await;
         };
-        // Wait for the budget before the intent: a step that waits is dropped harmlessly at
+        // Never touch a server that is not the instance's own: look at it first.
+        let call = Call {
+            instance: i,
+            lease: &claim.lease,
+        };
+        let owner = self
+            .call(&account, "get", account.provider.get(call, server_id))
+            .await;
+        if let Some(d) = decide::owned(&cx, action, owner, server_id) {
+            return self.apply(claim, d).await;
+        }
+        // Take the budget before the intent: a step that waits is dropped harmlessly at
         // shutdown, and an intent is followed by its call at once.
         let paid = self.budget(&account).await;
         let (intent, t) = decide::intent(&cx, action);

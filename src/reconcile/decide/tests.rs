@@ -404,6 +404,143 @@ fn escalation_and_resends_follow_the_module_policy() {
 }
 
 #[test]
+fn a_server_that_is_not_the_instances_own_is_never_touched() {
+    let active = instance(D::Active, O::Active);
+    let terminating = instance(D::Terminated, O::Active);
+    let at = t0();
+    let theirs = Server {
+        instance_id: Some(7),
+        ..server(PowerState::Running)
+    };
+    let unlabelled = Server {
+        instance_id: None,
+        ..server(PowerState::Running)
+    };
+    let cases: Vec<(&str, Option<Is>)> = vec![
+        (
+            "The instance's own server: go ahead.",
+            owned(
+                &cx(&active, at),
+                A::Suspend,
+                Ok(Some(server(PowerState::Running))),
+                "100",
+            )
+            .as_ref()
+            .map(of),
+        ),
+        (
+            "Another instance's server is refused: the instance stops for a person.",
+            owned(
+                &cx(&terminating, at),
+                A::Terminate,
+                Ok(Some(theirs.clone())),
+                "100",
+            )
+            .as_ref()
+            .map(of),
+        ),
+        (
+            "A server without our label is refused too.",
+            owned(&cx(&active, at), A::Reboot, Ok(Some(unlabelled)), "100")
+                .as_ref()
+                .map(of),
+        ),
+        (
+            "Gone before a terminate: terminated without a call.",
+            owned(&cx(&terminating, at), A::Terminate, Ok(None), "100")
+                .as_ref()
+                .map(of),
+        ),
+        (
+            "Gone before a suspend: lost.",
+            owned(
+                &cx(&active, at),
+                A::Suspend,
+                Err(err(ErrorClass::NotFound)),
+                "100",
+            )
+            .as_ref()
+            .map(of),
+        ),
+        (
+            "A malformed server id is refused by the module and retried under the error policy.",
+            owned(
+                &cx(&active, at),
+                A::Suspend,
+                Err(err(ErrorClass::Invalid)),
+                "../volumes/7",
+            )
+            .as_ref()
+            .map(of),
+        ),
+    ];
+    let want = [
+        None,
+        Some(is(
+            Next::Idle,
+            "failed",
+            Some(O::Failed),
+            Some((A::Terminate, Out::Failed)),
+        )),
+        Some(is(
+            Next::Idle,
+            "failed",
+            Some(O::Failed),
+            Some((A::Reboot, Out::Failed)),
+        )),
+        Some(is(
+            Next::Idle,
+            "converged",
+            Some(O::Terminated),
+            Some((A::Terminate, Out::Succeeded)),
+        )),
+        Some(is(
+            Next::Idle,
+            "lost",
+            Some(O::Lost),
+            Some((A::Observe, Out::Failed)),
+        )),
+        Some(is(
+            Next::Backoff(1),
+            "error",
+            None,
+            Some((A::Suspend, Out::Failed)),
+        )),
+    ];
+    for ((says, got), want) in cases.into_iter().zip(want) {
+        assert_eq!(got, want, "{says}");
+    }
+    let d = owned(
+        &cx(&terminating, at),
+        A::Terminate,
+        Ok(Some(theirs.clone())),
+        "100",
+    )
+    .unwrap();
+    let reason = d.patch.status_reason.unwrap().unwrap();
+    assert!(
+        reason.contains("provisioner-instance=7") && reason.contains("refusing to terminate"),
+        "{reason}"
+    );
+    // A look at an action in flight that finds another instance's server stops too.
+    let (suspending, soon) = in_flight(D::Suspended, A::Suspend, 5);
+    assert_eq!(
+        of(&decided(looked(
+            &cx(&suspending, soon),
+            A::Suspend,
+            Ok(Some(theirs)),
+            "100"
+        ))),
+        is(
+            Next::Idle,
+            "failed",
+            Some(O::Failed),
+            Some((A::Suspend, Out::Failed))
+        )
+    );
+}
+
+#[test]
 fn a_created_server_keeps_its_password_and_addresses() {
     let mut i = instance(D::Active, O::Provisioning);
     i.provider_server_id = None;
