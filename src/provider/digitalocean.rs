@@ -201,6 +201,7 @@ impl DigitalOcean {
             limiter,
             timeout: account.timeout.unwrap_or(Duration::from_secs(30)),
             authorize: bearer(&token),
+            secrets: vec![token.clone()],
             read_error,
             reset: ResetMeans::NextRequest,
         })

@@ -197,6 +197,7 @@ impl HetznerCloud {
             limiter,
             timeout: account.timeout.unwrap_or(Duration::from_secs(30)),
             authorize: bearer(&token),
+            secrets: vec![token.clone()],
             read_error,
             reset: ResetMeans::FullRecovery,
         })

@@ -26,6 +26,10 @@ pub const USER_AGENT: &str = concat!(
     " (+https://github.com/provisioner)"
 );
 
+/// The largest answer read from a provider (a page of 200 droplets is a few hundred KiB): a
+/// larger one is cut off as an error instead of growing the daemon.
+pub const MAX_BODY: usize = 16 * 1024 * 1024;
+
 /// Response headers that carry the provider's request id, in order of preference.
 const REQUEST_ID_HEADERS: [&str; 3] = ["x-request-id", "x-correlation-id", "x-ovh-queryid"];
 
@@ -57,6 +61,7 @@ pub struct Api {
     authorize: Authorize,
     read_error: ReadError,
     reset: ResetMeans,
+    secrets: Vec<crate::secrets::SecretString>,
 }
 
 impl std::fmt::Debug for Api {
@@ -112,6 +117,9 @@ pub struct ApiConfig {
     pub read_error: ReadError,
     /// Meaning of the reset header.
     pub reset: ResetMeans,
+    /// The account's credentials: scrubbed from any provider text before it is stored or
+    /// logged (an endpoint that echoes the request would otherwise write them into history).
+    pub secrets: Vec<crate::secrets::SecretString>,
 }
 
 impl Api {
@@ -124,6 +132,9 @@ impl Api {
             .user_agent(USER_AGENT)
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(10)))
+            // Signed and authorized headers are for the provider's host only: a redirect is
+            // an error, never followed.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| {
                 ProviderError::new(
@@ -140,6 +151,11 @@ impl Api {
             authorize: config.authorize,
             read_error: config.read_error,
             reset: config.reset,
+            secrets: config
+                .secrets
+                .into_iter()
+                .filter(|s| s.expose().len() >= 4)
+                .collect(),
         })
     }
 
@@ -189,14 +205,39 @@ impl Api {
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body);
         }
-        let response = request.send().await.map_err(|e| self.transport(&what, e))?;
+        let mut response = request.send().await.map_err(|e| self.transport(&what, e))?;
         let status = response.status();
         let headers = response.headers().clone();
         let request_id = request_id(&headers);
-        let bytes = response
-            .bytes()
+        let too_large = || {
+            let mut e = ProviderError::new(
+                ErrorClass::Transient,
+                format!(
+                    "{}: {what}: the answer is larger than {} MiB; not read",
+                    self.module,
+                    MAX_BODY / (1024 * 1024)
+                ),
+            );
+            e.request_id.clone_from(&request_id);
+            e
+        };
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_BODY as u64)
+        {
+            return Err(too_large());
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
             .await
-            .map_err(|e| self.transport(&what, e))?;
+            .map_err(|e| self.transport(&what, e))?
+        {
+            if bytes.len() + chunk.len() > MAX_BODY {
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(&chunk);
+        }
         self.observe_budget(&headers, status);
         if status != StatusCode::TOO_MANY_REQUESTS {
             self.limiter.answered();
@@ -204,11 +245,12 @@ impl Api {
         if status.is_success() {
             return Ok(Reply {
                 status,
-                body: bytes.to_vec(),
+                body: bytes,
                 request_id,
             });
         }
         let (class, message) = (self.read_error)(status, &bytes);
+        let message = self.scrub(message);
         let mut err = ProviderError::new(
             class,
             format!("{}: {what}: {} {message}", self.module, status.as_u16()),
@@ -235,6 +277,16 @@ impl Api {
         let what = format!("{method} {path}");
         let reply = self.send(method, path, query, body).await?;
         Ok((reply.json(self.module, &what)?, reply.request_id))
+    }
+
+    /// `text` with the account's credentials cut out.
+    fn scrub(&self, mut text: String) -> String {
+        for secret in &self.secrets {
+            if text.contains(secret.expose()) {
+                text = text.replace(secret.expose(), "[redacted]");
+            }
+        }
+        text
     }
 
     fn transport(&self, what: &str, e: reqwest::Error) -> ProviderError {
@@ -522,6 +574,83 @@ mod tests {
         assert_eq!(segment("../volumes/7"), "..%2Fvolumes%2F7");
         assert_eq!(segment(".."), "%2E%2E");
         assert_eq!(segment("1?x=&y#z"), "1%3Fx%3D%26y%23z");
+    }
+
+    /// A provider misbehaving on 127.0.0.1: a redirect to another path, an endless answer,
+    /// and an error that echoes the request's authorization header.
+    async fn misbehaving() -> (String, Arc<std::sync::atomic::AtomicU32>) {
+        use axum::http::HeaderMap as Headers;
+        use axum::routing::get;
+        let followed = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let seen = followed.clone();
+        let app = axum::Router::new()
+            .route(
+                "/redirect",
+                get(|| async {
+                    (
+                        axum::http::StatusCode::TEMPORARY_REDIRECT,
+                        [("location", "/elsewhere")],
+                    )
+                }),
+            )
+            .route(
+                "/elsewhere",
+                get(move || {
+                    seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    async { "followed" }
+                }),
+            )
+            .route("/huge", get(|| async { vec![b'x'; MAX_BODY + 1] }))
+            .route(
+                "/echo",
+                get(|h: Headers| async move {
+                    let auth = h
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned();
+                    (
+                        axum::http::StatusCode::BAD_REQUEST,
+                        format!("bad request, you sent {auth}"),
+                    )
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{addr}"), followed)
+    }
+
+    #[tokio::test]
+    async fn answers_are_bounded_redirects_refused_and_credentials_scrubbed() {
+        let (base, followed) = misbehaving().await;
+        let token = crate::secrets::SecretString::new("s3cr3t-token-value");
+        let api = Api::new(ApiConfig {
+            base,
+            module: "test",
+            limiter: Arc::new(RateLimiter::new(&crate::catalog::RateLimit::default())),
+            timeout: Duration::from_secs(5),
+            authorize: bearer(&token),
+            read_error: |status, body| (class_of_status(status), excerpt(body)),
+            reset: ResetMeans::Nothing,
+            secrets: vec![token.clone()],
+        })
+        .unwrap();
+        let e = api
+            .send(Method::GET, "/redirect", &[], None)
+            .await
+            .unwrap_err();
+        assert_eq!(e.class, ErrorClass::Invalid, "{e}");
+        assert_eq!(
+            followed.load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "the redirect was not followed with our headers"
+        );
+        let e = api.send(Method::GET, "/huge", &[], None).await.unwrap_err();
+        assert!(e.message.contains("larger than 16 MiB"), "{e}");
+        let e = api.send(Method::GET, "/echo", &[], None).await.unwrap_err();
+        assert!(!e.to_string().contains("s3cr3t-token-value"), "{e}");
+        assert!(e.message.contains("[redacted]"), "{e}");
     }
 
     #[test]

@@ -176,6 +176,8 @@ fn read_error(status: StatusCode, body: &[u8]) -> (ErrorClass, String) {
         409 => ErrorClass::Transient,
         // The service is expired or suspended at OVH: a person must renew it.
         460 => ErrorClass::Invalid,
+        // Our timestamp is off: the drift is measured again and the request retried.
+        _ if b.error_code.as_deref() == Some("QUERY_TIME_OUT") => ErrorClass::Transient,
         _ => class_of_status(status),
     };
     let message = match b.error_code {
@@ -212,6 +214,7 @@ impl Ovh {
             .clone()
             .or_else(|| env("OVH_ENDPOINT").filter(|e| !e.is_empty()))
             .unwrap_or_else(|| "ovh-eu".to_owned());
+        let secrets = vec![app_key.clone(), app_secret.clone(), consumer_key.clone()];
         let delta = Arc::new(AtomicI64::new(0));
         let clock = delta.clone();
         let authorize = move |method: &Method, url: &str, body: &str| {
@@ -243,6 +246,7 @@ impl Ovh {
             limiter,
             timeout: account.timeout.unwrap_or(Duration::from_secs(30)),
             authorize: Box::new(authorize),
+            secrets,
             read_error,
             reset: ResetMeans::Nothing,
         })
@@ -264,17 +268,18 @@ impl Ovh {
         })
     }
 
-    /// Measures the drift to OVH's clock once, as OVH's clients do.
+    /// Measures the drift to OVH's clock, as OVH's clients do.
+    async fn measure_drift(&self) -> Result<()> {
+        let (server_time, _): (i64, _) =
+            self.api.json(Method::GET, "/auth/time", &[], None).await?;
+        self.delta
+            .store(server_time - now_unix(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Measures the drift once before the first signed request.
     async fn synced(&self) -> Result<()> {
-        self.clock
-            .get_or_try_init(|| async {
-                let (server_time, _): (i64, _) =
-                    self.api.json(Method::GET, "/auth/time", &[], None).await?;
-                self.delta
-                    .store(server_time - now_unix(), Ordering::Relaxed);
-                Ok::<(), ProviderError>(())
-            })
-            .await?;
+        self.clock.get_or_try_init(|| self.measure_drift()).await?;
         Ok(())
     }
 
@@ -286,7 +291,15 @@ impl Ovh {
         body: Option<&serde_json::Value>,
     ) -> Result<T> {
         self.synced().await?;
-        Ok(self.api.json(method, path, query, body).await?.0)
+        match self.api.json(method.clone(), path, query, body).await {
+            // Our clock drifted from OVH's since it was measured: measure again and retry.
+            Err(e) if e.message.contains("QUERY_TIME_OUT") => {
+                tracing::info!(account = %self.account, "ovh: request timestamp refused; measuring the clock drift again");
+                self.measure_drift().await?;
+                Ok(self.api.json(method, path, query, body).await?.0)
+            }
+            other => Ok(other?.0),
+        }
     }
 
     async fn slot_of(&self, instance_id: i64) -> Result<Option<Slot>> {
