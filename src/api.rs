@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 #[derive(Debug, Default)]
 pub struct Readiness {
     database_error: Mutex<Option<String>>,
+    claim_error: Mutex<Option<String>>,
 }
 
 impl Readiness {
@@ -27,11 +28,24 @@ impl Readiness {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = error;
     }
 
-    fn problem(&self) -> Option<String> {
-        self.database_error
+    /// Records whether claiming work keeps failing, and why (a daemon that cannot claim does
+    /// no work, however well its database answers other queries).
+    pub fn set_claims(&self, error: Option<String>) {
+        *self
+            .claim_error
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = error;
+    }
+
+    fn problem(&self) -> Option<String> {
+        let read = |m: &Mutex<Option<String>>| {
+            m.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+        };
+        read(&self.database_error)
+            .map(|e| format!("database: {e}"))
+            .or_else(|| read(&self.claim_error).map(|e| format!("cannot claim work: {e}")))
     }
 }
 
@@ -48,10 +62,7 @@ async fn healthz() -> &'static str {
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     match s.ready.problem() {
         None => (StatusCode::OK, "ready\n".to_owned()),
-        Some(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: database: {e}\n"),
-        ),
+        Some(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")),
     }
 }
 

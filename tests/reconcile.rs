@@ -510,3 +510,38 @@ async fn two_servers_for_one_instance_stop_it_until_a_person_retries() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_billing_garbled_is_set_aside_and_the_others_go_on() {
+    let s = Setup::new().await;
+    let bad = s.order("t-vps", None).await;
+    // SQLite accepts binary data in a text column; the reconciler cannot read the row.
+    s.sql(&format!(
+        "UPDATE instances SET hostname = X'ff00' WHERE id = {bad}"
+    ))
+    .await;
+    let good = s.order("t-vps", None).await;
+    s.wait(good, "active", |i| {
+        i.observed_status == ObservedStatus::Active
+    })
+    .await;
+    let start = Instant::now();
+    let quarantined = format!(
+        "SELECT COUNT(*) FROM instances WHERE id = {bad} AND observed_status = 'failed'
+            AND status_reason LIKE '%column `hostname`%' AND next_check_at IS NULL"
+    );
+    while s.count(&quarantined).await == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the garbled row was not set aside"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The daemon keeps working: a later order converges too.
+    let later = s.order("t-vps", None).await;
+    s.wait(later, "active", |i| {
+        i.observed_status == ObservedStatus::Active
+    })
+    .await;
+    s.stop().await;
+}

@@ -156,6 +156,7 @@ contract!(
     listing_filters_and_queue_stats,
     migrations_are_idempotent,
     missing_things_are_reported,
+    one_bad_row_never_blocks_the_others,
 );
 
 async fn billing_insert_gets_defaults_and_is_due(db: &Db) {
@@ -926,6 +927,66 @@ async fn listing_filters_and_queue_stats(db: &Db) {
     assert_eq!(claims.len(), 2);
     let stats = db.store.queue_stats().await.unwrap();
     assert_eq!(stats.leased, 2);
+}
+
+/// Values billing's SQL can store but the reconciler cannot use: the row is set aside (failed,
+/// with the column named) or left unclaimed, and every other instance is still claimed.
+async fn one_bad_row_never_blocks_the_others(db: &Db) {
+    let good = db.insert("c", "p").await;
+    let bad: Vec<(i64, &str, &str)> = match db.store.engine() {
+        // SQLite stores whatever a client writes, whatever the column's type.
+        Engine::Sqlite => vec![
+            (db.insert("c", "p").await, "hostname = X'ff00'", "hostname"),
+            (
+                db.insert("c", "p").await,
+                "reboot_requested = 'abc'",
+                "reboot_requested",
+            ),
+        ],
+        Engine::Postgres => Vec::new(),
+    };
+    for (id, set, _) in &bad {
+        db.billing(&format!("UPDATE instances SET {set} WHERE id = {id}"))
+            .await
+            .unwrap();
+    }
+    // A lease epoch at the 64-bit maximum cannot be claimed again (the next epoch overflows).
+    let stuck = db.insert("c", "p").await;
+    db.billing(&format!(
+        "UPDATE instances SET lease_epoch = 9223372036854775807 WHERE id = {stuck}"
+    ))
+    .await
+    .unwrap();
+    let claims = db
+        .store
+        .claim_due("w", 100, 30.0)
+        .await
+        .expect("the claim goes through");
+    let claimed: Vec<i64> = claims.iter().map(|c| c.instance.id).collect();
+    assert_eq!(claimed, vec![good], "only the readable instance is claimed");
+    for (id, _, column) in &bad {
+        let reason: String = match db.store.engine() {
+            Engine::Sqlite => sqlx::query_scalar(&format!(
+                "SELECT status_reason FROM instances WHERE id = {id} AND observed_status = 'failed' AND next_check_at IS NULL AND lease_owner IS NULL"
+            ))
+            .fetch_one(db.store.sqlite_pool().unwrap())
+            .await
+            .expect("set aside as failed, due never, lease given back"),
+            Engine::Postgres => unreachable!(),
+        };
+        assert!(
+            reason.contains(&format!("column `{column}`")) && reason.contains("instances retry"),
+            "{reason}"
+        );
+        let history = db
+            .scalar(&format!(
+            "SELECT COUNT(*) FROM instance_transitions WHERE instance_id = {id} AND action = 'fail'"
+        ))
+            .await;
+        assert_eq!(history, 1, "the quarantine is in the instance's history");
+    }
+    // The next claim finds nothing more: the bad rows are not retried in a loop.
+    assert!(db.store.claim_due("w", 100, 30.0).await.unwrap().is_empty());
 }
 
 async fn migrations_are_idempotent(db: &Db) {

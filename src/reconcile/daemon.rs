@@ -190,11 +190,14 @@ pub async fn start(config: DaemonConfig, shutdown: CancellationToken) -> anyhow:
     };
 
     tracker.spawn(work_loop(
-        executor,
-        store.clone(),
-        config.clone(),
-        wake.clone(),
-        metrics.clone(),
+        Worker {
+            executor,
+            store: store.clone(),
+            config: config.clone(),
+            wake: wake.clone(),
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+        },
         shutdown.clone(),
     ));
     tracker.spawn(follow_catalog(
@@ -234,14 +237,29 @@ pub async fn start(config: DaemonConfig, shutdown: CancellationToken) -> anyhow:
     })
 }
 
-async fn work_loop(
+/// What the work loop works with.
+struct Worker {
     executor: Arc<Executor>,
     store: SqlStore,
     config: DaemonConfig,
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-) {
+    /// Told when claiming keeps failing.
+    ready: Arc<api::Readiness>,
+}
+
+/// Claims failing this many times in a row make `/readyz` report not ready.
+const CLAIM_FAILURES_NOT_READY: u32 = 3;
+
+async fn work_loop(w: Worker, shutdown: CancellationToken) {
+    let Worker {
+        executor,
+        store,
+        config,
+        wake,
+        metrics,
+        ready,
+    } = w;
     let workers = Arc::new(Semaphore::new(config.workers.max(1)));
     let steps = TaskTracker::new();
     // Cancelled when the drain deadline passes: steps still running are abandoned.
@@ -263,13 +281,19 @@ async fn work_loop(
         };
         let claims = match claimed {
             Ok(c) => {
+                if failures > 0 {
+                    ready.set_claims(None);
+                }
                 failures = 0;
                 c
             }
             Err(e) => {
                 failures += 1;
+                if failures >= CLAIM_FAILURES_NOT_READY {
+                    ready.set_claims(Some(e.to_string()));
+                }
                 let pause = Duration::from_millis(200 * u64::from(failures.min(25)));
-                tracing::error!(error = %e, retry_in = ?pause, "cannot claim work");
+                tracing::error!(error = %e, failures, retry_in = ?pause, "cannot claim work");
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     () = tokio::time::sleep(pause) => {}

@@ -107,6 +107,7 @@ pub(crate) static SQLITE: Dialect = Dialect {
              WHERE id IN (SELECT id FROM instances
                            WHERE next_check_at <= {now}
                              AND (lease_expires_at IS NULL OR lease_expires_at <= {now})
+                             AND lease_epoch < 9223372036854775807
                            ORDER BY next_check_at, id
                            LIMIT $3)
          RETURNING *, {now} AS claimed_at",
@@ -125,6 +126,7 @@ pub(crate) static POSTGRES: Dialect = Dialect {
               FROM (SELECT id FROM instances
                      WHERE next_check_at <= {now}
                        AND (lease_expires_at IS NULL OR lease_expires_at <= {now})
+                       AND lease_epoch < 9223372036854775807
                      ORDER BY next_check_at, id
                      LIMIT $3
                        FOR UPDATE SKIP LOCKED) AS due
@@ -218,6 +220,9 @@ enum Val {
     Text(String),
     Ts(DateTime<Utc>),
     Json(Value),
+    /// A value that does not decode (SQLite stores whatever a client writes): reported when
+    /// its column is read, so one bad value fails its row only, never the whole result.
+    Bad(String),
 }
 
 /// A result row, by column name (the names are shared by all rows of a result).
@@ -233,11 +238,16 @@ fn corrupt(column: &str, what: &str) -> StoreError {
 
 impl Row {
     fn get(&self, name: &str) -> Result<&Val, StoreError> {
-        self.names
+        match self
+            .names
             .iter()
             .position(|n| n == name)
             .map(|i| &self.values[i])
-            .ok_or_else(|| corrupt(name, "missing from the result"))
+        {
+            Some(Val::Bad(why)) => Err(corrupt(name, why)),
+            Some(v) => Ok(v),
+            None => Err(corrupt(name, "missing from the result")),
+        }
     }
 
     pub(crate) fn int(&self, name: &str) -> Result<i64, StoreError> {
@@ -310,7 +320,16 @@ fn sqlite_row(row: &SqliteRow, names: &std::sync::Arc<[String]>) -> Result<Row, 
             match raw.type_info().name() {
                 "INTEGER" | "INT8" | "BIGINT" | "BOOLEAN" => Val::Int(row.try_get(i)?),
                 "REAL" => Val::Float(row.try_get(i)?),
-                _ => Val::Text(row.try_get(i)?),
+                "BLOB" => match String::from_utf8(row.try_get::<Vec<u8>, _>(i)?) {
+                    Ok(text) => Val::Text(text),
+                    Err(_) => Val::Bad("binary data (a BLOB) where text belongs".into()),
+                },
+                other => match row.try_get::<String, _>(i) {
+                    Ok(text) => Val::Text(text),
+                    Err(e) => {
+                        Val::Bad(format!("a value of type {other} that does not decode: {e}"))
+                    }
+                },
             }
         };
         values.push(value);

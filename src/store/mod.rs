@@ -77,7 +77,7 @@ pub enum StoreError {
     #[error("stored data is not what provisioner wrote: {0}")]
     Corrupt(String),
     /// Any other database failure.
-    #[error("database error")]
+    #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
 }
 
@@ -255,6 +255,52 @@ pub struct SqlStore {
 }
 
 impl SqlStore {
+    /// Sets aside a claimed row that does not decode: `failed` with the decode error as its
+    /// reason, due never, lease given back, the failure in its history. Nothing more happens
+    /// to it until a person repairs the row and retries it.
+    async fn quarantine(&self, row: &Row, e: &StoreError) -> Result<()> {
+        let Ok(id) = row.int("id") else {
+            return Err(StoreError::Corrupt(format!(
+                "a claimed row has no readable id: {e}"
+            )));
+        };
+        let reason = format!(
+            "instance {id} cannot be read: {e}; repair the row, then `provisioner instances retry {id}`"
+        );
+        tracing::error!(instance = id, error = %e, "quarantined a row that does not decode");
+        let mut tx = self.pool.write().await?;
+        let from = row
+            .parse::<ObservedStatus>("observed_status")
+            .unwrap_or(ObservedStatus::Failed);
+        let updated = tx
+            .execute(
+                "UPDATE instances
+                    SET observed_status = CASE WHEN observed_status = 'terminated'
+                                               THEN observed_status ELSE 'failed' END,
+                        status_reason = $2, last_error = $2,
+                        next_check_at = NULL, lease_owner = NULL, lease_expires_at = NULL,
+                        updated_at = {now}
+                  WHERE id = $1",
+                vec![Arg::Int(id), reason.as_str().into()],
+            )
+            .await?;
+        if updated == 1 && from != ObservedStatus::Terminated {
+            let mut t = NewTransition::new(Action::Fail, Cause::Poll, Outcome::Failed);
+            t.error = Some(reason);
+            insert_transition(
+                &mut tx,
+                id,
+                from,
+                ObservedStatus::Failed,
+                &t,
+                None,
+                "quarantine",
+            )
+            .await?;
+        }
+        tx.commit().await
+    }
+
     /// Opens the database at `url` (creating a SQLite file if needed) and applies migrations.
     ///
     /// # Errors
@@ -420,6 +466,21 @@ fn task_from(r: &Row) -> Result<Task> {
         completed_by: r.opt_text("completed_by")?,
         details: r.json("details")?,
         secret: sealed(r, "secret_sealed", "secret_key_id")?,
+    })
+}
+
+fn claim_from(r: &Row, owner: &str) -> Result<Claim> {
+    let instance = instance_from(r)?;
+    let lease = Lease {
+        instance_id: instance.id,
+        owner: owner.to_owned(),
+        epoch: instance.lease_epoch,
+        desired_generation: instance.desired_generation,
+    };
+    Ok(Claim {
+        instance,
+        lease,
+        now: r.ts("claimed_at")?,
     })
 }
 
@@ -683,11 +744,20 @@ impl Store for SqlStore {
             sql.push_str(&format!(" LIMIT ${}", args.len()));
         }
         let mut tx = self.pool.read().await?;
-        tx.rows(&sql, args)
+        // A row that does not decode is skipped, said in the log, rather than failing the
+        // listing of every other instance (a resync, `instances list`).
+        Ok(tx
+            .rows(&sql, args)
             .await?
             .iter()
-            .map(instance_from)
-            .collect()
+            .filter_map(|r| match instance_from(r) {
+                Ok(i) => Some(i),
+                Err(e) => {
+                    tracing::warn!(instance = ?r.int("id").ok(), error = %e, "skipped an instance that cannot be read");
+                    None
+                }
+            })
+            .collect())
     }
 
     async fn set_desired(
@@ -758,24 +828,15 @@ impl Store for SqlStore {
             )
             .await?;
         tx.commit().await?;
-        let mut claims = rows
-            .iter()
-            .map(|r| {
-                let instance = instance_from(r)?;
-                let lease = Lease {
-                    instance_id: instance.id,
-                    owner: owner.to_owned(),
-                    epoch: instance.lease_epoch,
-                    desired_generation: instance.desired_generation,
-                };
-                let now = r.ts("claimed_at")?;
-                Ok(Claim {
-                    instance,
-                    lease,
-                    now,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let mut claims = Vec::with_capacity(rows.len());
+        for r in &rows {
+            match claim_from(r, owner) {
+                Ok(c) => claims.push(c),
+                // One row that does not decode never blocks the others: it is set aside for
+                // a person, with the reason, and the batch goes on.
+                Err(e) => self.quarantine(r, &e).await?,
+            }
+        }
         claims.sort_by_key(|c| (c.instance.next_check_at, c.instance.id));
         Ok(claims)
     }
