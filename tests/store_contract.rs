@@ -157,6 +157,7 @@ contract!(
     migrations_are_idempotent,
     missing_things_are_reported,
     one_bad_row_never_blocks_the_others,
+    rows_are_never_replaced_nor_renumbered,
 );
 
 async fn billing_insert_gets_defaults_and_is_due(db: &Db) {
@@ -989,9 +990,69 @@ async fn one_bad_row_never_blocks_the_others(db: &Db) {
     assert!(db.store.claim_due("w", 100, 30.0).await.unwrap().is_empty());
 }
 
+/// SQLite's REPLACE deletes a conflicting row without firing delete triggers: a terminated
+/// instance could come back to life, a transition be rewritten. Ids never change either.
+async fn rows_are_never_replaced_nor_renumbered(db: &Db) {
+    let a = db.insert("c", "p").await;
+    let b = db.insert("c", "p").await;
+    db.billing(&format!(
+        "UPDATE instances SET desired_status = 'terminated' WHERE id = {a}"
+    ))
+    .await
+    .unwrap();
+    let err = db
+        .billing(&format!(
+            "UPDATE instances SET id = {} WHERE id = {b}",
+            b + 100
+        ))
+        .await
+        .unwrap_err();
+    assert!(err.contains("id never changes"), "{err}");
+    if db.store.engine() == Engine::Sqlite {
+        for sql in [
+            format!("INSERT OR REPLACE INTO instances (id, customer_id, product_id) VALUES ({a}, 'c', 'p')"),
+            format!("REPLACE INTO instances (id, customer_id, product_id) VALUES ({b}, 'x', 'p')"),
+            format!("UPDATE OR REPLACE instances SET id = {a} WHERE id = {b}"),
+        ] {
+            let err = db.billing(&sql).await.unwrap_err();
+            assert!(
+                err.contains("cannot be replaced") || err.contains("id never changes"),
+                "{sql}: {err}"
+            );
+        }
+        db.billing(&format!(
+            "INSERT INTO instance_transitions (instance_id, action, cause, outcome) VALUES ({a}, 'retry', 'manual', 'succeeded')"
+        ))
+        .await
+        .unwrap();
+        let t = db
+            .scalar(&format!(
+                "SELECT MAX(id) FROM instance_transitions WHERE instance_id = {a}"
+            ))
+            .await;
+        let err = db
+            .billing(&format!(
+                "INSERT OR REPLACE INTO instance_transitions (id, instance_id, action, cause, outcome) VALUES ({t}, {a}, 'fail', 'manual', 'failed')"
+            ))
+            .await
+            .unwrap_err();
+        assert!(err.contains("append-only"), "{err}");
+    }
+    let a_now = db.store.instance(a).await.unwrap().unwrap();
+    assert_eq!(
+        a_now.desired_status,
+        DesiredStatus::Terminated,
+        "still terminated"
+    );
+    assert!(
+        db.store.instance(b).await.unwrap().is_some(),
+        "b is still there"
+    );
+}
+
 async fn migrations_are_idempotent(db: &Db) {
     assert!(db.store.migrate().await.unwrap().is_empty());
-    assert_eq!(db.scalar("SELECT COUNT(*) FROM schema_migrations").await, 4);
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM schema_migrations").await, 5);
 }
 
 async fn missing_things_are_reported(db: &Db) {

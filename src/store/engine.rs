@@ -696,6 +696,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "typed hard fallback",
         include_str!("../../migrations/sqlite/0004_pending_hard.sql"),
     ),
+    (
+        5,
+        "no replace",
+        include_str!("../../migrations/sqlite/0005_no_replace.sql"),
+    ),
 ];
 
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -718,6 +723,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "typed hard fallback",
         include_str!("../../migrations/postgres/0004_pending_hard.sql"),
+    ),
+    (
+        5,
+        "no replace",
+        include_str!("../../migrations/postgres/0005_no_replace.sql"),
     ),
 ];
 
