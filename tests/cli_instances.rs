@@ -290,3 +290,43 @@ fn unreachable_databases_fail_fast_without_leaking_the_password() {
     assert!(!err.contains("hunter2"), "{err}");
     assert!(err.to_lowercase().contains("refused"), "{err}");
 }
+
+#[test]
+fn billing_text_cannot_drive_the_admins_terminal() {
+    let dir = setup();
+    let d = dir.path();
+    let evil = "cust\u{1b}]0;owned\u{7}\u{1b}[2J\rX";
+    let created = json(&provisioner(
+        d,
+        &[
+            "instances",
+            "create",
+            "--customer",
+            evil,
+            "--product",
+            "sim-vps-small",
+            "--format",
+            "json",
+        ],
+    ));
+    let id = created["id"].as_i64().unwrap().to_string();
+    for args in [vec!["instances", "list"], vec!["instances", "show", &id]] {
+        let o = provisioner(d, &args);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            !out.contains('\u{1b}') && !out.contains('\u{7}') && !out.contains('\r'),
+            "{args:?} printed control characters raw: {out:?}"
+        );
+        assert!(
+            out.contains("cust\\u{1b}]0;owned"),
+            "{args:?}: shown escaped: {out}"
+        );
+    }
+    // JSON output carries the value exactly (JSON escapes it).
+    let shown = json(&provisioner(
+        d,
+        &["instances", "show", &id, "--format", "json"],
+    ));
+    assert_eq!(shown["customer_id"], evil);
+}

@@ -303,6 +303,23 @@ fn ts(t: Option<DateTime<Utc>>) -> String {
     )
 }
 
+/// `text` safe for a terminal: control characters written by billing (escape sequences that
+/// would recolour, move the cursor or retitle the terminal) are shown escaped, not obeyed.
+fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| c.is_control() && c != '\n') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if c.is_control() && c != '\n' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 fn or_dash(s: Option<&str>) -> &str {
     s.unwrap_or("-")
 }
@@ -449,7 +466,7 @@ fn print_instance(i: &Instance, secret: Option<&str>, format: Format) -> anyhow:
         ts(Some(i.created_at)),
         ts(Some(i.updated_at))
     );
-    out.write_all(s.as_bytes())?;
+    out.write_all(printable(&s).as_bytes())?;
     Ok(())
 }
 
@@ -461,14 +478,15 @@ fn print_list(list: &[Instance], format: Format) -> anyhow::Result<()> {
         writeln!(out)?;
         return Ok(());
     }
-    writeln!(
-        out,
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
         "{:>8}  {:<16} {:<20} {:<10} {:<13} {:<16} LAST ERROR",
         "ID", "CUSTOMER", "PRODUCT", "DESIRED", "OBSERVED", "IPV4"
-    )?;
+    );
     for i in list {
-        writeln!(
-            out,
+        let _ = writeln!(
+            s,
             "{:>8}  {:<16} {:<20} {:<10} {:<13} {:<16} {}",
             i.id,
             i.customer_id,
@@ -477,9 +495,10 @@ fn print_list(list: &[Instance], format: Format) -> anyhow::Result<()> {
             i.observed_status.as_str(),
             or_dash(i.ipv4.as_deref()),
             or_dash(i.last_error.as_deref())
-        )?;
+        );
     }
-    writeln!(out, "{} instance(s)", list.len())?;
+    let _ = writeln!(s, "{} instance(s)", list.len());
+    out.write_all(printable(&s).as_bytes())?;
     Ok(())
 }
 
@@ -490,15 +509,16 @@ fn print_history(id: i64, history: &[Transition], format: Format) -> anyhow::Res
         writeln!(out)?;
         return Ok(());
     }
-    writeln!(out, "instance {id}: {} transition(s)", history.len())?;
+    let mut s = String::new();
+    let _ = writeln!(s, "instance {id}: {} transition(s)", history.len());
     for t in history {
         let details = if t.details.as_object().is_some_and(|m| m.is_empty()) {
             String::new()
         } else {
             format!(" {}", t.details)
         };
-        writeln!(
-            out,
+        let _ = writeln!(
+            s,
             "{}  {:<12} -> {:<12} {:<10} {:<15} {:<10}{}{}",
             ts(Some(t.at)),
             or_dash(t.from_status.as_deref()),
@@ -511,7 +531,8 @@ fn print_history(id: i64, history: &[Transition], format: Format) -> anyhow::Res
                 .map(|e| format!(" error: {e}"))
                 .unwrap_or_default(),
             details
-        )?;
+        );
     }
+    out.write_all(printable(&s).as_bytes())?;
     Ok(())
 }
