@@ -158,6 +158,7 @@ contract!(
     missing_things_are_reported,
     one_bad_row_never_blocks_the_others,
     rows_are_never_replaced_nor_renumbered,
+    billing_columns_are_typed_and_counters_bounded,
 );
 
 async fn billing_insert_gets_defaults_and_is_due(db: &Db) {
@@ -935,14 +936,16 @@ async fn listing_filters_and_queue_stats(db: &Db) {
 async fn one_bad_row_never_blocks_the_others(db: &Db) {
     let good = db.insert("c", "p").await;
     let bad: Vec<(i64, &str, &str)> = match db.store.engine() {
-        // SQLite stores whatever a client writes, whatever the column's type.
+        // SQLite stores whatever a client writes, whatever the column's type. Billing's
+        // columns are typed by triggers; the reconciler's are not, so a row can still hold
+        // what the reconciler cannot read.
         Engine::Sqlite => vec![
-            (db.insert("c", "p").await, "hostname = X'ff00'", "hostname"),
             (
                 db.insert("c", "p").await,
-                "reboot_requested = 'abc'",
-                "reboot_requested",
+                "last_error = X'ff00'",
+                "last_error",
             ),
+            (db.insert("c", "p").await, "attempts = 'abc'", "attempts"),
         ],
         Engine::Postgres => Vec::new(),
     };
@@ -1048,6 +1051,54 @@ async fn rows_are_never_replaced_nor_renumbered(db: &Db) {
         db.store.instance(b).await.unwrap().is_some(),
         "b is still there"
     );
+}
+
+/// Billing's columns take their type only (SQLite stores anything anywhere otherwise), and
+/// counters stay far from the 64-bit limit so an increment never overflows mid-write.
+async fn billing_columns_are_typed_and_counters_bounded(db: &Db) {
+    let id = db.insert("c", "p").await;
+    let mut refused = vec![(
+        "UPDATE instances SET reboot_requested = 9007199254740992 WHERE id = {id}",
+        "reboot_requested",
+    )];
+    if db.store.engine() == Engine::Sqlite {
+        // PostgreSQL's columns are typed already (it reads X'ff00' as a bit string whose
+        // text is text).
+        refused.extend([
+            (
+                "UPDATE instances SET hostname = X'ff00' WHERE id = {id}",
+                "hostname must be text",
+            ),
+            (
+                "UPDATE instances SET reboot_requested = 'abc' WHERE id = {id}",
+                "reboot_requested must be an integer",
+            ),
+            (
+                "INSERT INTO instances (customer_id, product_id, hostname) VALUES ('c', 'p', X'00ff')",
+                "hostname must be text",
+            ),
+        ]);
+    }
+    for (sql, says) in refused {
+        let sql = sql.replace("{id}", &id.to_string());
+        let Err(err) = db.billing(&sql).await else {
+            panic!("{sql} was accepted");
+        };
+        assert!(err.contains(says), "{sql}: {err}");
+    }
+    // A generation at its limit: the next billing change is refused, clearly.
+    db.billing(&format!(
+        "UPDATE instances SET desired_generation = 9007199254740991 WHERE id = {id}"
+    ))
+    .await
+    .unwrap();
+    let err = db
+        .billing(&format!(
+            "UPDATE instances SET desired_status = 'suspended' WHERE id = {id}"
+        ))
+        .await
+        .unwrap_err();
+    assert!(err.contains("desired_generation"), "{err}");
 }
 
 async fn migrations_are_idempotent(db: &Db) {

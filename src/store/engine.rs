@@ -698,8 +698,8 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         5,
-        "no replace",
-        include_str!("../../migrations/sqlite/0005_no_replace.sql"),
+        "integrity: no replace, typed billing columns, bounded counters",
+        include_str!("../../migrations/sqlite/0005_integrity.sql"),
     ),
 ];
 
@@ -726,8 +726,8 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         5,
-        "no replace",
-        include_str!("../../migrations/postgres/0005_no_replace.sql"),
+        "integrity: no replace, typed billing columns, bounded counters",
+        include_str!("../../migrations/postgres/0005_integrity.sql"),
     ),
 ];
 
