@@ -2,12 +2,14 @@
 //! its database) and `/metrics` (Prometheus). The billing HTTP API will live here too.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -85,18 +87,130 @@ pub fn router(metrics: Arc<Metrics>, ready: Arc<Readiness>) -> Router {
         .with_state(AppState { metrics, ready })
 }
 
-/// Serves the endpoints on `listener` until `shutdown` is cancelled.
+/// Bounds on the daemon's listener, so that slow or half-open clients cannot hold it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections served at once; more wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers before the connection is
+    /// closed.
+    pub header_read_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 256,
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serves the endpoints on `listener` until `shutdown` is cancelled, within `limits`.
+/// (The endpoints read no request body.)
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     ready: Arc<Readiness>,
+    limits: Limits,
     shutdown: CancellationToken,
 ) {
     let app = router(metrics, ready);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
+    let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    loop {
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => return,
+            p = connections.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, say: wait a moment rather than spin.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout);
+            let connection = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                () = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(1), connection).await;
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn half_open_clients_cannot_starve_the_listener() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let limits = Limits {
+            max_connections: 8,
+            header_read_timeout: Duration::from_millis(500),
+        };
+        tokio::spawn(serve(
+            listener,
+            Arc::new(Metrics::default()),
+            Arc::new(Readiness::default()),
+            limits,
+            shutdown.clone(),
+        ));
+        // Many more clients than connections send half a request and then nothing.
+        let mut stalled = Vec::new();
+        for _ in 0..40 {
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .unwrap();
+            stalled.push(c);
+        }
+        // A well-behaved client is still answered once the stalled ones time out.
+        let answer = tokio::time::timeout(Duration::from_secs(20), async {
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut out = String::new();
+            c.read_to_string(&mut out).await.unwrap();
+            out
+        })
         .await
-    {
-        tracing::error!(error = %e, "HTTP server failed");
+        .expect("the listener kept serving");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        // The stalled connections were closed by the server.
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), stalled[0].read(&mut buf))
+            .await
+            .expect("closed, not held")
+            .unwrap_or(0);
+        assert!(
+            n == 0 || String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        shutdown.cancel();
     }
 }

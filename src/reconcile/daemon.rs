@@ -181,6 +181,7 @@ pub async fn start(config: DaemonConfig, shutdown: CancellationToken) -> anyhow:
                 listener,
                 metrics.clone(),
                 ready.clone(),
+                api::Limits::default(),
                 shutdown.clone(),
             ));
             tracing::info!(address = %bound, "serving /healthz, /readyz and /metrics");
