@@ -54,28 +54,43 @@ pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let (authority, tail) = match rest.find(['/', '?']) {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
+    // The userinfo ends at the last `@`: a password may hold `/`, `?` or `#` unencoded.
+    let (userinfo, location) = match rest.rsplit_once('@') {
+        Some((u, l)) => (Some(u), l),
+        None => (None, rest),
     };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            let masked = if userinfo.contains(':') {
-                format!("{user}:***")
-            } else {
-                user.to_owned()
-            };
-            let mut out = format!("{scheme}://{masked}@{host}{tail}");
-            // Passwords can also come as a query parameter.
-            if let Some(i) = out.find("password=") {
-                let end = out[i..].find('&').map_or(out.len(), |j| i + j);
-                out.replace_range(i..end, "password=***");
-            }
-            out
+    let (path, query) = match location.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (location, None),
+    };
+    let mut out = format!("{scheme}://");
+    if let Some(u) = userinfo {
+        out.push_str(u.split(':').next().unwrap_or(""));
+        if u.contains(':') {
+            out.push_str(":***");
         }
-        None => url.to_owned(),
+        out.push('@');
     }
+    out.push_str(path);
+    if let Some(q) = query {
+        // Passwords can also come as query parameters (`password`, `sslpassword`).
+        let params: Vec<String> = q
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _))
+                    if ["pass", "secret", "token"]
+                        .iter()
+                        .any(|w| k.to_ascii_lowercase().contains(w)) =>
+                {
+                    format!("{k}=***")
+                }
+                _ => kv.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
+    }
+    out
 }
 
 /// What differs between the engines' SQL.
@@ -748,6 +763,14 @@ mod tests {
         assert_eq!(
             redact_url("sqlite://provisioner.db"),
             "sqlite://provisioner.db"
+        );
+        assert_eq!(
+            redact_url("postgres://db/prov?user=app&password=s3cret"),
+            "postgres://db/prov?user=app&password=***"
+        );
+        assert_eq!(
+            redact_url("postgres://app:s3/cr?et@db/prov?sslpassword=k3y"),
+            "postgres://app:***@db/prov?sslpassword=***"
         );
     }
 
