@@ -202,7 +202,10 @@ async fn desired_changes_bump_the_generation_and_make_the_instance_due(db: &Db) 
 
     // Every billing column counts, and a no-op update does not.
     db.store
-        .release(&claims[0].lease, NextCheck::Never)
+        .release(
+            &claims[0].lease,
+            NextCheck::After(Duration::from_secs(3600)),
+        )
         .await
         .unwrap();
     db.billing(&format!(
@@ -616,7 +619,30 @@ async fn release_schedules_the_next_check(db: &Db) {
     assert!(db.store.claim_due("w1", 10, 30.0).await.unwrap().is_empty());
     tokio::time::sleep(Duration::from_millis(600)).await;
     let lease = db.claim(id, "w1").await;
-    db.store.release(&lease, NextCheck::Never).await.unwrap();
+    if db.store.engine() == Engine::Sqlite {
+        // A live instance is always due at some time (a rule billing's SQL cannot bypass on
+        // SQLite, where the column has no grant to guard it).
+        let err = db
+            .store
+            .release(&lease, NextCheck::Never)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("next_check_at"), "{err}");
+    }
+    // Only an instance that needs a person (failed, lost) or is done is never looked at.
+    db.store
+        .record(
+            &lease,
+            &ObservedPatch {
+                observed_status: Some(ObservedStatus::Failed),
+                next_check: Some(NextCheck::Never),
+                release_lease: true,
+                ..ObservedPatch::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
     assert_eq!(
         db.store.instance(id).await.unwrap().unwrap().next_check_at,
         None
@@ -1103,7 +1129,7 @@ async fn billing_columns_are_typed_and_counters_bounded(db: &Db) {
 
 async fn migrations_are_idempotent(db: &Db) {
     assert!(db.store.migrate().await.unwrap().is_empty());
-    assert_eq!(db.scalar("SELECT COUNT(*) FROM schema_migrations").await, 5);
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM schema_migrations").await, 6);
 }
 
 async fn missing_things_are_reported(db: &Db) {
@@ -1163,4 +1189,137 @@ async fn postgres_notifies_desired_changes() {
         .expect("a notification for the update")
         .unwrap();
     assert_eq!(n.payload(), id.to_string());
+}
+
+/// PostgreSQL only: billing's login role, made a member of `provisioner_billing`, can order,
+/// change and read instances through the billing columns, and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_billing_role_holds_exactly_the_billing_columns() {
+    let Some(db) = postgres().await else { return };
+    let owner = db.store.postgres_pool().unwrap().clone();
+    let login = format!("billing_{}", std::process::id());
+    sqlx::raw_sql(&format!(
+        "DO $$ BEGIN
+             IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{login}') THEN
+                 CREATE ROLE {login} LOGIN;
+             END IF;
+         END $$;
+         GRANT provisioner_billing TO {login};"
+    ))
+    .execute(&owner)
+    .await
+    .unwrap();
+    let url = std::env::var("TEST_DATABASE_URL").unwrap();
+    let database = sqlx::query_scalar::<_, String>("SELECT current_database()")
+        .fetch_one(&owner)
+        .await
+        .unwrap();
+    let mut options: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
+    options = options.username(&login).database(&database);
+    let billing = sqlx::PgPool::connect_with(options).await.unwrap();
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO instances (customer_id, product_id, hostname) VALUES ('c', 'p', 'h') RETURNING id",
+    )
+    .fetch_one(&billing)
+    .await
+    .expect("billing orders through its columns");
+    sqlx::query("UPDATE instances SET desired_status = 'suspended', suspend_reason = 'non-payment', reboot_requested = reboot_requested + 1 WHERE id = $1")
+        .bind(id)
+        .execute(&billing)
+        .await
+        .expect("billing changes desired state");
+    let status: String = sqlx::query_scalar("SELECT observed_status FROM instances WHERE id = $1")
+        .bind(id)
+        .fetch_one(&billing)
+        .await
+        .expect("billing reads back");
+    assert_eq!(status, "pending");
+    let refused = [
+        format!("UPDATE instances SET observed_status = 'active' WHERE id = {id}"),
+        format!("UPDATE instances SET provider_server_id = '7' WHERE id = {id}"),
+        format!("UPDATE instances SET next_check_at = NULL WHERE id = {id}"),
+        format!("UPDATE instances SET lease_epoch = lease_epoch + 1 WHERE id = {id}"),
+        "INSERT INTO instances (customer_id, product_id, ipv4) VALUES ('c', 'p', '192.0.2.1')".to_owned(),
+        "INSERT INTO instances (id, customer_id, product_id) VALUES (999999, 'c', 'p')".to_owned(),
+        format!("INSERT INTO instance_transitions (instance_id, action, cause, outcome) VALUES ({id}, 'fail', 'manual', 'failed')"),
+        "INSERT INTO product_revisions (product_id, revision, definition) VALUES ('p', 'r', '{}')".to_owned(),
+        "UPDATE ovh_pool SET instance_id = NULL".to_owned(),
+        "DELETE FROM schema_migrations".to_owned(),
+    ];
+    for sql in refused {
+        let err = sqlx::raw_sql(&sql).execute(&billing).await.expect_err(&sql);
+        let message = err
+            .as_database_error()
+            .map(|d| d.message().to_owned())
+            .unwrap_or_default();
+        assert!(message.contains("permission denied"), "{sql}: {message}");
+    }
+    // Migrating again keeps the grants (the role block runs on every migrate).
+    assert!(db.store.migrate().await.unwrap().is_empty());
+    billing.close().await;
+}
+
+/// SQLite only: a plain client (no provisioner functions, as the `sqlite3` shell or Python's
+/// `sqlite3` module) writes billing's columns and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_plain_clients_write_billing_columns_only() {
+    let db = sqlite().await;
+    let id = db.insert("c", "p").await;
+    let path = db
+        .store
+        .sqlite_pool()
+        .unwrap()
+        .connect_options()
+        .get_filename()
+        .to_owned();
+    let plain = sqlx::SqlitePool::connect_with(
+        sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .busy_timeout(Duration::from_secs(5)),
+    )
+    .await
+    .unwrap();
+    let run = |sql: String| {
+        let plain = plain.clone();
+        async move {
+            sqlx::raw_sql(&sql)
+                .execute(&plain)
+                .await
+                .map(drop)
+                .map_err(|e| {
+                    e.as_database_error()
+                        .map_or_else(|| e.to_string(), |d| d.message().to_owned())
+                })
+        }
+    };
+    // Billing's own writes go through.
+    run(format!("UPDATE instances SET desired_status = 'suspended', suspend_reason = 'non-payment', reboot_requested = reboot_requested + 1 WHERE id = {id}")).await.unwrap();
+    run("INSERT INTO instances (customer_id, product_id, hostname) VALUES ('c2', 'p', 'h')".into())
+        .await
+        .unwrap();
+    let refused = [
+        (format!("UPDATE instances SET observed_status = 'active' WHERE id = {id}"), "provisioner_owns_observed_status"),
+        (format!("UPDATE instances SET provider_server_id = '7' WHERE id = {id}"), "provisioner_owns_provider_server_id"),
+        (format!("UPDATE instances SET lease_epoch = lease_epoch + 1 WHERE id = {id}"), "provisioner_owns_lease_epoch"),
+        (format!("UPDATE instances SET desired_status = 'active', ipv4 = '192.0.2.9' WHERE id = {id}"), "provisioner_owns_ipv4"),
+        (format!("UPDATE instances SET next_check_at = NULL WHERE id = {id}"), "next_check_at"),
+        ("INSERT INTO instances (customer_id, product_id, ipv4) VALUES ('c', 'p', '192.0.2.1')".into(), "reconciler-owned columns"),
+        ("INSERT INTO instances (customer_id, product_id, next_check_at) VALUES ('c', 'p', NULL)".into(), "reconciler-owned columns"),
+        (format!("INSERT INTO instance_transitions (instance_id, action, cause, outcome) VALUES ({id}, 'fail', 'manual', 'failed')"), "provisioner_owns_instance_transitions"),
+        ("INSERT INTO product_revisions (product_id, revision, definition, loaded_at) VALUES ('p', 'r', '{}', 'x')".into(), "provisioner_owns_product_revisions"),
+        ("DELETE FROM schema_migrations".into(), "provisioner_owns_schema_migrations"),
+        ("UPDATE ovh_pool SET instance_id = NULL".into(), "provisioner_owns_ovh_pool"),
+    ];
+    for (sql, says) in refused {
+        let err = run(sql.clone()).await.expect_err(&sql);
+        assert!(err.contains(says), "{sql}: {err}");
+    }
+    let i = db.store.instance(id).await.unwrap().unwrap();
+    assert_eq!(
+        i.observed_status,
+        ObservedStatus::Pending,
+        "nothing of the reconciler's changed"
+    );
+    assert_eq!(i.desired_status, DesiredStatus::Suspended);
+    plain.close().await;
 }

@@ -519,6 +519,99 @@ impl Default for ConnectOptions {
     }
 }
 
+/// How the database tells provisioner's own SQLite writes from billing's.
+///
+/// SQLite has no roles. Every reconciler-owned column carries a trigger `BEFORE UPDATE OF`
+/// it whose body calls a function named after it (`provisioner_owns_observed_status()`, …).
+/// SQLite compiles a trigger, and resolves its functions, only for statements that set one
+/// of its columns: provisioner's connections define those functions (they return NULL), a
+/// plain client (the `sqlite3` shell, Python's `sqlite3`) does not, so its write to such a
+/// column fails with `no such function: provisioner_owns_<column>` and billing's own columns
+/// stay writable for it.
+mod writer {
+    use std::ffi::{c_int, CString};
+
+    use libsqlite3_sys as ffi;
+
+    /// The reconciler-owned columns guarded this way (the few that the database's own
+    /// triggers update on billing's behalf, `desired_generation`, `desired_changed_at`,
+    /// `next_check_at` and `updated_at`, are guarded by value rules instead).
+    pub(super) const OWNED: [&str; 21] = [
+        "observed_generation",
+        "observed_status",
+        "status_reason",
+        "provider_account",
+        "provider_server_id",
+        "ipv4",
+        "ipv6",
+        "product_revision",
+        "reboot_handled",
+        "credentials_sealed",
+        "credentials_key_id",
+        "last_error",
+        "attempts",
+        "pending_action",
+        "pending_action_id",
+        "pending_hard",
+        "pending_since",
+        "lease_owner",
+        "lease_expires_at",
+        "lease_epoch",
+        "created_at",
+    ];
+
+    /// The reconciler's other tables, guarded the same way for every write.
+    pub(super) const TABLES: [&str; 6] = [
+        "instance_transitions",
+        "product_revisions",
+        "manual_tasks",
+        "ovh_pool",
+        "sim_servers",
+        "schema_migrations",
+    ];
+
+    unsafe extern "C" fn allowed(
+        ctx: *mut ffi::sqlite3_context,
+        _argc: c_int,
+        _argv: *mut *mut ffi::sqlite3_value,
+    ) {
+        // SAFETY: SQLite calls this with a valid context for the duration of the call.
+        unsafe { ffi::sqlite3_result_null(ctx) };
+    }
+
+    /// Defines `provisioner_owns_<column>()` on a new connection of the store's pool.
+    pub(super) async fn register(conn: &mut sqlx::SqliteConnection) -> Result<(), sqlx::Error> {
+        let mut handle = conn.lock_handle().await?;
+        let db = handle.as_raw_handle().as_ptr();
+        for owned in OWNED.iter().chain(&TABLES) {
+            let name = CString::new(format!("provisioner_owns_{owned}"))
+                .map_err(|e| sqlx::Error::Configuration(Box::new(e)))?;
+            // SAFETY: `db` is this connection's open handle, held locked for the call; the
+            // name is copied by SQLite; the function keeps no state (no user data, no
+            // destructor).
+            let rc = unsafe {
+                ffi::sqlite3_create_function_v2(
+                    db,
+                    name.as_ptr(),
+                    0,
+                    ffi::SQLITE_UTF8 | ffi::SQLITE_DETERMINISTIC,
+                    std::ptr::null_mut(),
+                    Some(allowed),
+                    None,
+                    None,
+                    None,
+                )
+            };
+            if rc != ffi::SQLITE_OK {
+                return Err(sqlx::Error::Protocol(format!(
+                    "cannot define {name:?} on a SQLite connection (code {rc})"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Pool {
     pub(crate) async fn connect(url: &str, options: &ConnectOptions) -> Result<Pool, StoreError> {
         let connect_error = |source: sqlx::Error| StoreError::Connect {
@@ -539,6 +632,7 @@ impl Pool {
                 let pool = SqlitePoolOptions::new()
                     .max_connections(options.max_connections.clamp(1, 4))
                     .acquire_timeout(options.acquire_timeout)
+                    .after_connect(|conn, _| Box::pin(writer::register(conn)))
                     .connect_with(opts)
                     .await
                     .map_err(connect_error)?;
@@ -677,6 +771,12 @@ impl Pool {
                 )));
             }
         }
+        if let Tx::Postgres(t) = &mut tx {
+            sqlx::raw_sql(POSTGRES_BILLING_ROLE)
+                .execute(&mut **t)
+                .await
+                .map_err(|e| StoreError::Migration(format!("the provisioner_billing role: {e}")))?;
+        }
         tx.commit().await?;
         Ok(done)
     }
@@ -716,7 +816,15 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "integrity: no replace, typed billing columns, bounded counters",
         include_str!("../../migrations/sqlite/0005_integrity.sql"),
     ),
+    (
+        6,
+        "billing boundary",
+        include_str!("../../migrations/sqlite/0006_billing_boundary.sql"),
+    ),
 ];
+
+/// The billing role and its grants, applied after the migrations by every migrate.
+const POSTGRES_BILLING_ROLE: &str = include_str!("../../migrations/postgres/billing_role.sql");
 
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -744,11 +852,37 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "integrity: no replace, typed billing columns, bounded counters",
         include_str!("../../migrations/postgres/0005_integrity.sql"),
     ),
+    (
+        6,
+        "billing boundary",
+        include_str!("../../migrations/postgres/0006_billing_boundary.sql"),
+    ),
 ];
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_guarded_column_has_its_trigger() {
+        let sql = include_str!("../../migrations/sqlite/0006_billing_boundary.sql");
+        for column in writer::OWNED {
+            assert!(
+                sql.contains(&format!(
+                    "BEFORE UPDATE OF {column} ON instances\nBEGIN\n    SELECT provisioner_owns_{column}();"
+                )),
+                "{column} has no guarding trigger"
+            );
+        }
+        for table in writer::TABLES {
+            assert!(
+                sql.contains(&format!(
+                    "BEFORE INSERT ON {table}\nBEGIN\n    SELECT provisioner_owns_{table}();"
+                )),
+                "{table} has no guarding trigger"
+            );
+        }
+    }
 
     #[test]
     fn urls_are_redacted() {
