@@ -7,12 +7,18 @@
 //!
 //! Environment: `BENCH_PRODUCTS` (default 10000), `BENCH_FILES` (default 100), `BENCH_RUNS`
 //! (default 7), `BENCH_DIR` (keep the generated catalog there).
+//!
+//! `cargo bench --bench catalog_validate -- hostile` instead loads hostile catalogs at the size
+//! caps (a 4 MiB mapping of 400,000 keys, duplicated keys, 16 MiB of erroneous documents,
+//! aliases across 400 files, a 16 MiB valid catalog) and prints the time and peak memory of
+//! each; the goal is at most 2 s and 256 MiB for any of them.
 
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 const CHILD_ENV: &str = "PROVISIONER_BENCH_CHILD_DIR";
+const HOSTILE_ENV: &str = "PROVISIONER_BENCH_HOSTILE_DIR";
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -108,9 +114,129 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// Loads a catalog that may be invalid; prints `<diagnostics> <micros> <peak KiB>`.
+fn hostile_child(dir: &str) {
+    let start = Instant::now();
+    let diagnostics = match provisioner::catalog::load_with_env(Path::new(dir), &|_| true) {
+        Ok(c) => c.warnings.len(),
+        Err(provisioner::catalog::LoadError::Invalid { diagnostics, .. }) => diagnostics.len(),
+        Err(e) => panic!("{e}"),
+    };
+    println!(
+        "{diagnostics} {} {}",
+        start.elapsed().as_micros(),
+        peak_rss_kib().unwrap_or(0)
+    );
+}
+
+/// Writes a hostile catalog into a directory.
+type Maker = Box<dyn Fn(&Path)>;
+
+fn hostile() {
+    const MIB: usize = 1024 * 1024;
+    let me = std::env::current_exe().unwrap();
+    let cases: Vec<(&str, Maker)> = vec![
+        (
+            "a 4 MiB mapping of unknown keys",
+            Box::new(|dir| {
+                let mut t = String::from("apiVersion: provisioner/v1\nkind: Product\nid: x\n");
+                let mut i = 0;
+                while t.len() < 4 * MIB - 32 {
+                    t.push_str(&format!("k{i}: v\n"));
+                    i += 1;
+                }
+                std::fs::write(dir.join("a.yaml"), t).unwrap();
+            }),
+        ),
+        (
+            "a 4 MiB mapping of one key repeated",
+            Box::new(|dir| {
+                let mut t = String::from("apiVersion: provisioner/v1\nkind: Product\nid: x\n");
+                while t.len() < 4 * MIB - 32 {
+                    t.push_str("name: again\n");
+                }
+                std::fs::write(dir.join("a.yaml"), t).unwrap();
+            }),
+        ),
+        (
+            "16 MiB of erroneous documents in 4 files",
+            Box::new(|dir| {
+                for f in 0..4 {
+                    let mut t = String::new();
+                    let mut i = 0;
+                    while t.len() < 4 * MIB - 128 {
+                        t.push_str(&format!(
+                            "apiVersion: provisioner/v1\nkind: Product\nid: p{f}x{i}\nbogus: 1\n---\n"
+                        ));
+                        i += 1;
+                    }
+                    std::fs::write(dir.join(format!("e{f}.yaml")), t).unwrap();
+                }
+            }),
+        ),
+        (
+            "aliases expanding in each of 400 files",
+            Box::new(|dir| {
+                let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+                for level in 0..5 {
+                    let prev = (b'a' + level) as char;
+                    let next = (b'a' + level + 1) as char;
+                    bomb.push_str(&format!(
+                        "{next}: &{next} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"
+                    ));
+                }
+                for f in 0..400 {
+                    std::fs::write(dir.join(format!("b{f:03}.yaml")), &bomb).unwrap();
+                }
+            }),
+        ),
+        (
+            "a valid catalog of 16 MiB",
+            Box::new(|dir| {
+                generate(dir, 24_000, 100);
+            }),
+        ),
+    ];
+    for (what, make) in cases {
+        let temp = tempfile::tempdir().unwrap();
+        make(temp.path());
+        let bytes = walk_size(temp.path());
+        let out = Command::new(&me)
+            .env(HOSTILE_ENV, temp.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let mut parts = text.split_whitespace().map(|p| p.parse::<u64>().unwrap());
+        let (diagnostics, micros, peak) = (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+        );
+        println!(
+            "{what} ({:.1} MiB): {:.2} s, peak {:.0} MiB, {diagnostics} diagnostics",
+            bytes as f64 / MIB as f64,
+            micros as f64 / 1e6,
+            peak as f64 / 1024.0
+        );
+    }
+}
+
 fn main() {
     if let Ok(dir) = std::env::var(CHILD_ENV) {
         child(&dir);
+        return;
+    }
+    if let Ok(dir) = std::env::var(HOSTILE_ENV) {
+        hostile_child(&dir);
+        return;
+    }
+    if std::env::args().skip(1).any(|a| a == "hostile") {
+        hostile();
         return;
     }
     let products = env_usize("BENCH_PRODUCTS", 10_000);

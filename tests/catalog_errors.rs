@@ -658,3 +658,49 @@ stuck_timeout_seconds: 600
     );
     assert_eq!(hz.stuck_timeout, Some(std::time::Duration::from_secs(600)));
 }
+
+#[test]
+fn hostile_catalogs_are_bounded() {
+    // A file over the size cap is refused whole, with the reason.
+    let big = format!("# {}\n", "x".repeat(4 * 1024 * 1024));
+    let (catalog, got) = check(&[("a.yaml", ACCOUNT), ("big.yaml", big.as_str())]);
+    assert!(catalog.is_none());
+    assert_eq!(
+        got,
+        ["big.yaml:1:1: error: file is larger than 4 MiB; split the catalog into smaller files"]
+    );
+
+    // The alias budget is the catalog's, not each file's: three files that each stay under
+    // it exceed it together.
+    let bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: [*e, *e, *e, *e]
+";
+    let (catalog, got) = check(&[("b1.yaml", bomb), ("b2.yaml", bomb), ("b3.yaml", bomb)]);
+    assert!(catalog.is_none());
+    assert!(
+        got.iter()
+            .any(|d| d.contains("aliases expand to more than 1000000 nodes in this catalog")),
+        "{got:?}"
+    );
+
+    // A mapping of many unknown fields is reported field by field up to a hundred.
+    let mut product = PRODUCT.to_owned();
+    for i in 0..150 {
+        product.push_str(&format!("junk{i}: 1\n"));
+    }
+    let (_, got) = check(&[("a.yaml", ACCOUNT), ("p.yaml", product.as_str())]);
+    let unknown = got
+        .iter()
+        .filter(|d| d.contains("unknown field `junk"))
+        .count();
+    assert_eq!(unknown, 100, "{got:?}");
+    assert!(
+        got.iter()
+            .any(|d| d.contains("50 more unknown fields in Product `vps-starter`")),
+        "{got:?}"
+    );
+}

@@ -176,6 +176,12 @@ impl<'n> Fields<'n> {
     /// Like [`Fields::finish`], with `hint` giving a specific message for some unknown keys
     /// (for example a field valid only for another module).
     pub fn finish_with(self, cx: &mut Cx, hint: impl Fn(&str) -> Option<String>) {
+        let within = if self.path.is_empty() {
+            self.what.clone()
+        } else {
+            format!("`{}`", self.path)
+        };
+        let mut reported = 0usize;
         for (i, (key, _)) in self.entries.iter().enumerate() {
             if self.used[i] {
                 continue;
@@ -183,11 +189,16 @@ impl<'n> Fields<'n> {
             let Some(name) = key.scalar().map(|s| s.text.as_str()) else {
                 continue;
             };
-            let within = if self.path.is_empty() {
-                self.what.clone()
-            } else {
-                format!("`{}`", self.path)
-            };
+            if reported == MAX_UNKNOWN_REPORTED {
+                let more = self.entries[i..]
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, (k, _))| !self.used[i + j] && k.scalar().is_some())
+                    .count();
+                cx.error(key.pos, format!("{more} more unknown fields in {within}"));
+                break;
+            }
+            reported += 1;
             let message = if let Some(specific) = hint(name) {
                 specific
             } else {
@@ -205,6 +216,9 @@ impl<'n> Fields<'n> {
         }
     }
 }
+
+/// Unknown fields reported one by one in a mapping; the rest are counted in one line.
+const MAX_UNKNOWN_REPORTED: usize = 100;
 
 /// The closest candidate by edit distance, if it is close enough to be a likely typo.
 pub fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {

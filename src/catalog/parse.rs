@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::diag::Diagnostic;
+use super::diag::{Diagnostic, Severity};
 use super::fields::{
     boolean, decimal, did_you_mean, integer_u32, one_of, slug, string, string_list, Cx,
     DecimalRule, Fields,
@@ -206,6 +206,17 @@ pub fn check(files: &[SourceFile], env_is_set: &(dyn Fn(&str) -> bool + Sync)) -
 
     diagnostics.sort();
     diagnostics.dedup();
+    if diagnostics.len() > MAX_DIAGNOSTICS {
+        let more = diagnostics.len() - MAX_DIAGNOSTICS;
+        diagnostics.truncate(MAX_DIAGNOSTICS);
+        if let Some(last) = diagnostics.last().cloned() {
+            diagnostics.push(Diagnostic {
+                severity: Severity::Error,
+                message: format!("{more} more problems not shown"),
+                ..last
+            });
+        }
+    }
     if diagnostics.iter().any(Diagnostic::is_error) {
         products.clear();
         accounts.clear();
@@ -228,6 +239,10 @@ struct FileResult {
 /// Catalogs below this size are checked on the calling thread: threads would cost more.
 const PARALLEL_THRESHOLD_BYTES: usize = 256 * 1024;
 
+/// The most problems reported for one file, and for a catalog: enough to fix a catalog by,
+/// and a bound on the memory a hostile one can make the checker use.
+pub const MAX_DIAGNOSTICS: usize = 10_000;
+
 /// Runs pass 1 over every file, in parallel for large catalogs; results are in file order.
 fn check_files(
     files: &[SourceFile],
@@ -237,8 +252,14 @@ fn check_files(
     let threads = std::thread::available_parallelism()
         .map_or(1, std::num::NonZeroUsize::get)
         .min(files.len());
+    // One alias budget for the whole catalog: 400 files do not get 400 budgets.
+    let aliases = yaml::AliasBudget::default();
+    let aliases = &aliases;
     if total < PARALLEL_THRESHOLD_BYTES || threads <= 1 {
-        return files.iter().map(|f| check_file(f, env_is_set)).collect();
+        return files
+            .iter()
+            .map(|f| check_file(f, aliases, env_is_set))
+            .collect();
     }
     let chunk = files.len().div_ceil(threads);
     std::thread::scope(|scope| {
@@ -247,7 +268,7 @@ fn check_files(
             .map(|part| {
                 scope.spawn(move || {
                     part.iter()
-                        .map(|f| check_file(f, env_is_set))
+                        .map(|f| check_file(f, aliases, env_is_set))
                         .collect::<Vec<_>>()
                 })
             })
@@ -264,8 +285,12 @@ fn check_files(
 
 /// Parses one file and checks its documents on their own. The YAML tree is dropped on return,
 /// so a large catalog never holds more than a few trees in memory.
-fn check_file(file: &SourceFile, env_is_set: &dyn Fn(&str) -> bool) -> FileResult {
-    let parsed = yaml::parse(&file.text);
+fn check_file(
+    file: &SourceFile,
+    aliases: &yaml::AliasBudget,
+    env_is_set: &dyn Fn(&str) -> bool,
+) -> FileResult {
+    let parsed = yaml::parse_within(&file.text, aliases);
     let mut diagnostics = Vec::new();
     let mut definitions = Vec::new();
     let mut cx = Cx {
@@ -278,6 +303,13 @@ fn check_file(file: &SourceFile, env_is_set: &dyn Fn(&str) -> bool) -> FileResul
     for doc in &parsed.documents {
         if doc.is_null() {
             continue;
+        }
+        if cx.diagnostics.len() >= MAX_DIAGNOSTICS {
+            cx.error(
+                doc.pos,
+                format!("more than {MAX_DIAGNOSTICS} problems in this file; the rest of it is not checked"),
+            );
+            break;
         }
         let (id, definition) = document(doc, &file.name, &mut cx, env_is_set);
         if let Some((id, pos)) = id {
@@ -331,7 +363,9 @@ fn document(
     cx: &mut Cx,
     env_is_set: &dyn Fn(&str) -> bool,
 ) -> (Option<(String, Pos)>, Option<Definition>) {
-    let errors_before = count_errors(cx);
+    // Only this document's diagnostics are counted: scanning all of them for every document
+    // made a file of many erroneous documents quadratic.
+    let mark = cx.diagnostics.len();
     let Some(mut f) = Fields::new(doc, "", "catalog document", cx) else {
         return (None, None);
     };
@@ -375,20 +409,20 @@ fn document(
     if kind == "ProviderAccount" {
         let (id, account) = module::account(&mut f, origin, cx, env_is_set);
         f.finish(cx);
-        let ok = count_errors(cx) == errors_before;
+        let ok = !has_errors_since(cx, mark);
         let account = account.filter(|_| ok).map(Box::new);
         (id, Some(Definition::Account(account)))
     } else {
         let (id, draft, link) = product(&mut f, origin, cx);
         f.finish(cx);
-        let ok = count_errors(cx) == errors_before;
+        let ok = !has_errors_since(cx, mark);
         let draft = draft.filter(|_| ok).map(Box::new);
         (id, Some(Definition::Product { draft, link }))
     }
 }
 
-fn count_errors(cx: &Cx) -> usize {
-    cx.diagnostics.iter().filter(|d| d.is_error()).count()
+fn has_errors_since(cx: &Cx, mark: usize) -> bool {
+    cx.diagnostics[mark..].iter().any(Diagnostic::is_error)
 }
 
 /// Reads the id of a definition; later messages about the document name it.

@@ -104,6 +104,31 @@ pub fn list(dir: &Path) -> Result<Vec<PathBuf>, SourceError> {
     Ok(out)
 }
 
+/// The largest catalog file read. A catalog of 10,000 products is about 6 MiB in all.
+pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
+/// The most a whole catalog may hold; files past it are not read.
+pub const MAX_CATALOG_BYTES: u64 = 16 * 1024 * 1024;
+
+fn too_large(name: String, message: String) -> Diagnostic {
+    Diagnostic {
+        file: name,
+        line: 1,
+        column: 1,
+        severity: Severity::Error,
+        message,
+    }
+}
+
+/// Reads at most `MAX_FILE_BYTES` + 1 of `path` (a file may grow while it is read).
+fn read_capped(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// Reads every catalog file below `dir`.
 ///
 /// # Errors
@@ -111,8 +136,9 @@ pub fn list(dir: &Path) -> Result<Vec<PathBuf>, SourceError> {
 pub fn read_dir(dir: &Path) -> Result<Files, SourceError> {
     let mut files = Vec::new();
     let mut diagnostics = Vec::new();
+    let mut total: u64 = 0;
     for path in list(dir)? {
-        let bytes = match std::fs::read(&path) {
+        let bytes = match read_capped(&path) {
             Ok(b) => b,
             // Deleted between listing and reading (an editor's atomic save): skip it; the
             // watcher will reload again once the save is complete.
@@ -120,6 +146,28 @@ pub fn read_dir(dir: &Path) -> Result<Files, SourceError> {
             Err(source) => return Err(SourceError::Read { path, source }),
         };
         let name = path.display().to_string();
+        let size = bytes.len() as u64;
+        if size > MAX_FILE_BYTES {
+            diagnostics.push(too_large(
+                name,
+                format!(
+                    "file is larger than {} MiB; split the catalog into smaller files",
+                    MAX_FILE_BYTES / (1024 * 1024)
+                ),
+            ));
+            continue;
+        }
+        total += size;
+        if total > MAX_CATALOG_BYTES {
+            diagnostics.push(too_large(
+                name,
+                format!(
+                    "the catalog is larger than {} MiB from this file on; it is not read",
+                    MAX_CATALOG_BYTES / (1024 * 1024)
+                ),
+            ));
+            break;
+        }
         match String::from_utf8(bytes) {
             Ok(text) => files.push(SourceFile { name, text }),
             Err(e) => diagnostics.push(Diagnostic {

@@ -233,10 +233,37 @@ enum Frame {
 /// assert_eq!(entries[1].1.pos, Pos { line: 2, column: 8 });
 /// ```
 pub fn parse(text: &str) -> Parsed {
+    parse_within(text, &AliasBudget::default())
+}
+
+/// How many nodes aliases may still expand to, shared by every file of a catalog (and by the
+/// threads that check them), so that many files cannot multiply it.
+#[derive(Debug)]
+pub struct AliasBudget(std::sync::atomic::AtomicUsize);
+
+impl Default for AliasBudget {
+    fn default() -> Self {
+        AliasBudget(std::sync::atomic::AtomicUsize::new(MAX_ALIAS_NODES))
+    }
+}
+
+impl AliasBudget {
+    /// Takes `n` nodes from the budget; false (taking nothing) when fewer are left.
+    fn take(&self, n: usize) -> bool {
+        use std::sync::atomic::Ordering;
+        self.0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                left.checked_sub(n)
+            })
+            .is_ok()
+    }
+}
+
+/// Parses every document of `text`, expanding aliases within `aliases`.
+pub fn parse_within(text: &str, aliases: &AliasBudget) -> Parsed {
     let mut out = Parsed::default();
     let mut stack: Vec<Frame> = Vec::new();
     let mut anchors: HashMap<usize, Node> = HashMap::new();
-    let mut alias_budget = MAX_ALIAS_NODES;
     // Once nesting is too deep, events are skipped until the stack returns to this depth.
     let mut skip_depth: Option<usize> = None;
     let mut skipped_nesting = 0usize;
@@ -326,18 +353,16 @@ pub fn parse(text: &str) -> Parsed {
                     continue;
                 };
                 let size = count_nodes(target);
-                if size > alias_budget {
+                if !aliases.take(size) {
                     out.errors.push(TreeError {
                         pos,
                         message: format!(
-                            "aliases expand to more than {MAX_ALIAS_NODES} nodes in this file; \
+                            "aliases expand to more than {MAX_ALIAS_NODES} nodes in this catalog; \
                              refusing to expand further"
                         ),
                     });
-                    alias_budget = 0;
                     continue;
                 }
-                alias_budget -= size;
                 let node = target.clone();
                 attach(&mut stack, &mut out, node);
             }
@@ -441,15 +466,55 @@ fn is_merge_key(node: &Node) -> bool {
     node.scalar().is_some_and(|s| s.plain && s.text == "<<")
 }
 
+/// Where each key of a mapping being built was first written. Catalog mappings have a
+/// handful of keys, for which a scan beats hashing; past a few dozen (a hostile mapping of
+/// 100,000 keys would make scanning quadratic) the keys are hashed.
+enum KeyIndex {
+    Scan,
+    Hash(HashMap<String, Pos>),
+}
+
+const HASH_KEYS_FROM: usize = 32;
+
+impl KeyIndex {
+    fn first(&self, own: &[(Node, Node)], text: &str) -> Option<Pos> {
+        match self {
+            KeyIndex::Scan => own
+                .iter()
+                .find(|(k, _)| key_text(k) == Some(text))
+                .map(|(k, _)| k.pos),
+            KeyIndex::Hash(seen) => seen.get(text).copied(),
+        }
+    }
+
+    /// Records that `own` just got its last entry.
+    fn added(&mut self, own: &[(Node, Node)]) {
+        match self {
+            KeyIndex::Scan if own.len() > HASH_KEYS_FROM => {
+                let mut seen = HashMap::with_capacity(own.len() * 2);
+                for (k, _) in own {
+                    if let Some(text) = key_text(k) {
+                        seen.entry(text.to_owned()).or_insert(k.pos);
+                    }
+                }
+                *self = KeyIndex::Hash(seen);
+            }
+            KeyIndex::Scan => {}
+            KeyIndex::Hash(seen) => {
+                if let Some((k, _)) = own.last() {
+                    if let Some(text) = key_text(k) {
+                        seen.entry(text.to_owned()).or_insert(k.pos);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Rejects duplicate keys and applies merge keys: explicit entries win over merged ones, and
 /// earlier merge sources win over later ones, as the YAML merge-key spec says.
 fn finish_mapping(entries: Vec<(Node, Node)>, errors: &mut Vec<TreeError>) -> Vec<(Node, Node)> {
-    // Catalog mappings have a handful of keys: a linear scan beats hashing and allocating.
-    let first_seen = |own: &[(Node, Node)], text: &str| {
-        own.iter()
-            .find(|(k, _)| key_text(k) == Some(text))
-            .map(|(k, _)| k.pos)
-    };
+    let mut index = KeyIndex::Scan;
     let mut own: Vec<(Node, Node)> = Vec::with_capacity(entries.len());
     let mut merged: Vec<(Node, Node)> = Vec::new();
     for (key, value) in entries {
@@ -474,7 +539,7 @@ fn finish_mapping(entries: Vec<(Node, Node)>, errors: &mut Vec<TreeError>) -> Ve
             continue;
         }
         if let Some(text) = key_text(&key) {
-            if let Some(first) = first_seen(&own, text) {
+            if let Some(first) = index.first(&own, text) {
                 errors.push(TreeError {
                     pos: key.pos,
                     message: format!(
@@ -488,11 +553,13 @@ fn finish_mapping(entries: Vec<(Node, Node)>, errors: &mut Vec<TreeError>) -> Ve
             }
         }
         own.push((key, value));
+        index.added(&own);
     }
     for (key, value) in merged {
         let Some(text) = key_text(&key) else { continue };
-        if first_seen(&own, text).is_none() {
+        if index.first(&own, text).is_none() {
             own.push((key, value));
+            index.added(&own);
         }
     }
     own
