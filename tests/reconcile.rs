@@ -201,7 +201,12 @@ async fn open_task(s: &Setup, id: i64, kind: TaskKind) -> i64 {
 }
 
 fn complete(url: &str, dir: &Path, task: i64, extra: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_provisioner"))
+    complete_with_stdin(url, dir, task, extra, "");
+}
+
+fn complete_with_stdin(url: &str, dir: &Path, task: i64, extra: &[&str], stdin: &str) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_provisioner"))
         .args([
             "--database-url",
             url,
@@ -213,8 +218,18 @@ fn complete(url: &str, dir: &Path, task: i64, extra: &[&str]) {
         ])
         .args(extra)
         .current_dir(dir)
-        .output()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
         "tasks complete: {}",
@@ -234,18 +249,13 @@ async fn manual_servers_are_provisioned_through_the_task_inbox() {
         ObservedStatus::Provisioning
     );
 
-    let password = s.dir.path().join("pw");
-    std::fs::write(&password, "s3cret-r00t\n").unwrap();
-    complete(
+    // The password comes on standard input: never in the process list.
+    complete_with_stdin(
         &s.url,
         s.dir.path(),
         task,
-        &[
-            "--ip",
-            "203.0.113.9",
-            "--password-file",
-            password.to_str().unwrap(),
-        ],
+        &["--ip", "203.0.113.9", "--password-file", "-"],
+        "s3cret-r00t\n",
     );
     let i = s.wait(id, "the admin's work to be observed", active).await;
     assert_eq!(i.ipv4.as_deref(), Some("203.0.113.9"));

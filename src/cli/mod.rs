@@ -144,7 +144,7 @@ pub enum TasksCommand {
         /// other users of the machine.
         #[arg(long)]
         password: Option<String>,
-        /// A file whose first line is the root password.
+        /// A file whose first line is the root password (`-`: standard input).
         #[arg(long, conflicts_with = "password")]
         password_file: Option<PathBuf>,
         /// A note for the record.

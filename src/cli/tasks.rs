@@ -82,8 +82,16 @@ async fn dispatch(url: &str, store: &SqlStore, command: TasksCommand) -> anyhow:
             let password = match (password, password_file) {
                 (Some(p), _) => Some(SecretString::new(p)),
                 (None, Some(path)) => {
-                    let text = std::fs::read_to_string(&path)
-                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    let text = if path.as_os_str() == "-" {
+                        let mut line = String::new();
+                        std::io::stdin()
+                            .read_line(&mut line)
+                            .context("cannot read the password from standard input")?;
+                        line
+                    } else {
+                        std::fs::read_to_string(&path)
+                            .with_context(|| format!("cannot read {}", path.display()))?
+                    };
                     Some(SecretString::new(
                         text.lines().next().unwrap_or("").to_owned(),
                     ))
