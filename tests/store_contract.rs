@@ -1305,6 +1305,7 @@ async fn sqlite_plain_clients_write_billing_columns_only() {
         (format!("UPDATE instances SET next_check_at = NULL WHERE id = {id}"), "next_check_at"),
         ("INSERT INTO instances (customer_id, product_id, ipv4) VALUES ('c', 'p', '192.0.2.1')".into(), "reconciler-owned columns"),
         ("INSERT INTO instances (customer_id, product_id, next_check_at) VALUES ('c', 'p', NULL)".into(), "reconciler-owned columns"),
+        ("INSERT INTO instances (id, customer_id, product_id) VALUES (9223372036854775807, 'c', 'p')".into(), "reconciler-owned columns"),
         (format!("INSERT INTO instance_transitions (instance_id, action, cause, outcome) VALUES ({id}, 'fail', 'manual', 'failed')"), "provisioner_owns_instance_transitions"),
         ("INSERT INTO product_revisions (product_id, revision, definition, loaded_at) VALUES ('p', 'r', '{}', 'x')".into(), "provisioner_owns_product_revisions"),
         ("DELETE FROM schema_migrations".into(), "provisioner_owns_schema_migrations"),

@@ -126,6 +126,8 @@ WHEN NEW.status_reason IS NOT NULL OR NEW.ipv4 IS NOT NULL OR NEW.ipv6 IS NOT NU
   OR NEW.pending_since IS NOT NULL OR NEW.lease_expires_at IS NOT NULL
   OR NEW.next_check_at IS NULL
   OR NEW.next_check_at > strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+1 minute')
+  -- An id far past the last one would exhaust the ids of every later order.
+  OR NEW.id > (SELECT COALESCE(MAX(id), 0) FROM instances) + 1000000
 BEGIN
     SELECT RAISE(ABORT, 'reconciler-owned columns cannot be set when inserting an instance: insert the billing columns only (customer_id, order_id, product_id, location, os_image, hostname, ssh_keys, desired_status, suspend_reason, reboot_requested)');
 END;
