@@ -224,15 +224,12 @@ stuck_timeout_seconds: 20
     )
 }
 
-/// A fake cloud started with `cfg`, its token in the environment variable `env`, and a
-/// catalog of one account (`hz` or `do`) with one product (`hz-vps` or `do-vps`) on it.
-async fn cloud_with_catalog(cfg: CloudConfig, env: &str) -> (Cloud, String) {
-    let (flavor, token) = (cfg.flavor, cfg.token.clone());
-    let cloud = Cloud::start(cfg).await;
-    std::env::set_var(env, token);
-    let catalog = match flavor {
+/// The catalog of one account (`hz` or `do`) of `flavor` at `url`, its token in `env`, with one
+/// product (`hz-vps` or `do-vps`) on it.
+fn catalog_for(flavor: Flavor, url: &str, env: &str) -> String {
+    match flavor {
         Flavor::Hetzner => {
-            cloud_account("hz", "hetzner", &cloud.url, env)
+            cloud_account("hz", "hetzner", url, env)
                 + &product(
                     "hz-vps",
                     "hz",
@@ -242,7 +239,7 @@ async fn cloud_with_catalog(cfg: CloudConfig, env: &str) -> (Cloud, String) {
                 )
         }
         Flavor::DigitalOcean => {
-            cloud_account("do", "digitalocean", &cloud.url, env)
+            cloud_account("do", "digitalocean", url, env)
                 + &product(
                     "do-vps",
                     "do",
@@ -251,7 +248,16 @@ async fn cloud_with_catalog(cfg: CloudConfig, env: &str) -> (Cloud, String) {
                     "{size: s-1vcpu-1gb}",
                 )
         }
-    };
+    }
+}
+
+/// A fake cloud started with `cfg`, its token in the environment variable `env`, and the
+/// catalog of [`catalog_for`].
+async fn cloud_with_catalog(cfg: CloudConfig, env: &str) -> (Cloud, String) {
+    let (flavor, token) = (cfg.flavor, cfg.token.clone());
+    let cloud = Cloud::start(cfg).await;
+    std::env::set_var(env, token);
+    let catalog = catalog_for(flavor, &cloud.url, env);
     (cloud, catalog)
 }
 
@@ -462,14 +468,7 @@ async fn a_reboot_the_os_ignores_is_followed_by_a_hard_reset() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn missing_credentials_make_orders_wait_with_the_variable_named() {
     let cloud = Cloud::start(CloudConfig::new(Flavor::Hetzner, "x")).await;
-    let catalog = cloud_account("hz", "hetzner", &cloud.url, "FAKE_HCLOUD_TOKEN_UNSET")
-        + &product(
-            "hz-vps",
-            "hz",
-            "fsn1",
-            "ubuntu-24.04",
-            "{server_type: cx22}",
-        );
+    let catalog = catalog_for(Flavor::Hetzner, &cloud.url, "FAKE_HCLOUD_TOKEN_UNSET");
     let s = Setup::new(&catalog).await;
     let id = s.order("hz-vps", None).await;
     s.wait_all(&[id], "waiting", |i| {
