@@ -8,6 +8,11 @@
 # unprivileged user `nobody` when run as root, and stopped and removed when the command ends.
 # Without PostgreSQL installed the command runs without it (CI fails instead). Tests run the
 # server without fsync; PG_DURABLE=1 keeps PostgreSQL's durable defaults (for benchmarks).
+#
+# The server also speaks TLS (ssl=on) with certificates made here by `openssl`: a test CA, a
+# server certificate for localhost / 127.0.0.1, a client certificate for the role
+# `provisioner_cert` (which may only log in over TLS with it), and a second, unrelated CA.
+# TEST_PG_SSL_DIR names the directory holding ca.pem, client.pem, client.key and other-ca.pem.
 set -euo pipefail
 
 pg_bin() {
@@ -40,6 +45,33 @@ as_pg() {
     fi
 }
 
+# Certificates for the throwaway server, in $1 (server.key ends up owned by the server's user).
+make_certificates() {
+    local dir=$1
+    local ext="$dir/ext.cnf"
+    (
+        cd "$dir"
+        for ca in ca other-ca; do
+            openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3 \
+                -subj "/CN=provisioner test $ca" -keyout "$ca.key" -out "$ca.pem" \
+                -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
+        done
+        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n' >"$ext"
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=localhost" \
+            -keyout server.key -out server.csr
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3 \
+            -extfile "$ext" -out server.pem
+        printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n' >"$ext"
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=provisioner_cert" \
+            -keyout client.key -out client.csr
+        openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3 \
+            -extfile "$ext" -out client.pem
+        chmod 600 server.key client.key
+        rm -f ./*.csr ca.key other-ca.key ca.srl "$ext"
+    ) >"$dir/openssl.log" 2>&1 || { cat "$dir/openssl.log" >&2; return 1; }
+    if [ "$(id -u)" = 0 ]; then chown nobody "$dir/server.key"; fi
+}
+
 if [ -z "${TEST_DATABASE_URL:-}" ]; then
     BIN=$(pg_bin || true)
     if [ -z "$BIN" ]; then
@@ -58,8 +90,22 @@ if [ -z "${TEST_DATABASE_URL:-}" ]; then
         if [ -n "${PG_DURABLE:-}" ]; then SPEED=""; fi
         as_pg "$BIN/initdb" -D "$PG_DIR/data" -U provisioner --auth=trust -E UTF8 --no-sync >"$PG_DIR/initdb.log" 2>&1 \
             || { cat "$PG_DIR/initdb.log" >&2; exit 2; }
+        SSL=""
+        if command -v openssl >/dev/null; then
+            mkdir "$PG_DIR/ssl"
+            chmod 755 "$PG_DIR/ssl"
+            make_certificates "$PG_DIR/ssl" || exit 2
+            SSL="-c ssl=on -c ssl_cert_file=$PG_DIR/ssl/server.pem -c ssl_key_file=$PG_DIR/ssl/server.key -c ssl_ca_file=$PG_DIR/ssl/ca.pem"
+            # The certificate role logs in only over TLS, only with a client certificate.
+            hba="$PG_DIR/data/pg_hba.conf"
+            { printf 'hostssl all provisioner_cert 127.0.0.1/32 cert\nhost all provisioner_cert 127.0.0.1/32 reject\n'; cat "$hba"; } >"$hba.new"
+            cat "$hba.new" >"$hba" && rm -f "$hba.new"
+            export TEST_PG_SSL_DIR="$PG_DIR/ssl"
+        else
+            echo "with-postgres.sh: no openssl; the server runs without TLS (the TLS tests are skipped, or fail in CI)" >&2
+        fi
         as_pg "$BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/socket/server.log" -w -t 60 \
-            -o "-p $PORT -k $PG_DIR/socket -c listen_addresses=127.0.0.1 -c max_connections=300 $SPEED" \
+            -o "-p $PORT -k $PG_DIR/socket -c listen_addresses=127.0.0.1 -c max_connections=300 $SPEED $SSL" \
             start >/dev/null \
             || { cat "$PG_DIR/socket/server.log" >&2; exit 2; }
         export TEST_DATABASE_URL="postgres://provisioner@127.0.0.1:$PORT/postgres"

@@ -52,6 +52,14 @@ pub enum SecretError {
     /// No key is configured and none may be generated (PostgreSQL).
     #[error("no secret key configured: set {KEY_ENV} (base64 of 32 bytes) or {KEY_FILE_ENV}; PostgreSQL deployments must configure the key explicitly so every daemon shares it")]
     NoKey,
+    /// The key file is missing but the database holds secrets sealed with it.
+    #[error("the key file {path} does not exist, but the database holds secrets sealed with key {ids}: restore the file from the backup made with the database (or set {KEY_ENV} / {KEY_FILE_ENV}); a new key would leave them unreadable, so none is generated", path = path.display())]
+    KeyMissing {
+        /// The key file expected.
+        path: PathBuf,
+        /// The key ids the database needs.
+        ids: String,
+    },
     /// A sealed value names a key that is not configured.
     #[error("the secret was sealed with key {0}, which is not configured (add it to {PREVIOUS_KEYS_ENV})")]
     UnknownKey(String),
@@ -200,33 +208,37 @@ impl Keyring {
         Ok((Keyring { primary, previous }, generated))
     }
 
-    /// The key for the secrets of the database at `database_url`: configured, or for SQLite
-    /// a file beside the database (`<file>.key`), generated — and said so in the log — on
-    /// first use.
+    /// The key file that SQLite databases use when no key is configured: `<file>.key`.
+    #[must_use]
+    pub fn default_file(database_url: &str) -> Option<PathBuf> {
+        if !database_url.starts_with("sqlite:") {
+            return None;
+        }
+        let options =
+            <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(database_url).ok();
+        options.map(|o| {
+            let mut name = o.get_filename().as_os_str().to_owned();
+            name.push(".key");
+            PathBuf::from(name)
+        })
+    }
+
+    /// Finds the key for the secrets of the database at `database_url` without writing
+    /// anything: configured (`PROVISIONER_SECRET_KEY`, `…_FILE`), or for SQLite the file beside
+    /// the database, which [`KeySource::finish`] generates if it does not exist yet.
     ///
     /// # Errors
-    /// When a configured key is malformed, the file cannot be used, or PostgreSQL has none.
-    pub fn for_database(database_url: &str) -> Result<Arc<Keyring>, SecretError> {
-        let default_file = if database_url.starts_with("sqlite:") {
-            let options =
-                <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(database_url)
-                    .ok();
-            options.map(|o| {
-                let mut name = o.get_filename().as_os_str().to_owned();
-                name.push(".key");
-                PathBuf::from(name)
-            })
-        } else {
-            None
-        };
-        let (ring, generated) = Keyring::load(default_file.as_deref())?;
-        if let Some(path) = generated {
-            tracing::warn!(
-                path = %path.display(),
-                "generated a new secret key for stored credentials; back this file up with the database, without it stored passwords cannot be read"
-            );
+    /// When a configured key is malformed, the file cannot be read, or PostgreSQL has none.
+    pub fn prepare(database_url: &str) -> Result<KeySource, SecretError> {
+        let default_file = Keyring::default_file(database_url);
+        let configured =
+            std::env::var_os(KEY_ENV).is_some() || std::env::var_os(KEY_FILE_ENV).is_some();
+        match default_file {
+            Some(path) if !configured && !path.exists() => Ok(KeySource::Generate(path)),
+            other => Ok(KeySource::Ready(Arc::new(
+                Keyring::load(other.as_deref())?.0,
+            ))),
         }
-        Ok(Arc::new(ring))
     }
 
     /// The id of the key that seals new secrets.
@@ -286,6 +298,63 @@ impl Keyring {
         String::from_utf8(plain)
             .map(SecretString)
             .map_err(|_| SecretError::Corrupt)
+    }
+}
+
+/// Where the key comes from, before anything is written.
+#[derive(Debug)]
+pub enum KeySource {
+    /// Configured, or the key file exists.
+    Ready(Arc<Keyring>),
+    /// No key yet: a SQLite database's key file is to be generated at this path.
+    Generate(PathBuf),
+}
+
+impl KeySource {
+    /// The keyring, generating the key file if there is none — unless the database already
+    /// holds secrets (sealed with `in_use`), which a new key could never open: then the missing
+    /// key is an error naming it, and nothing is written. With a configured key, secrets sealed
+    /// by keys it does not hold are reported in the log (they cannot be opened until the key is
+    /// listed in `PROVISIONER_SECRET_KEY_PREVIOUS`).
+    ///
+    /// # Errors
+    /// [`SecretError::KeyMissing`], or when the key file cannot be written.
+    pub fn finish(self, in_use: &[String]) -> Result<Arc<Keyring>, SecretError> {
+        match self {
+            KeySource::Ready(ring) => {
+                let unknown: Vec<&str> = in_use
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|id| {
+                        *id != ring.primary.id && !ring.previous.iter().any(|k| k.id == *id)
+                    })
+                    .collect();
+                if !unknown.is_empty() {
+                    tracing::warn!(
+                        keys = %unknown.join(", "),
+                        "the database holds secrets sealed with keys that are not configured; they cannot be opened until those keys are listed in {PREVIOUS_KEYS_ENV}"
+                    );
+                }
+                Ok(ring)
+            }
+            KeySource::Generate(path) => {
+                if !in_use.is_empty() {
+                    return Err(SecretError::KeyMissing {
+                        path,
+                        ids: in_use.join(", "),
+                    });
+                }
+                write_new_key_file(&path)?;
+                tracing::warn!(
+                    path = %path.display(),
+                    "generated a new secret key for stored credentials; back this file up with the database, without it stored passwords cannot be read"
+                );
+                Ok(Arc::new(Keyring {
+                    primary: read_key_file(&path)?,
+                    previous: Vec::new(),
+                }))
+            }
+        }
     }
 }
 

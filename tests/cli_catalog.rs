@@ -103,6 +103,65 @@ fn validate_exit_codes_and_compiler_style_lines() {
     assert_eq!(o.status.code(), Some(2), "bad usage exits 2");
 }
 
+/// A product maps the name customers order to the provider's image where they differ, and
+/// the mapping is checked like every other field.
+#[test]
+fn os_images_map_names_to_provider_images() {
+    let mapped = edit(
+        PRODUCT,
+        "os_images: [ubuntu-24.04, debian-12]",
+        "os_images: [ubuntu-24.04, {name: debian-12, image: debian-12-custom}]",
+    );
+    let good = catalog(&[("a.yaml", ACCOUNT), ("p.yaml", &mapped)]);
+    let o = provisioner(&["catalog", "validate", "."], good.path());
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    let shown = provisioner(&["catalog", "show", ".", "--format", "json"], good.path());
+    let value: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(
+        value["products"][0]["os_images"],
+        serde_json::json!(["ubuntu-24.04", {"name": "debian-12", "image": "debian-12-custom"}])
+    );
+
+    let broken = edit(
+        PRODUCT,
+        "os_images: [ubuntu-24.04, debian-12]",
+        "os_images: [{name: debian-12}, {name: d, image: d1, imgae: x}, \"two words\", {name: d, image: d2}]",
+    );
+    let bad = catalog(&[("a.yaml", ACCOUNT), ("p.yaml", &broken)]);
+    let o = provisioner(&["catalog", "validate", "."], bad.path());
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let out = stdout(&o);
+    for want in [
+        "./p.yaml:11:13: error: missing required field `image` in `os_images[0]`",
+        "error: unknown field `imgae` in `os_images[1]`",
+        "error: `os_images` lists `d` twice",
+        "error: `os_images[2]` must be a name without spaces, found `two words`",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+}
+
+/// OVH installs templates (`debian12_64`); a product offering `debian-12` as the image is
+/// flagged with the mapping that fixes it.
+#[test]
+fn provider_image_names_are_checked_per_module() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    for entry in ["accounts.yaml", "products/dedicated.yaml"] {
+        let text = std::fs::read_to_string(repo.join("catalog").join(entry)).unwrap();
+        let text = text.replace("{name: debian-12, image: debian12_64}", "debian-12");
+        write_files(dir.path(), &[(entry, &text)]);
+    }
+    let o = provisioner(&["catalog", "validate", "."], dir.path());
+    assert_eq!(o.status.code(), Some(0), "a warning: {}", stdout(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("warning: OS image `debian-12` of account `ovh-main` (module ovh) is not a name the provider takes")
+            && out.contains("`{name: debian-12, image: …}`"),
+        "{out}"
+    );
+}
+
 #[test]
 fn validate_json_is_machine_readable() {
     let bad_product = edit(PRODUCT, "stock: null", "stock: -4");

@@ -431,6 +431,40 @@ async fn digitalocean_converges_without_duplicates_through_faults() {
     s.stop().await;
 }
 
+/// Terraform, doctl and godo take `https://api.digitalocean.com` without `/v2`, and hcloud a
+/// bare host works too: an operator copying their setting gets a working account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn base_urls_written_as_the_providers_tools_write_them_work() {
+    for (flavor, token, env, product) in [
+        (
+            Flavor::DigitalOcean,
+            "do-token-bare",
+            "FAKE_DO_TOKEN_BARE",
+            "do-vps",
+        ),
+        (
+            Flavor::Hetzner,
+            "hz-token-bare",
+            "FAKE_HZ_TOKEN_BARE",
+            "hz-vps",
+        ),
+    ] {
+        let cloud = Cloud::start(CloudConfig::new(flavor, token)).await;
+        std::env::set_var(env, token);
+        let bare = cloud
+            .url
+            .trim_end_matches("/v2")
+            .trim_end_matches("/v1")
+            .to_owned()
+            + "/";
+        let s = Setup::new(&catalog_for(flavor, &bare, env)).await;
+        let ids = vec![s.order(product, None).await, s.order(product, None).await];
+        s.lifecycle(&ids).await;
+        one_server_each_and_none_left(&cloud, &ids);
+        s.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_reboot_the_os_ignores_is_followed_by_a_hard_reset() {
     let mut cfg = CloudConfig::new(Flavor::Hetzner, "hz-token-2");

@@ -259,7 +259,7 @@ async fn manual_servers_are_provisioned_through_the_task_inbox() {
     );
     let i = s.wait(id, "the admin's work to be observed", active).await;
     assert_eq!(i.ipv4.as_deref(), Some("203.0.113.9"));
-    let ring = Keyring::for_database(&s.url).unwrap();
+    let ring = Keyring::prepare(&s.url).unwrap().finish(&[]).unwrap();
     let sealed = i
         .credentials
         .as_ref()

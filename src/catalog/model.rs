@@ -182,7 +182,7 @@ pub struct Product {
     /// Locations it is sold in; the first is the default. Never empty.
     pub locations: Vec<String>,
     /// Operating systems offered; the first is the default. Never empty.
-    pub os_images: Vec<String>,
+    pub os_images: Vec<OsImage>,
     /// Feature slugs, sorted and without duplicates.
     pub features: Vec<String>,
     /// Maximum number of live instances; `None` is unlimited.
@@ -195,6 +195,46 @@ pub struct Product {
     pub revision: Revision,
     /// Where it was defined.
     pub origin: Origin,
+}
+
+/// An operating system a product offers: the name customers order (and billing writes into
+/// `instances.os_image`), and the provider's own name for the image, when it differs (OVH's
+/// `debian12_64` for `debian-12`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OsImage {
+    /// The customer-facing name.
+    pub name: String,
+    /// What the module sends to the provider.
+    pub image: String,
+}
+
+impl serde::Serialize for OsImage {
+    /// A plain name when both are the same (as written, and so that revisions of products
+    /// written as plain lists do not change), `{name, image}` otherwise.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        if self.name == self.image {
+            return s.serialize_str(&self.name);
+        }
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("name", &self.name)?;
+        m.serialize_entry("image", &self.image)?;
+        m.end()
+    }
+}
+
+impl Product {
+    /// The OS image offered under `name`, if any.
+    #[must_use]
+    pub fn os_image(&self, name: &str) -> Option<&OsImage> {
+        self.os_images.iter().find(|o| o.name == name)
+    }
+
+    /// The customer-facing names of the OS images offered, the default first.
+    #[must_use]
+    pub fn os_names(&self) -> Vec<&str> {
+        self.os_images.iter().map(|o| o.name.as_str()).collect()
+    }
 }
 
 /// One environment variable a module reads a secret from. Only the variable's name is kept

@@ -16,8 +16,8 @@ use super::fields::{
     Cx, Fields,
 };
 use super::model::{
-    AccountSettings, Credential, Module, Origin, PoolServer, ProductConfig, ProviderAccount,
-    RateLimit, SimSettings,
+    AccountSettings, Credential, Module, Origin, OsImage, PoolServer, ProductConfig,
+    ProviderAccount, RateLimit, SimSettings,
 };
 use super::parse::{module_of_config_key, read_id};
 use super::yaml::{shorten, Node, Pos, Value};
@@ -635,6 +635,43 @@ pub(super) fn product_config(
         });
     }
     config
+}
+
+/// Checks the provider images of a product's `os_images` against what its module's API
+/// takes: DigitalOcean image slugs (`ubuntu-24-04-x64`) or numeric ids, OVH installation
+/// templates (`debian12_64`). A name the provider would refuse is a warning, with the mapping
+/// that fixes it.
+pub(super) fn os_images(account: &ProviderAccount, images: &[(OsImage, Pos)], cx: &mut Cx) {
+    for (os, pos) in images {
+        let image = os.image.as_str();
+        let problem = match account.module {
+            Module::DigitalOcean
+                if !image.chars().all(|c| c.is_ascii_digit())
+                    && !image
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') =>
+            {
+                Some("DigitalOcean image slugs are lower-case letters, digits and `-` (`ubuntu-24-04-x64`), or a numeric image id")
+            }
+            Module::Ovh if !image.contains('_') => Some(
+                "OVH installation templates are named like `debian12_64` (GET /dedicated/server/{serviceName}/install/compatibleTemplates lists them)",
+            ),
+            _ => None,
+        };
+        if let Some(problem) = problem {
+            cx.warning(
+                *pos,
+                format!(
+                    "OS image `{}` of account `{}` (module {}) is not a name the provider takes: {problem}; \
+                     map the name customers order to the provider's image with `{{name: {}, image: …}}`",
+                    shorten(image),
+                    account.id,
+                    account.module,
+                    shorten(&os.name)
+                ),
+            );
+        }
+    }
 }
 
 fn flag(f: Option<&mut Fields>, key: &'static str, default: bool, cx: &mut Cx) -> Option<bool> {

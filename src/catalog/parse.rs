@@ -13,8 +13,8 @@ use super::fields::{
     DecimalRule, Fields,
 };
 use super::model::{
-    Module, Origin, Pricing, Product, ProductType, ProviderAccount, Provisioning, Revision, Specs,
-    StorageType,
+    Module, Origin, OsImage, Pricing, Product, ProductType, ProviderAccount, Provisioning,
+    Revision, Specs, StorageType,
 };
 use super::module;
 use super::revision;
@@ -60,7 +60,7 @@ struct ProductDraft {
     specs: Specs,
     pricing: Pricing,
     locations: Vec<(String, Pos)>,
-    os_images: Vec<(String, Pos)>,
+    os_images: Vec<(OsImage, Pos)>,
     features: Vec<String>,
     stock: Option<u32>,
     active: bool,
@@ -74,6 +74,7 @@ struct ProductLink {
     provisioning_pos: Pos,
     config: Option<Node>,
     locations: Vec<(String, Pos)>,
+    os_images: Vec<(OsImage, Pos)>,
 }
 
 enum Definition {
@@ -197,6 +198,7 @@ pub fn check(files: &[SourceFile], env_is_set: &(dyn Fn(&str) -> bool + Sync)) -
             &link.locations,
             &mut cx,
         );
+        module::os_images(account, &link.os_images, &mut cx);
         let (Some(config), Some(draft)) = (config, draft) else {
             continue;
         };
@@ -343,7 +345,7 @@ fn finish_product(
         specs: d.specs,
         pricing: d.pricing,
         locations: d.locations.into_iter().map(|(s, _)| s).collect(),
-        os_images: d.os_images.into_iter().map(|(s, _)| s).collect(),
+        os_images: d.os_images.into_iter().map(|(o, _)| o).collect(),
         features,
         stock: d.stock,
         active: d.active,
@@ -466,9 +468,7 @@ fn product(
     let locations = f
         .required("locations", cx)
         .and_then(|n| non_empty_unique_list(n, "locations", "location", cx));
-    let os_images = f
-        .required("os_images", cx)
-        .and_then(|n| non_empty_unique_list(n, "os_images", "OS image", cx));
+    let os_images = f.required("os_images", cx).and_then(|n| os_images(n, cx));
     let features = match f.optional("features") {
         None => Some(Vec::new()),
         Some(n) => string_list(n, "features", cx).map(|v| v.into_iter().map(|(s, _)| s).collect()),
@@ -496,6 +496,7 @@ fn product(
         provisioning_pos,
         config: config.cloned(),
         locations: locations.clone().unwrap_or_default(),
+        os_images: os_images.clone().unwrap_or_default(),
     });
     let draft = (|| {
         Some(ProductDraft {
@@ -541,6 +542,81 @@ fn non_empty_unique_list(
         }
     }
     ok.then_some(items)
+}
+
+/// `os_images`: a non-empty list whose items are a name (`debian-12`, sent to the provider as
+/// is) or `{name, image}` (the name customers order, the provider's image); names unique.
+fn os_images(node: &Node, cx: &mut Cx) -> Option<Vec<(OsImage, Pos)>> {
+    let yaml::Value::Seq(items) = &node.value else {
+        cx.error(
+            node.pos,
+            format!("`os_images` must be a list, found {}", node.describe()),
+        );
+        return None;
+    };
+    if items.is_empty() {
+        cx.error(
+            node.pos,
+            "`os_images` must list at least one OS image; the first is the default",
+        );
+        return None;
+    }
+    let mut out: Vec<(OsImage, Pos)> = Vec::with_capacity(items.len());
+    let mut ok = true;
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("os_images[{i}]");
+        let image = if let yaml::Value::Map(_) = &item.value {
+            (|| {
+                let mut f = Fields::new(item, &path, "Product", cx)?;
+                let name = f
+                    .required("name", cx)
+                    .and_then(|n| non_blank(n, &format!("{path}.name"), cx));
+                let image = f
+                    .required("image", cx)
+                    .and_then(|n| non_blank(n, &format!("{path}.image"), cx));
+                f.finish(cx);
+                Some(OsImage {
+                    name: name?,
+                    image: image?,
+                })
+            })()
+        } else {
+            non_blank(item, &path, cx).map(|name| OsImage {
+                image: name.clone(),
+                name,
+            })
+        };
+        match image {
+            Some(image) => {
+                if out.iter().any(|(earlier, _)| earlier.name == image.name) {
+                    cx.error(
+                        item.pos,
+                        format!("`os_images` lists `{}` twice", shorten(&image.name)),
+                    );
+                    ok = false;
+                }
+                out.push((image, item.pos));
+            }
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+/// A string with no surrounding or inner whitespace that is not empty: OS names and images.
+fn non_blank(node: &Node, path: &str, cx: &mut Cx) -> Option<String> {
+    let s = string(node, path, cx)?;
+    if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        cx.error(
+            node.pos,
+            format!(
+                "`{path}` must be a name without spaces, found `{}`",
+                shorten(&s).escape_default()
+            ),
+        );
+        return None;
+    }
+    Some(s)
 }
 
 fn specs(node: &Node, cx: &mut Cx) -> Option<Specs> {

@@ -42,6 +42,10 @@ async fn signals(shutdown: CancellationToken) {
 }
 
 pub(super) async fn run(url: &str, args: RunArgs) -> anyhow::Result<ExitCode> {
+    // An invalid catalog is a verdict on the input (exit 1), found before anything is created.
+    if let Err(code) = checked_catalog(&args.catalog)? {
+        return Ok(code);
+    }
     let mut config = DaemonConfig::new(url, args.catalog);
     config.listen = Some(args.listen);
     config.workers = args.workers.max(1);
@@ -74,6 +78,19 @@ pub(super) async fn run(url: &str, args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     tracing::info!("stopped");
     Ok(ExitCode::from(EXIT_OK))
+}
+
+/// The catalog at `dir`, or, when it has errors, the exit code after printing them (exit 1);
+/// an unreadable directory is an error (exit 2).
+fn checked_catalog(dir: &Path) -> anyhow::Result<Result<catalog::Catalog, ExitCode>> {
+    match catalog::load(dir) {
+        Ok(c) => Ok(Ok(c)),
+        Err(e @ catalog::LoadError::Invalid { .. }) => {
+            super::report_invalid(&e);
+            Ok(Err(ExitCode::from(EXIT_INVALID)))
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!("catalog {}", dir.display()))),
+    }
 }
 
 fn tally(instances: &[Instance]) -> String {
@@ -291,8 +308,11 @@ pub(super) async fn demo(catalog_dir: &Path, servers: usize) -> anyhow::Result<E
 }
 
 pub(super) async fn plan(url: &str, catalog_dir: &Path, all: bool) -> anyhow::Result<ExitCode> {
-    let catalog = catalog::load(catalog_dir)?;
-    let store = SqlStore::open(url, &ConnectOptions::default()).await?;
+    let catalog = match checked_catalog(catalog_dir)? {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let store = SqlStore::open_existing(url, &ConnectOptions::default()).await?;
     let mut after = None;
     let mut shown = 0;
     println!(

@@ -19,17 +19,26 @@ use crate::store::{
 };
 
 async fn open(url: &str) -> anyhow::Result<SqlStore> {
-    SqlStore::open(url, &ConnectOptions::default())
+    SqlStore::open_existing(url, &ConnectOptions::default())
         .await
         .with_context(|| format!("cannot use database {}", redact_url(url)))
 }
 
 pub(super) async fn migrate(url: &str) -> anyhow::Result<ExitCode> {
+    // The key's configuration is checked before the database is touched; a missing key file
+    // is generated only for a database that holds no secret yet.
+    let key = Keyring::prepare(url)?;
     let store = SqlStore::connect(url, &ConnectOptions::default())
         .await
         .with_context(|| format!("cannot use database {}", redact_url(url)))?;
-    let applied = store.migrate().await?;
-    Keyring::for_database(url)?;
+    let keyring = key.finish(&store.sealed_key_ids().await?);
+    let applied = match keyring {
+        Ok(_) => store.migrate().await,
+        Err(e) => {
+            store.close().await;
+            return Err(e.into());
+        }
+    }?;
     if applied.is_empty() {
         println!("{}: schema up to date", redact_url(url));
     } else {
@@ -193,7 +202,8 @@ async fn dispatch(
             let secret = if show_secrets {
                 match &instance.credentials {
                     Some(sealed) => Some(
-                        Keyring::for_database(url)?
+                        Keyring::prepare(url)?
+                            .finish(&store.sealed_key_ids().await?)?
                             .open(sealed, &instance.secret_context())
                             .context("cannot open the stored credentials")?,
                     ),
@@ -286,10 +296,10 @@ fn check_order(
         }
     }
     if let Some(o) = os {
-        if !p.os_images.iter().any(|x| x == o) {
+        if p.os_image(o).is_none() {
             return Err(format!(
                 "product `{product}` does not offer `{o}`; its OS images: {}",
-                p.os_images.join(", ")
+                p.os_names().join(", ")
             ));
         }
     }

@@ -351,6 +351,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Prints a verdict on the input (exit 1): a line on stderr, or a JSON event under
+/// `--log-format json`.
+pub(crate) fn report_invalid(e: &dyn std::fmt::Display) {
+    eprintln!("error: {e}");
+}
+
 /// Runs a command's future on a fresh tokio runtime.
 fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(
     fut: F,

@@ -12,7 +12,7 @@ use crate::secrets::SecretString;
 use crate::store::{ConnectOptions, SqlStore, Store, StoreError, TaskCompletion, TaskFilter};
 
 pub(super) async fn run(url: &str, command: TasksCommand) -> anyhow::Result<ExitCode> {
-    let store = SqlStore::open(url, &ConnectOptions::default())
+    let store = SqlStore::open_existing(url, &ConnectOptions::default())
         .await
         .with_context(|| format!("cannot use database {}", crate::store::redact_url(url)))?;
     let result = dispatch(url, &store, command).await;
@@ -99,7 +99,11 @@ async fn dispatch(url: &str, store: &SqlStore, command: TasksCommand) -> anyhow:
                 (None, None) => None,
             };
             let secret = match &password {
-                Some(p) => Some(Keyring::for_database(url)?.seal(p, &task.secret_context())),
+                Some(p) => Some(
+                    Keyring::prepare(url)?
+                        .finish(&store.sealed_key_ids().await?)?
+                        .seal(p, &task.secret_context()),
+                ),
                 None => None,
             };
             let mut details = Map::new();

@@ -16,8 +16,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::http::{
-    bearer, class_of_status, credential, excerpt, numeric_id, request_details, Api, ApiConfig,
-    ResetMeans,
+    bearer, class_of_status, credential, excerpt, numeric_id, request_details, versioned_base, Api,
+    ApiConfig, ResetMeans, VersionPath,
 };
 use super::limit::RateLimiter;
 use super::{
@@ -196,7 +196,7 @@ impl DigitalOcean {
             .or_else(|| env("DIGITALOCEAN_API_URL").filter(|e| !e.is_empty()))
             .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned());
         let api = Api::new(ApiConfig {
-            base: base.trim_end_matches('/').to_owned(),
+            base: versioned_base(&base, VersionPath::Always("v2")),
             module: "digitalocean",
             limiter,
             timeout: account.timeout.unwrap_or(Duration::from_secs(30)),
@@ -289,7 +289,7 @@ impl DigitalOcean {
             "name": request.name,
             "region": request.location,
             "size": size,
-            "image": request.os_image,
+            "image": request.image,
             "ssh_keys": registered,
             "tags": [OWNER_TAG, tag],
             "ipv6": ipv6,

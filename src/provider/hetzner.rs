@@ -19,8 +19,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::http::{
-    bearer, class_of_status, credential, excerpt, numeric_id, request_details, Api, ApiConfig,
-    ResetMeans,
+    bearer, class_of_status, credential, excerpt, numeric_id, request_details, versioned_base, Api,
+    ApiConfig, ResetMeans, VersionPath,
 };
 use super::limit::RateLimiter;
 use super::{
@@ -192,7 +192,7 @@ impl HetznerCloud {
             .or_else(|| env("HCLOUD_ENDPOINT").filter(|e| !e.is_empty()))
             .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned());
         let api = Api::new(ApiConfig {
-            base: base.trim_end_matches('/').to_owned(),
+            base: versioned_base(&base, VersionPath::OnBareHost("v1")),
             module: "hetzner",
             limiter,
             timeout: account.timeout.unwrap_or(Duration::from_secs(30)),
@@ -262,7 +262,7 @@ impl HetznerCloud {
         let mut body = json!({
             "name": request.name,
             "server_type": server_type,
-            "image": request.os_image,
+            "image": request.image,
             "location": request.location,
             "start_after_create": true,
             "labels": {

@@ -430,6 +430,34 @@ pub fn secret_header(name: &'static str, value: &str) -> Result<(HeaderName, Hea
     Ok((HeaderName::from_static(name), v))
 }
 
+/// How a module's API version sits in its base URL, as the provider's own tools take it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionPath {
+    /// The version is part of the base (hcloud's `HCLOUD_ENDPOINT`, OVH clients' endpoint
+    /// URLs): added only to a bare host (`https://api.hetzner.cloud` → `…/v1`), any other
+    /// path is taken as written (a proxy's prefix).
+    OnBareHost(&'static str),
+    /// The tool adds the version itself (godo, doctl and Terraform take
+    /// `https://api.digitalocean.com`): added unless the base already ends with it, so both
+    /// forms work.
+    Always(&'static str),
+}
+
+/// The base URL that request paths are appended to: `given` without trailing slashes, with
+/// the API version added as `version` says.
+#[must_use]
+pub fn versioned_base(given: &str, version: VersionPath) -> String {
+    let base = given.trim().trim_end_matches('/');
+    let path = base
+        .split_once("://")
+        .map_or("", |(_, rest)| rest.find('/').map_or("", |i| &rest[i..]));
+    match version {
+        VersionPath::OnBareHost(v) if path.is_empty() => format!("{base}/{v}"),
+        VersionPath::Always(v) if !path.ends_with(&format!("/{v}")) => format!("{base}/{v}"),
+        _ => base.to_owned(),
+    }
+}
+
 /// A provider's numeric id (a Hetzner or DigitalOcean server or action) as read back from
 /// the database or an answer: only a positive integer ever goes into a request path.
 ///
@@ -659,5 +687,65 @@ mod tests {
         assert!(!format!("{v:?}").contains("hunter2"));
         let err = secret_header("authorization", "Bearer a\nb").unwrap_err();
         assert!(!err.message.contains("Bearer"));
+    }
+
+    #[test]
+    fn base_urls_take_the_forms_the_providers_tools_take() {
+        use super::VersionPath::{Always, OnBareHost};
+        let table = [
+            (
+                "https://api.digitalocean.com",
+                Always("v2"),
+                "https://api.digitalocean.com/v2",
+            ),
+            (
+                "https://api.digitalocean.com/",
+                Always("v2"),
+                "https://api.digitalocean.com/v2",
+            ),
+            (
+                "https://api.digitalocean.com/v2",
+                Always("v2"),
+                "https://api.digitalocean.com/v2",
+            ),
+            (
+                "https://api.digitalocean.com/v2/",
+                Always("v2"),
+                "https://api.digitalocean.com/v2",
+            ),
+            (
+                "http://127.0.0.1:8080/do",
+                Always("v2"),
+                "http://127.0.0.1:8080/do/v2",
+            ),
+            (
+                "https://api.hetzner.cloud/v1",
+                OnBareHost("v1"),
+                "https://api.hetzner.cloud/v1",
+            ),
+            (
+                "https://api.hetzner.cloud",
+                OnBareHost("v1"),
+                "https://api.hetzner.cloud/v1",
+            ),
+            (
+                "https://proxy.example/hcloud",
+                OnBareHost("v1"),
+                "https://proxy.example/hcloud",
+            ),
+            (
+                "https://eu.api.ovh.com/1.0/",
+                OnBareHost("1.0"),
+                "https://eu.api.ovh.com/1.0",
+            ),
+            (
+                "https://eu.api.ovh.com",
+                OnBareHost("1.0"),
+                "https://eu.api.ovh.com/1.0",
+            ),
+        ];
+        for (given, version, want) in table {
+            assert_eq!(super::versioned_base(given, version), want, "{given}");
+        }
     }
 }

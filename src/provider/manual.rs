@@ -202,6 +202,7 @@ impl Provider for ManualProvider {
                         "product": request.product_id,
                         "location": request.location,
                         "os_image": request.os_image,
+                        "image": request.image,
                         "hostname": request.hostname,
                         "ssh_keys": request.ssh_keys,
                         "instructions": instructions,

@@ -203,8 +203,10 @@ pub struct CreateRequest {
     pub hostname: String,
     /// Location slug.
     pub location: String,
-    /// OS image slug.
+    /// The OS as ordered (the product's customer-facing name).
     pub os_image: String,
+    /// The provider's name for that OS image (what the module sends).
+    pub image: String,
     /// SSH public keys.
     pub ssh_keys: Vec<String>,
     /// The product's module configuration.
@@ -219,6 +221,17 @@ impl CreateRequest {
     pub fn new(instance: &Instance, product: &crate::catalog::Product) -> CreateRequest {
         let name = server_name(instance.id);
         let first = |list: &[String]| list.first().cloned().unwrap_or_default();
+        // The planner only lets an instance whose OS the product offers this far.
+        let os = instance
+            .os_image
+            .as_deref()
+            .and_then(|name| product.os_image(name))
+            .or_else(|| product.os_images.first())
+            .cloned()
+            .unwrap_or_else(|| crate::catalog::OsImage {
+                name: String::new(),
+                image: String::new(),
+            });
         CreateRequest {
             instance_id: instance.id,
             hostname: instance.hostname.clone().unwrap_or_else(|| name.clone()),
@@ -227,10 +240,8 @@ impl CreateRequest {
                 .location
                 .clone()
                 .unwrap_or_else(|| first(&product.locations)),
-            os_image: instance
-                .os_image
-                .clone()
-                .unwrap_or_else(|| first(&product.os_images)),
+            os_image: os.name.clone(),
+            image: os.image.clone(),
             ssh_keys: instance
                 .ssh_keys
                 .as_deref()
@@ -438,4 +449,31 @@ pub trait Provider: Send + Sync {
 
     /// Deletes a server; gone already counts as done.
     fn delete<'a>(&'a self, call: Call<'a>, server_id: &'a str) -> BoxFuture<'a, Result<Accepted>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CreateRequest;
+    use crate::reconcile::plan::tests::instance;
+    use crate::store::{DesiredStatus, ObservedStatus};
+
+    #[test]
+    fn the_provider_gets_its_own_name_for_the_os_ordered() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("catalog");
+        let catalog = crate::catalog::load_with_env(&dir, &|_| true).unwrap();
+        let product = catalog.product("dedicated-adv1").unwrap();
+        let mut i = instance(DesiredStatus::Active, ObservedStatus::Pending);
+        for (ordered, name, image) in [
+            (None, "debian-12", "debian12_64"),
+            (Some("ubuntu-24.04"), "ubuntu-24.04", "ubuntu2404-server_64"),
+        ] {
+            i.os_image = ordered.map(str::to_owned);
+            let r = CreateRequest::new(&i, product);
+            assert_eq!((r.os_image.as_str(), r.image.as_str()), (name, image));
+        }
+        let vps = catalog.product("vps-starter").unwrap();
+        i.os_image = Some("debian-12".into());
+        let r = CreateRequest::new(&i, vps);
+        assert_eq!(r.image, "debian-12", "a plain name is sent as written");
+    }
 }

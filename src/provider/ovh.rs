@@ -25,8 +25,8 @@ use sha1::{Digest, Sha1};
 use tokio::sync::OnceCell;
 
 use super::http::{
-    class_of_status, credential, excerpt, numeric_id, secret_header, segment, Api, ApiConfig,
-    ResetMeans,
+    class_of_status, credential, excerpt, numeric_id, secret_header, segment, versioned_base, Api,
+    ApiConfig, ResetMeans, VersionPath,
 };
 use super::limit::RateLimiter;
 use super::{
@@ -47,7 +47,7 @@ pub fn endpoint_url(endpoint: &str) -> String {
         "kimsufi-ca" => "https://ca.api.kimsufi.com/1.0".into(),
         "soyoustart-eu" => "https://eu.api.soyoustart.com/1.0".into(),
         "soyoustart-ca" => "https://ca.api.soyoustart.com/1.0".into(),
-        url => url.trim_end_matches('/').to_owned(),
+        url => versioned_base(url, VersionPath::OnBareHost("1.0")),
     }
 }
 
@@ -452,7 +452,7 @@ impl Ovh {
         self.update_slot(
             call.instance.id,
             PoolChange {
-                os_image: Some(request.os_image.clone()),
+                os_image: Some(request.image.clone()),
                 ..PoolChange::default()
             },
         )
@@ -460,7 +460,7 @@ impl Ovh {
         let task = self
             .reinstall(
                 &server,
-                &request.os_image,
+                &request.image,
                 &request.hostname,
                 &request.ssh_keys,
             )
@@ -493,7 +493,7 @@ impl Ovh {
             },
             action_id: Some(task.task_id.to_string()),
             root_password: None,
-            details: json!({"pool": {"allocated": server, "os_image": request.os_image}}),
+            details: json!({"pool": {"allocated": server, "os_image": request.os_image, "template": request.image}}),
         })
     }
 

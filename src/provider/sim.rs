@@ -196,7 +196,7 @@ impl SimCloud {
                 instance_id: request.instance_id,
                 name: &request.name,
                 size,
-                image: &request.os_image,
+                image: &request.image,
                 location: &request.location,
                 boot_seconds: self.settings.boot_seconds,
                 capacity: self.settings.capacity,

@@ -122,7 +122,17 @@ impl Running {
 /// When the database cannot be opened or migrated, the key cannot be loaded, the catalog is
 /// invalid, or the HTTP address cannot be bound.
 pub async fn start(config: DaemonConfig, shutdown: CancellationToken) -> anyhow::Result<Running> {
-    let store = SqlStore::open(
+    // Everything that can be checked is checked before anything is created: the key's
+    // configuration, then the catalog, then the database (created, for SQLite, only now).
+    let key = Keyring::prepare(&config.database_url)?;
+    let watcher = watch_catalog(
+        config.catalog_dir.clone(),
+        config.catalog_watch,
+        shutdown.child_token(),
+    )
+    .await
+    .with_context(|| format!("catalog {}", config.catalog_dir.display()))?;
+    let store = SqlStore::connect(
         &config.database_url,
         &ConnectOptions {
             max_connections: config.max_connections,
@@ -136,14 +146,8 @@ pub async fn start(config: DaemonConfig, shutdown: CancellationToken) -> anyhow:
             crate::store::redact_url(&config.database_url)
         )
     })?;
-    let keyring = Keyring::for_database(&config.database_url)?;
-    let watcher = watch_catalog(
-        config.catalog_dir.clone(),
-        config.catalog_watch,
-        shutdown.child_token(),
-    )
-    .await
-    .with_context(|| format!("catalog {}", config.catalog_dir.display()))?;
+    let keyring = key.finish(&store.sealed_key_ids().await?)?;
+    store.migrate().await?;
     let catalog_rx = watcher.catalog();
     let initial = watcher.current();
     let new = store.sync_revisions(&initial).await?;

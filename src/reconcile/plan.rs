@@ -47,11 +47,11 @@ pub fn product_check(catalog: &Catalog, i: &Instance) -> ProductCheck {
         }
     }
     if let Some(o) = &i.os_image {
-        if !p.os_images.contains(o) {
+        if p.os_image(o).is_none() {
             return ProductCheck::Blocked(format!(
                 "OS image `{o}` is not offered by product `{}` (offered: {})",
                 p.id,
-                p.os_images.join(", ")
+                p.os_names().join(", ")
             ));
         }
     }

@@ -8,17 +8,15 @@
 
 use std::borrow::Cow;
 use std::str::FromStr;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use serde_json::Value;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use sqlx::postgres::{PgPoolOptions, PgRow};
+use sqlx::sqlite::{SqlitePoolOptions, SqliteRow};
 use sqlx::{Column, Postgres, Row as _, Sqlite, Transaction, TypeInfo, ValueRef};
 
+use super::connect::ConnectOptions;
 use super::StoreError;
 
 /// Which database engine a store runs on.
@@ -498,27 +496,6 @@ pub(crate) enum Pool {
     Postgres(sqlx::PgPool),
 }
 
-/// Settings for opening a store.
-#[derive(Debug, Clone)]
-pub struct ConnectOptions {
-    /// Most connections in the pool.
-    pub max_connections: u32,
-    /// How long a writer waits for SQLite's lock before failing.
-    pub sqlite_busy_timeout: Duration,
-    /// How long to wait for a pooled connection before failing.
-    pub acquire_timeout: Duration,
-}
-
-impl Default for ConnectOptions {
-    fn default() -> Self {
-        ConnectOptions {
-            max_connections: 8,
-            sqlite_busy_timeout: Duration::from_secs(10),
-            acquire_timeout: Duration::from_secs(15),
-        }
-    }
-}
-
 /// How the database tells provisioner's own SQLite writes from billing's.
 ///
 /// SQLite has no roles. Every reconciler-owned column carries a trigger `BEFORE UPDATE OF`
@@ -620,13 +597,7 @@ impl Pool {
         };
         match Engine::of_url(url)? {
             Engine::Sqlite => {
-                let opts = SqliteConnectOptions::from_str(url)
-                    .map_err(connect_error)?
-                    .create_if_missing(true)
-                    .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Normal)
-                    .foreign_keys(true)
-                    .busy_timeout(options.sqlite_busy_timeout);
+                let opts = super::connect::sqlite(url, options)?;
                 // One writer at a time, and every connection keeps its own page cache: a few
                 // connections serve any number of workers.
                 let pool = SqlitePoolOptions::new()
@@ -639,7 +610,7 @@ impl Pool {
                 Ok(Pool::Sqlite(pool, std::sync::Arc::default()))
             }
             Engine::Postgres => {
-                let opts = PgConnectOptions::from_str(url).map_err(connect_error)?;
+                let opts = super::connect::postgres(url)?;
                 // One direct connection first: the pool would retry until its timeout and then
                 // report only "timed out", hiding "connection refused" or "password failed".
                 let probe = tokio::time::timeout(
@@ -649,6 +620,17 @@ impl Pool {
                 .await
                 .map_err(|_| connect_error(sqlx::Error::PoolTimedOut))?
                 .map_err(connect_error)?;
+                let mut probe = probe;
+                let encrypted: Option<bool> =
+                    sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                        .fetch_optional(&mut probe)
+                        .await
+                        .map_err(connect_error)?;
+                tracing::debug!(
+                    database = %redact_url(url),
+                    tls = encrypted.unwrap_or(false),
+                    "connected to PostgreSQL"
+                );
                 sqlx::Connection::close(probe)
                     .await
                     .map_err(connect_error)?;
@@ -695,6 +677,70 @@ impl Pool {
             Pool::Sqlite(p, _) => p.close().await,
             Pool::Postgres(p) => p.close().await,
         }
+    }
+
+    /// The migrations applied to this database (none for a new one), without changing it.
+    pub(crate) async fn applied_migrations(&self) -> Result<Vec<i64>, StoreError> {
+        let mut tx = self.read().await?;
+        let table = match self.engine() {
+            Engine::Sqlite => {
+                "SELECT count(*) AS n FROM sqlite_master \
+                 WHERE type = 'table' AND name = 'schema_migrations'"
+            }
+            Engine::Postgres => {
+                "SELECT count(*) AS n FROM pg_tables \
+                 WHERE tablename = 'schema_migrations' AND schemaname = current_schema()"
+            }
+        };
+        let present = match tx.row(table, vec![]).await? {
+            Some(r) => r.int("n")? > 0,
+            None => false,
+        };
+        if !present {
+            return Ok(Vec::new());
+        }
+        tx.rows(
+            "SELECT version FROM schema_migrations ORDER BY version",
+            vec![],
+        )
+        .await?
+        .iter()
+        .map(|r| r.int("version"))
+        .collect()
+    }
+
+    /// Checks that the schema is exactly the one this binary works with, without changing it.
+    pub(crate) async fn check_schema(&self, url: &str) -> Result<(), StoreError> {
+        let migrations: &[(i64, &str, &str)] = match self.engine() {
+            Engine::Sqlite => SQLITE_MIGRATIONS,
+            Engine::Postgres => POSTGRES_MIGRATIONS,
+        };
+        let known = migrations.iter().map(|(v, _, _)| *v).max().unwrap_or(0);
+        let applied = self.applied_migrations().await?;
+        let missing: Vec<String> = migrations
+            .iter()
+            .filter(|(v, _, _)| !applied.contains(v))
+            .map(|(v, _, _)| v.to_string())
+            .collect();
+        let url = redact_url(url);
+        if applied.is_empty() {
+            return Err(StoreError::Schema(format!(
+                "{url} is not a provisioner database (no migration applied); run `provisioner migrate` to set it up"
+            )));
+        }
+        if let Some(&latest) = applied.iter().max().filter(|v| **v > known) {
+            return Err(StoreError::Schema(format!(
+                "the database {url} is at schema version {latest}, newer than this provisioner \
+                 knows ({known}); upgrade provisioner"
+            )));
+        }
+        if !missing.is_empty() {
+            return Err(StoreError::Schema(format!(
+                "the database {url} lacks migration(s) {} of this provisioner; run `provisioner migrate`",
+                missing.join(", ")
+            )));
+        }
+        Ok(())
     }
 
     /// Applies the migrations of this engine that are not applied yet, in order, each in the

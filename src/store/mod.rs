@@ -10,6 +10,7 @@
 //! - [`model`]: the rows and the vocabulary of their text columns;
 //! - [`SqlStore`]: the verbs, written once over both engines.
 
+pub(crate) mod connect;
 pub(crate) mod engine;
 pub mod model;
 pub mod pool;
@@ -19,7 +20,8 @@ use std::future::Future;
 
 use serde_json::Value;
 
-pub use engine::{redact_url, ConnectOptions, Engine};
+pub use connect::ConnectOptions;
+pub use engine::{redact_url, Engine};
 pub use model::*;
 
 use crate::catalog::revision::normalized;
@@ -45,9 +47,15 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    /// The database does not exist (and may not be created here), or cannot be created.
+    #[error("{0}")]
+    NoDatabase(String),
     /// Migrations could not be applied.
     #[error("{0}")]
     Migration(String),
+    /// The database's schema is not the one this binary works with.
+    #[error("{0}")]
+    Schema(String),
     /// No such instance.
     #[error("instance {0} does not exist")]
     InstanceNotFound(i64),
@@ -310,6 +318,48 @@ impl SqlStore {
         let store = SqlStore::connect(url, options).await?;
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// Opens a database that exists and is migrated to this binary's schema, changing nothing:
+    /// for commands that read or change instances, so that a mistyped path or an old schema is
+    /// an error instead of a new, empty database.
+    ///
+    /// # Errors
+    /// [`StoreError::NoDatabase`] when the SQLite file does not exist, [`StoreError::Schema`]
+    /// when the schema is missing, behind or ahead, as [`SqlStore::open`] otherwise.
+    pub async fn open_existing(url: &str, options: &ConnectOptions) -> Result<SqlStore> {
+        let options = ConnectOptions {
+            create: false,
+            ..options.clone()
+        };
+        let store = SqlStore::connect(url, &options).await?;
+        if let Err(e) = store.pool.check_schema(url).await {
+            store.close().await;
+            return Err(e);
+        }
+        Ok(store)
+    }
+
+    /// The ids of the keys that sealed the secrets this database holds (none on a new
+    /// database), so that a missing key is noticed before a new one would replace it.
+    ///
+    /// # Errors
+    /// When the database cannot be read.
+    pub async fn sealed_key_ids(&self) -> Result<Vec<String>> {
+        if self.pool.applied_migrations().await?.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.read().await?;
+        let rows = tx
+            .rows(
+                "SELECT credentials_key_id AS k FROM instances WHERE credentials_key_id IS NOT NULL
+                 UNION
+                 SELECT secret_key_id AS k FROM manual_tasks WHERE secret_key_id IS NOT NULL
+                 ORDER BY k",
+                vec![],
+            )
+            .await?;
+        rows.iter().map(|r| r.text("k")).collect()
     }
 
     /// Opens the database without migrating.
