@@ -4,11 +4,10 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use provisioner::cli::{self, Cli};
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::parse_args() {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -19,15 +18,15 @@ fn main() -> ExitCode {
             };
         }
     };
-    cli::init_logging(cli.log_format);
+    if let Err(message) = cli::init_logging(cli.log_format) {
+        eprintln!("error: {message}");
+        return ExitCode::from(cli::EXIT_USAGE);
+    }
     match cli::run(cli) {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
-            for cause in e.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
-            }
+            cli::report_error(&e);
             ExitCode::from(cli::EXIT_USAGE)
         }
     }

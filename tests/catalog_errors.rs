@@ -267,7 +267,11 @@ fn module_specific_config_is_checked() {
     let do_account =
         "apiVersion: provisioner/v1\nkind: ProviderAccount\nid: do\nmodule: digitalocean\n";
     let do_product = edit(
-        &edit(PRODUCT, "account: hetzner-main", "account: do"),
+        &edit(
+            &edit(PRODUCT, "account: hetzner-main", "account: do"),
+            "os_images: [ubuntu-24.04, debian-12]",
+            "os_images: [ubuntu-24-04-x64, debian-12-x64]",
+        ),
         "config: {server_type: cx22}",
         "config: {ipv6: true}",
     );
@@ -304,7 +308,11 @@ fn ovh_accounts_need_a_pool_and_products_pool_hardware() {
                    pool:\n  - {service_name: ns1.ip-1-2-3.eu, hardware: adv-1, location: gra}\n\
                    \x20 - {service_name: ns2.ip-1-2-3.eu, hardware: rise-2}\n";
     let product = edit(
-        &edit(PRODUCT, "account: hetzner-main", "account: ovh-main"),
+        &edit(
+            &edit(PRODUCT, "account: hetzner-main", "account: ovh-main"),
+            "os_images: [ubuntu-24.04, debian-12]",
+            "os_images: [{name: ubuntu-24.04, image: ubuntu2404-server_64}, {name: debian-12, image: debian12_64}]",
+        ),
         "config: {server_type: cx22}",
         "config: {hardware: adv-2}",
     );

@@ -7,9 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use provisioner::secrets::{Keyring, SecretString};
-use provisioner::store::{
-    ConnectOptions, NewInstance, SqlStore, Store, TaskCompletion, TaskKind,
-};
+use provisioner::store::{ConnectOptions, NewInstance, SqlStore, Store, TaskCompletion, TaskKind};
 
 fn provisioner(dir: &Path, db: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_provisioner"))
@@ -103,8 +101,17 @@ fn run_checks_the_catalog_before_creating_anything() {
             &common::edit(common::PRODUCT, "ram_gb: 4", "ram_gb: -4"),
         )],
     );
-    let o = provisioner(d, &db, &["run", "--catalog", "broken", "--listen", "127.0.0.1:0"]);
-    assert_eq!(o.status.code(), Some(1), "an invalid catalog exits 1: {}", text(&o));
+    let o = provisioner(
+        d,
+        &db,
+        &["run", "--catalog", "broken", "--listen", "127.0.0.1:0"],
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "an invalid catalog exits 1: {}",
+        text(&o)
+    );
     assert!(text(&o).contains("p.yaml:"), "{}", text(&o));
     let left: Vec<String> = std::fs::read_dir(d)
         .unwrap()
@@ -124,7 +131,11 @@ fn the_database_and_its_key_are_private() {
     let o = provisioner(d, &sqlite(d, "p.db"), &["migrate"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     for file in ["p.db", "p.db.key"] {
-        let mode = std::fs::metadata(d.join(file)).unwrap().permissions().mode() & 0o777;
+        let mode = std::fs::metadata(d.join(file))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600, "{file} is {mode:o}");
     }
 }
@@ -175,7 +186,14 @@ async fn a_missing_key_is_never_silently_replaced() {
     store.close().await;
 
     std::fs::rename(&key_file, d.join("elsewhere.key")).unwrap();
-    for args in [&["migrate"][..], &["run", "--catalog", common::example_catalog().to_str().unwrap()]] {
+    for args in [
+        &["migrate"][..],
+        &[
+            "run",
+            "--catalog",
+            common::example_catalog().to_str().unwrap(),
+        ],
+    ] {
         let o = provisioner(d, &db, args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
         let out = text(&o);
@@ -200,12 +218,11 @@ async fn migrate_on_postgres_checks_the_key_first() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("PROVISIONER_SECRET_KEY"), "{}", text(&o));
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
-    let tables: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let tables: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(tables, 0, "no migration was applied");
     pool.close().await;
 }

@@ -437,3 +437,58 @@ async fn two_daemons_share_one_postgres_without_overlap() {
     assert_eq!(ledger.duplicated_instances, 0, "{ledger:?}");
     assert_eq!(ledger.created, 200, "{ledger:?}");
 }
+
+/// Billing shares the SQLite file with a busy daemon: with the busy timeout README tells
+/// billing to set, none of its writes fails with `database is locked`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn billing_writes_to_a_shared_sqlite_never_fail_with_a_busy_timeout() {
+    use sqlx::sqlite::SqliteConnectOptions;
+    use std::str::FromStr;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("shared.db").display());
+    let catalog = write_catalog(dir.path());
+    let store = SqlStore::open(&url, &ConnectOptions::default())
+        .await
+        .unwrap();
+    let daemon = Daemon::start(&url, &catalog, dir.path(), "shared");
+    // Billing's own driver: no provisioner functions, README's busy timeout.
+    let billing = sqlx::SqlitePool::connect_with(
+        SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .busy_timeout(Duration::from_secs(5)),
+    )
+    .await
+    .unwrap();
+    let mut ids = Vec::new();
+    let mut failures = Vec::new();
+    for k in 0..60 {
+        match sqlx::query_scalar::<_, i64>(
+            "INSERT INTO instances (customer_id, order_id, product_id) VALUES ($1, $2, 'e2e-vps') RETURNING id",
+        )
+        .bind(format!("cust-{k}"))
+        .bind(format!("ord-{k}"))
+        .fetch_one(&billing)
+        .await
+        {
+            Ok(id) => ids.push(id),
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    for round in 0..4 {
+        for id in &ids {
+            let sql = match round {
+                0 | 2 => "UPDATE instances SET reboot_requested = reboot_requested + 1 WHERE id = $1",
+                1 => "UPDATE instances SET desired_status = 'suspended', suspend_reason = 'non-payment' WHERE id = $1",
+                _ => "UPDATE instances SET desired_status = 'active', suspend_reason = NULL WHERE id = $1",
+            };
+            if let Err(e) = sqlx::query(sql).bind(id).execute(&billing).await {
+                failures.push(e.to_string());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(failures.is_empty(), "billing's writes failed: {failures:?}");
+    converge(&store, "shared SQLite", &[&daemon]).await;
+    billing.close().await;
+    store.close().await;
+}

@@ -500,7 +500,7 @@ async fn two_servers_for_one_instance_stop_it_until_a_person_retries() {
 
     // A person deletes one of them and retries.
     s.sql(&format!("UPDATE sim_servers SET state = 'deleted', deleted_at = '2000-01-01T00:00:00.000Z' WHERE id = (SELECT MIN(id) FROM sim_servers WHERE instance_id = {id})")).await;
-    s.store.retry(id).await.unwrap();
+    s.store.retry(id, "admin").await.unwrap();
     s.running.as_ref().unwrap().wake.notify_one();
     let i = s.wait(id, "adopted and active", active).await;
     let kept = s

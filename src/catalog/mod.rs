@@ -10,6 +10,7 @@
 
 pub mod diag;
 pub mod diff;
+pub mod example;
 mod fields;
 pub mod model;
 pub mod module;

@@ -565,6 +565,19 @@ fn finish_mapping(entries: Vec<(Node, Node)>, errors: &mut Vec<TreeError>) -> Ve
     own
 }
 
+/// Writes `value` as YAML (`catalog show`).
+///
+/// This is the only use of `serde_yaml`: the crate was chosen by the people we build for, but
+/// upstream marks it deprecated. Catalogs are read by the located parser above (saphyr);
+/// replacing the writer (with `serde_yml`, `serde_norway` or a hand-written emitter of this
+/// JSON-shaped value) changes this function and nothing else.
+///
+/// # Errors
+/// When the value cannot be represented (it always can: it is JSON).
+pub fn render(value: &serde_json::Value) -> Result<String, serde_yaml::Error> {
+    serde_yaml::to_string(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -166,8 +166,8 @@ fn show(dir: &Path, format: ShowFormat) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     match format {
         ShowFormat::Yaml => {
-            let text =
-                serde_yaml::to_string(&value).context("cannot render the catalog as YAML")?;
+            let text = crate::catalog::yaml::render(&value)
+                .context("cannot render the catalog as YAML")?;
             out.write_all(text.as_bytes())?;
         }
         ShowFormat::Json => {

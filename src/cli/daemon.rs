@@ -67,7 +67,13 @@ pub(super) async fn run(url: &str, args: RunArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_OK));
         }
     };
+    super::service::spawn_watchdog(shutdown.clone());
+    super::service::ready(&match running.http {
+        Some(addr) => format!("reconciling; /healthz, /readyz and /metrics on {addr}"),
+        None => "reconciling".to_owned(),
+    });
     shutdown.cancelled().await;
+    super::service::stopping();
     // The drain deadline bounds the steps; a second more for the other tasks, whatever the
     // database is doing.
     if tokio::time::timeout(drain + Duration::from_secs(1), running.wait())
@@ -146,9 +152,22 @@ async fn wait_until(
     }
 }
 
-pub(super) async fn demo(catalog_dir: &Path, servers: usize) -> anyhow::Result<ExitCode> {
+pub(super) async fn demo(
+    catalog_dir: Option<&Path>,
+    servers: usize,
+    database_url: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let catalog_dir = match catalog_dir {
+        Some(d) => d.to_owned(),
+        None => {
+            let d = dir.path().join("catalog");
+            catalog::example::write_to(&d).context("cannot write the example catalog")?;
+            d
+        }
+    };
     let catalog =
-        catalog::load(catalog_dir).context("the demo sells the catalog's sim products")?;
+        catalog::load(&catalog_dir).context("the demo sells the catalog's sim products")?;
     let products: Vec<&catalog::Product> = catalog
         .products
         .values()
@@ -165,12 +184,42 @@ pub(super) async fn demo(catalog_dir: &Path, servers: usize) -> anyhow::Result<E
             catalog_dir.display()
         );
     }
-    let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
-    let url = format!("sqlite://{}", dir.path().join("demo.db").display());
+    let (url, shown) = match database_url {
+        Some(u) => (u.to_owned(), crate::store::redact_url(u)),
+        None => {
+            let path = dir.path().join("demo.db");
+            (
+                format!("sqlite://{}", path.display()),
+                path.display().to_string(),
+            )
+        }
+    };
+    if database_url.is_some() {
+        let store = SqlStore::open(&url, &ConnectOptions::default())
+            .await
+            .with_context(|| format!("cannot use database {shown}"))?;
+        let some = store
+            .list_instances(&InstanceFilter {
+                limit: Some(1),
+                ..InstanceFilter::default()
+            })
+            .await?;
+        store.close().await;
+        if !some.is_empty() {
+            anyhow::bail!(
+                "the demo needs a database without instances, and {shown} has some; \
+                 leave --database-url out to run it on a temporary one"
+            );
+        }
+    }
+    println!("provisioner demo: {servers} servers on the simulated cloud, database {shown}");
     println!(
-        "provisioner demo: {} servers on the simulated cloud, database {}",
-        servers,
-        dir.path().join("demo.db").display()
+        "  catalog: {}",
+        if catalog_dir.starts_with(dir.path()) {
+            "the example catalog built into this binary".to_owned()
+        } else {
+            catalog_dir.display().to_string()
+        }
     );
     println!(
         "  products: {}",
@@ -180,7 +229,7 @@ pub(super) async fn demo(catalog_dir: &Path, servers: usize) -> anyhow::Result<E
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let mut config = DaemonConfig::new(&url, catalog_dir.to_owned());
+    let mut config = DaemonConfig::new(&url, catalog_dir.clone());
     config.workers = 64;
     config.idle_poll = Duration::from_millis(50);
     config.resync_interval = Duration::from_secs(3);
@@ -307,18 +356,52 @@ pub(super) async fn demo(catalog_dir: &Path, servers: usize) -> anyhow::Result<E
     }
 }
 
-pub(super) async fn plan(url: &str, catalog_dir: &Path, all: bool) -> anyhow::Result<ExitCode> {
+/// What `plan` returns (before `--detailed-exitcode` maps it) when some instance is not
+/// converged: success for the plain command, 2 with the flag.
+pub(super) const PLAN_PENDING: u8 = 42;
+
+/// The summary buckets of `plan`, in the order printed.
+const BUCKETS: [&str; 9] = [
+    "create",
+    "suspend",
+    "unsuspend",
+    "reboot",
+    "terminate",
+    "in flight",
+    "waiting",
+    "needing a person",
+    "converged",
+];
+
+fn bucket(step: &Step) -> &'static str {
+    match step {
+        Step::Create => "create",
+        Step::Suspend => "suspend",
+        Step::Unsuspend | Step::SkipReboot => "unsuspend",
+        Step::Reboot => "reboot",
+        Step::Terminate | Step::Forget => "terminate",
+        Step::Poll(_) => "in flight",
+        Step::Wait(_) => "waiting",
+        Step::Idle(_) => "needing a person",
+        Step::Converged => "converged",
+    }
+}
+
+pub(super) async fn plan(
+    url: &str,
+    catalog_dir: &Path,
+    all: bool,
+    format: super::Format,
+) -> anyhow::Result<ExitCode> {
     let catalog = match checked_catalog(catalog_dir)? {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
     let store = SqlStore::open_existing(url, &ConnectOptions::default()).await?;
     let mut after = None;
-    let mut shown = 0;
-    println!(
-        "{:>8}  {:<20} {:<10} {:<13} STEP",
-        "ID", "PRODUCT", "DESIRED", "OBSERVED"
-    );
+    let mut counts: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut rows = Vec::new();
+    let mut table = super::output::Table::new(&[">ID", "PRODUCT", "DESIRED", "OBSERVED", "STEP"]);
     loop {
         let page = store
             .list_instances(&InstanceFilter {
@@ -330,27 +413,97 @@ pub(super) async fn plan(url: &str, catalog_dir: &Path, all: bool) -> anyhow::Re
         let Some(last) = page.last() else { break };
         after = Some(last.id);
         for i in &page {
-            let step = plan_step(i, &product_check(&catalog, i));
+            // The daemon's answer: the plan, held back where the account cannot be driven
+            // here (its credentials are not in this environment).
+            let step = held_back(plan_step(i, &product_check(&catalog, i)), &catalog, i);
             let quiet = matches!(step, Step::Converged)
                 || (matches!(step, Step::Idle(_)) && i.desired_met());
+            let b = if quiet { "converged" } else { bucket(&step) };
+            *counts.entry(b).or_default() += 1;
             if quiet && !all {
                 continue;
             }
-            shown += 1;
-            println!(
-                "{:>8}  {:<20} {:<10} {:<13} {}",
-                i.id,
-                i.product_id,
-                i.desired_status.as_str(),
-                i.observed_status.as_str(),
-                step.describe()
-            );
+            if format == super::Format::Json {
+                rows.push(serde_json::json!({
+                    "id": i.id,
+                    "product_id": i.product_id,
+                    "desired_status": i.desired_status.as_str(),
+                    "observed_status": i.observed_status.as_str(),
+                    "step": b,
+                    "description": step.describe(),
+                }));
+            } else {
+                table.row(vec![
+                    i.id.to_string(),
+                    i.product_id.clone(),
+                    i.desired_status.as_str().to_owned(),
+                    i.observed_status.as_str().to_owned(),
+                    step.describe(),
+                ]);
+            }
         }
     }
-    println!(
-        "{shown} instance(s) {}",
-        if all { "" } else { "not converged" }
-    );
     store.close().await;
-    Ok(ExitCode::from(EXIT_OK))
+    let pending: usize = counts
+        .iter()
+        .filter(|(k, _)| **k != "converged")
+        .map(|(_, v)| *v)
+        .sum();
+    let count = |b: &str| counts.get(b).copied().unwrap_or(0);
+    let summary = BUCKETS
+        .iter()
+        .map(|b| match *b {
+            "in flight" | "waiting" | "needing a person" | "converged" => {
+                format!("{} {b}", count(b))
+            }
+            _ => format!("{} to {b}", count(b)),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    if format == super::Format::Json {
+        let mut totals = serde_json::Map::new();
+        for b in BUCKETS {
+            totals.insert(b.replace(' ', "_"), count(b).into());
+        }
+        super::output::json(&serde_json::json!({
+            "instances": rows,
+            "summary": totals,
+            "pending": pending,
+        }))?;
+    } else {
+        let mut s = table.render();
+        s.push_str(&format!("Plan: {summary}.\n"));
+        super::output::text(&s)?;
+    }
+    Ok(ExitCode::from(if pending > 0 {
+        PLAN_PENDING
+    } else {
+        EXIT_OK
+    }))
+}
+
+/// A step that calls the provider waits, as in the daemon, when the instance's account cannot
+/// be driven (its credentials are missing from the environment).
+fn held_back(step: Step, catalog: &catalog::Catalog, i: &Instance) -> Step {
+    let calls_provider = matches!(
+        step,
+        Step::Create
+            | Step::Poll(_)
+            | Step::Suspend
+            | Step::Unsuspend
+            | Step::Reboot
+            | Step::Terminate
+    );
+    if !calls_provider {
+        return step;
+    }
+    let account = i.provider_account.clone().or_else(|| {
+        catalog
+            .product(&i.product_id)
+            .map(|p| p.provisioning.account.clone())
+    });
+    match account.and_then(|a| crate::provider::account::unavailable(catalog, &a)) {
+        Some(reason) => Step::Wait(reason),
+        None => step,
+    }
 }

@@ -1,15 +1,15 @@
 //! `provisioner migrate` and `provisioner instances …`: the billing columns from a terminal.
 
 use std::fmt::Write as _;
-use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 use std::str::FromStr;
 
 use anyhow::Context;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
+use super::output;
 use super::{Format, InstancesCommand, EXIT_INVALID, EXIT_OK};
 use crate::catalog;
 use crate::secrets::Keyring;
@@ -24,7 +24,7 @@ async fn open(url: &str) -> anyhow::Result<SqlStore> {
         .with_context(|| format!("cannot use database {}", redact_url(url)))
 }
 
-pub(super) async fn migrate(url: &str) -> anyhow::Result<ExitCode> {
+pub(super) async fn migrate(url: &str, format: Format) -> anyhow::Result<ExitCode> {
     // The key's configuration is checked before the database is touched; a missing key file
     // is generated only for a database that holds no secret yet.
     let key = Keyring::prepare(url)?;
@@ -39,7 +39,9 @@ pub(super) async fn migrate(url: &str) -> anyhow::Result<ExitCode> {
             return Err(e.into());
         }
     }?;
-    if applied.is_empty() {
+    if format == Format::Json {
+        output::json(&json!({"database": redact_url(url), "applied": applied}))?;
+    } else if applied.is_empty() {
         println!("{}: schema up to date", redact_url(url));
     } else {
         let versions: Vec<String> = applied.iter().map(ToString::to_string).collect();
@@ -177,18 +179,22 @@ async fn dispatch(
                 Ok(pair) => pair,
                 Err(m) => return invalid(m),
             };
-            let list = store
-                .list_instances(&InstanceFilter {
-                    observed_status,
-                    desired_status,
-                    customer_id: customer,
-                    product_id: product,
-                    provider_account: None,
-                    after_id: None,
-                    limit,
-                })
-                .await?;
-            print_list(&list, format)?;
+            let filter = InstanceFilter {
+                observed_status,
+                desired_status,
+                customer_id: customer,
+                product_id: product,
+                provider_account: None,
+                after_id: None,
+                limit,
+            };
+            let list = store.list_instances(&filter).await?;
+            let total = if limit.is_some() {
+                store.count_instances(&filter).await?
+            } else {
+                i64::try_from(list.len()).unwrap_or(i64::MAX)
+            };
+            print_list(&list, total, store.now().await?, format)?;
             Ok(ExitCode::from(EXIT_OK))
         }
         InstancesCommand::Show {
@@ -224,6 +230,7 @@ async fn dispatch(
             id,
             desired,
             reason,
+            format,
         } => {
             let status = match parse_vocab(
                 &desired,
@@ -235,32 +242,42 @@ async fn dispatch(
                 Err(m) => return invalid(m),
             };
             let i = store.set_desired(id, status, reason.as_deref()).await?;
-            println!(
-                "instance {}: desired {} (generation {}), observed {}",
-                i.id, i.desired_status, i.desired_generation, i.observed_status
-            );
-            Ok(ExitCode::from(EXIT_OK))
+            changed(
+                &i,
+                format,
+                &format!(
+                    "instance {}: desired {} (generation {}), observed {}\n",
+                    i.id, i.desired_status, i.desired_generation, i.observed_status
+                ),
+            )
         }
-        InstancesCommand::Retry { id } => {
-            let i = store.retry(id).await?;
-            println!(
-                "instance {}: taken up again ({}); the reconciler looks at it now",
-                i.id,
-                i.pending
-                    .as_ref()
-                    .map_or("starting over from pending".to_owned(), |_| {
-                        "re-observing its server".to_owned()
-                    })
-            );
-            Ok(ExitCode::from(EXIT_OK))
+        InstancesCommand::Retry { id, by, format } => {
+            let by = super::operator(by);
+            let i = store.retry(id, &by).await?;
+            let what = if i.pending.is_some() {
+                "re-observing its server"
+            } else {
+                "starting over from pending"
+            };
+            changed(
+                &i,
+                format,
+                &format!(
+                    "instance {}: taken up again by {by} ({what}); the reconciler looks at it now\n",
+                    i.id
+                ),
+            )
         }
-        InstancesCommand::Reboot { id } => {
+        InstancesCommand::Reboot { id, format } => {
             let i = store.request_reboot(id).await?;
-            println!(
-                "instance {}: reboot requested ({} asked, {} done)",
-                i.id, i.reboot_requested, i.reboot_handled
-            );
-            Ok(ExitCode::from(EXIT_OK))
+            changed(
+                &i,
+                format,
+                &format!(
+                    "instance {}: reboot requested ({} asked, {} done)\n",
+                    i.id, i.reboot_requested, i.reboot_handled
+                ),
+            )
         }
     }
 }
@@ -306,35 +323,21 @@ fn check_order(
     Ok(())
 }
 
-fn ts(t: Option<DateTime<Utc>>) -> String {
-    t.map_or_else(
-        || "-".to_owned(),
-        |t| t.to_rfc3339_opts(SecondsFormat::Secs, true),
-    )
-}
-
-/// `text` safe for a terminal: control characters written by billing (escape sequences that
-/// would recolour, move the cursor or retitle the terminal) are shown escaped, not obeyed.
-fn printable(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(|c| c.is_control() && c != '\n') {
-        return std::borrow::Cow::Borrowed(text);
+/// The instance after a change: a line for people, or the instance as JSON.
+fn changed(i: &Instance, format: Format, line: &str) -> anyhow::Result<ExitCode> {
+    match format {
+        Format::Json => output::json(&instance_json(i, None))?,
+        Format::Text => output::text(line)?,
     }
-    let mut out = String::with_capacity(text.len() + 16);
-    for c in text.chars() {
-        if c.is_control() && c != '\n' {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    std::borrow::Cow::Owned(out)
+    Ok(ExitCode::from(EXIT_OK))
 }
 
 fn or_dash(s: Option<&str>) -> &str {
     s.unwrap_or("-")
 }
 
-fn instance_json(i: &Instance, secret: Option<&str>) -> Value {
+/// An instance as JSON, the same document in every command.
+pub(super) fn instance_json(i: &Instance, secret: Option<&str>) -> Value {
     json!({
         "id": i.id,
         "customer_id": i.customer_id,
@@ -347,6 +350,7 @@ fn instance_json(i: &Instance, secret: Option<&str>) -> Value {
         "suspend_reason": i.suspend_reason,
         "reboot_requested": i.reboot_requested,
         "desired_generation": i.desired_generation,
+        "desired_changed_at": output::ts(i.desired_changed_at),
         "observed_status": i.observed_status.as_str(),
         "observed_generation": i.observed_generation,
         "status_reason": i.status_reason,
@@ -364,18 +368,17 @@ fn instance_json(i: &Instance, secret: Option<&str>) -> Value {
         "pending_action": i.pending.as_ref().map(|p| p.action.as_str()),
         "pending_action_id": i.pending.as_ref().and_then(|p| p.action_id.as_deref()),
         "pending_hard": i.pending.as_ref().map(|p| p.hard),
-        "next_check_at": i.next_check_at,
+        "pending_since": output::ts_json(i.pending_since),
+        "next_check_at": output::ts_json(i.next_check_at),
         "lease_owner": i.lease_owner,
-        "created_at": i.created_at,
-        "updated_at": i.updated_at,
+        "created_at": output::ts(i.created_at),
+        "updated_at": output::ts(i.updated_at),
     })
 }
 
 fn print_instance(i: &Instance, secret: Option<&str>, format: Format) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
     if format == Format::Json {
-        serde_json::to_writer_pretty(&mut out, &instance_json(i, secret))?;
-        writeln!(out)?;
+        output::json(&instance_json(i, secret))?;
         return Ok(());
     }
     let mut s = String::new();
@@ -402,13 +405,14 @@ fn print_instance(i: &Instance, secret: Option<&str>, format: Format) -> anyhow:
     };
     let _ = writeln!(
         s,
-        "desired     {}{} (generation {})",
+        "desired     {}{} (generation {}, changed {})",
         i.desired_status,
         i.suspend_reason
             .as_deref()
             .map(|r| format!(" ({r})"))
             .unwrap_or_default(),
-        i.desired_generation
+        i.desired_generation,
+        output::ts(i.desired_changed_at)
     );
     let _ = writeln!(
         s,
@@ -462,87 +466,160 @@ fn print_instance(i: &Instance, secret: Option<&str>, format: Format) -> anyhow:
             }
             s
         }),
-        ts(i.pending_since)
+        output::ts_text(i.pending_since)
     );
     let _ = writeln!(
         s,
         "next check  {}  lease {}",
-        ts(i.next_check_at),
+        output::ts_text(i.next_check_at),
         or_dash(i.lease_owner.as_deref())
     );
     let _ = writeln!(
         s,
         "created     {}  updated {}",
-        ts(Some(i.created_at)),
-        ts(Some(i.updated_at))
+        output::ts(i.created_at),
+        output::ts(i.updated_at)
     );
-    out.write_all(printable(&s).as_bytes())?;
+    output::text(&s)?;
     Ok(())
 }
 
-fn print_list(list: &[Instance], format: Format) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
+/// Why an instance is where it is, in one cell: the status reason, else the last error.
+fn reason(i: &Instance) -> String {
+    i.status_reason
+        .as_deref()
+        .or(i.last_error.as_deref())
+        .unwrap_or("-")
+        .to_owned()
+}
+
+fn print_list(
+    list: &[Instance],
+    total: i64,
+    now: DateTime<Utc>,
+    format: Format,
+) -> anyhow::Result<()> {
+    let shown = i64::try_from(list.len()).unwrap_or(i64::MAX);
+    let more = (total - shown).max(0);
     if format == Format::Json {
         let values: Vec<Value> = list.iter().map(|i| instance_json(i, None)).collect();
-        serde_json::to_writer_pretty(&mut out, &values)?;
-        writeln!(out)?;
+        output::json(&Value::Array(values))?;
+        if more > 0 {
+            eprintln!("note: {shown} of {total} instance(s) shown, {more} more past --limit");
+        }
         return Ok(());
     }
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "{:>8}  {:<16} {:<20} {:<10} {:<13} {:<16} LAST ERROR",
-        "ID", "CUSTOMER", "PRODUCT", "DESIRED", "OBSERVED", "IPV4"
-    );
+    let mut t = output::Table::new(&[
+        ">ID", "CUSTOMER", "PRODUCT", "DESIRED", "OBSERVED", "IPV4", ">AGE", "REASON",
+    ]);
     for i in list {
+        t.row(vec![
+            i.id.to_string(),
+            i.customer_id.clone(),
+            i.product_id.clone(),
+            i.desired_status.as_str().to_owned(),
+            i.observed_status.as_str().to_owned(),
+            or_dash(i.ipv4.as_deref()).to_owned(),
+            output::age(i.created_at, now),
+            reason(i),
+        ]);
+    }
+    let mut s = t.render();
+    if more > 0 {
         let _ = writeln!(
             s,
-            "{:>8}  {:<16} {:<20} {:<10} {:<13} {:<16} {}",
-            i.id,
-            i.customer_id,
-            i.product_id,
-            i.desired_status.as_str(),
-            i.observed_status.as_str(),
-            or_dash(i.ipv4.as_deref()),
-            or_dash(i.last_error.as_deref())
+            "{shown} of {total} instance(s) shown, {more} more past --limit"
         );
+    } else {
+        let _ = writeln!(s, "{shown} instance(s)");
     }
-    let _ = writeln!(s, "{} instance(s)", list.len());
-    out.write_all(printable(&s).as_bytes())?;
+    output::text(&s)?;
     Ok(())
+}
+
+/// Who made a transition: billing (what it asked for and why), the admin named with `--by`
+/// or who completed a manual task, or the reconciler itself.
+fn actor(t: &Transition) -> String {
+    let detail = |k: &str| t.details.get(k).and_then(Value::as_str);
+    match t.cause.as_str() {
+        "desired_change" => match detail("reason") {
+            Some(r) => format!("billing ({r})"),
+            None => "billing".to_owned(),
+        },
+        "manual" => detail("completed_by")
+            .or(detail("by"))
+            .unwrap_or("admin")
+            .to_owned(),
+        _ => "reconciler".to_owned(),
+    }
+}
+
+fn transition_json(t: &Transition) -> Value {
+    json!({
+        "id": t.id,
+        "instance_id": t.instance_id,
+        "at": output::ts(t.at),
+        "from_status": t.from_status,
+        "to_status": t.to_status,
+        "action": t.action,
+        "cause": t.cause,
+        "outcome": t.outcome,
+        "actor": actor(t),
+        "error": t.error,
+        "details": t.details,
+        "product_revision": t.product_revision,
+    })
 }
 
 fn print_history(id: i64, history: &[Transition], format: Format) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
     if format == Format::Json {
-        serde_json::to_writer_pretty(&mut out, history)?;
-        writeln!(out)?;
+        let values: Vec<Value> = history.iter().map(transition_json).collect();
+        output::json(&Value::Array(values))?;
         return Ok(());
     }
-    let mut s = String::new();
-    let _ = writeln!(s, "instance {id}: {} transition(s)", history.len());
-    for t in history {
-        let details = if t.details.as_object().is_some_and(|m| m.is_empty()) {
-            String::new()
-        } else {
-            format!(" {}", t.details)
-        };
-        let _ = writeln!(
-            s,
-            "{}  {:<12} -> {:<12} {:<10} {:<15} {:<10}{}{}",
-            ts(Some(t.at)),
-            or_dash(t.from_status.as_deref()),
-            or_dash(t.to_status.as_deref()),
-            t.action,
-            t.cause,
-            t.outcome,
-            t.error
-                .as_deref()
-                .map(|e| format!(" error: {e}"))
-                .unwrap_or_default(),
-            details
-        );
+    let mut t = output::Table::new(&[
+        "AT", "FROM", "TO", "ACTION", "CAUSE", "OUTCOME", "ACTOR", "DETAILS",
+    ]);
+    for tr in history {
+        let mut details = String::new();
+        if let Some(e) = &tr.error {
+            details.push_str(&format!("error: {e}"));
+        }
+        let shown: serde_json::Map<String, Value> = tr
+            .details
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter(|(k, _)| {
+                        !["by", "reason", "desired", "completed_by"].contains(&k.as_str())
+                    })
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !shown.is_empty() {
+            if !details.is_empty() {
+                details.push(' ');
+            }
+            details.push_str(&Value::Object(shown).to_string());
+        }
+        t.row(vec![
+            output::ts(tr.at),
+            or_dash(tr.from_status.as_deref()).to_owned(),
+            or_dash(tr.to_status.as_deref()).to_owned(),
+            tr.action.clone(),
+            tr.cause.clone(),
+            tr.outcome.clone(),
+            actor(tr),
+            if details.is_empty() {
+                "-".to_owned()
+            } else {
+                details
+            },
+        ]);
     }
-    out.write_all(printable(&s).as_bytes())?;
+    let mut s = format!("instance {id}: {} transition(s)\n", history.len());
+    s.push_str(&t.render());
+    output::text(&s)?;
     Ok(())
 }

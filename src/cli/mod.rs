@@ -4,13 +4,15 @@
 mod catalog;
 mod daemon;
 mod instances;
+pub mod output;
+mod service;
 mod tasks;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::filter::{EnvFilter, LevelFilter};
 use tracing_subscriber::prelude::*;
 
 /// Exit code for success.
@@ -20,14 +22,65 @@ pub const EXIT_INVALID: u8 = 1;
 /// Exit code for usage errors and I/O failures.
 pub const EXIT_USAGE: u8 = 2;
 
+/// The environment variables commands read, for their `--help` (one macro per group, so that
+/// each command lists exactly the ones it reads).
+macro_rules! env_database {
+    () => {
+        "  DATABASE_URL                     the database, as --database-url
+  PGSSLMODE, PGSSLROOTCERT,        PostgreSQL TLS as libpq reads them (also in the URL:
+  PGSSLCERT, PGSSLKEY              ?sslmode=verify-full&sslrootcert=/etc/ssl/db-ca.pem)
+"
+    };
+}
+macro_rules! env_logging {
+    () => {
+        "  RUST_LOG                         log filter (tracing EnvFilter syntax), default info
+  NO_COLOR                         when set, logs have no colours
+"
+    };
+}
+macro_rules! env_key {
+    () => {
+        "  PROVISIONER_SECRET_KEY           base64 of 32 bytes: the key sealing root passwords
+  PROVISIONER_SECRET_KEY_FILE      a file holding that key (SQLite default: <database>.key)
+  PROVISIONER_SECRET_KEY_PREVIOUS  older keys, comma-separated, after a rotation
+"
+    };
+}
+macro_rules! env_providers {
+    () => {
+        "  HCLOUD_TOKEN, DIGITALOCEAN_TOKEN,
+  OVH_APPLICATION_KEY, OVH_APPLICATION_SECRET, OVH_CONSUMER_KEY
+                                   provider credentials: the variables each account's
+                                   `credentials` names (these are the defaults)
+  HCLOUD_ENDPOINT, DIGITALOCEAN_API_URL, OVH_ENDPOINT
+                                   API base URLs of accounts that set no `endpoint`
+"
+    };
+}
+
 /// The provisioner command line.
 #[derive(Debug, Parser)]
-#[command(name = "provisioner", version, about, propagate_version = true)]
+#[command(
+    name = "provisioner",
+    version,
+    about,
+    propagate_version = true,
+    after_help = concat!(
+        "Exit status: 0 success, 1 invalid input (a catalog with errors, a refused value), 2 usage\n\
+         error or failure (unreadable file, unreachable database).\n\nEnvironment:\n",
+        env_database!(),
+        env_key!(),
+        env_providers!(),
+        env_logging!()
+    )
+)]
 pub struct Cli {
     /// Log line format on stderr (`RUST_LOG` sets the level, default `info`).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-    /// The database: `sqlite://FILE` (created on first use) or `postgres://USER@HOST/DB`.
+    /// The database: `sqlite://FILE` (created by `migrate`, `run` and `demo` only) or
+    /// `postgres://USER@HOST/DB[?sslmode=verify-full&sslrootcert=CA.pem]`.
     #[arg(
         long,
         global = true,
@@ -39,6 +92,99 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// Whether `--database-url` was given on the command line (not from `DATABASE_URL` or the
+    /// default): the demo uses only an explicit one.
+    #[arg(skip)]
+    pub database_url_given: bool,
+}
+
+impl Cli {
+    /// Parses the process's arguments.
+    ///
+    /// # Errors
+    /// Clap's usage errors, `--help` and `--version`.
+    pub fn parse_args() -> Result<Cli, clap::Error> {
+        use clap::FromArgMatches;
+        let matches = command().try_get_matches()?;
+        let mut cli = Cli::from_arg_matches(&matches)?;
+        cli.database_url_given = given_on_command_line(&matches, "database_url");
+        Ok(cli)
+    }
+}
+
+/// The command-line definition, as `--help`, completions and the man page show it: commands
+/// of a group (`instances list`) list the environment of their group.
+#[must_use]
+pub fn command() -> clap::Command {
+    fn inherit(mut cmd: clap::Command) -> clap::Command {
+        let parent = cmd.get_after_help().cloned();
+        let names: Vec<String> = cmd
+            .get_subcommands()
+            .map(|c| c.get_name().to_owned())
+            .collect();
+        for name in names {
+            let parent = parent.clone();
+            cmd = cmd.mut_subcommand(&name, move |sub| {
+                let sub = match (sub.get_after_help().is_none(), parent) {
+                    (true, Some(h)) => sub.after_help(h),
+                    (_, _) => sub,
+                };
+                inherit(sub)
+            });
+        }
+        cmd
+    }
+    use clap::CommandFactory;
+    // Only the top level's own help lists everything; its commands carry their own lists.
+    let mut top = Cli::command();
+    let names: Vec<String> = top
+        .get_subcommands()
+        .map(|c| c.get_name().to_owned())
+        .collect();
+    for name in names {
+        top = top.mut_subcommand(&name, inherit);
+    }
+    top
+}
+
+fn completions(shell: Shell) -> anyhow::Result<ExitCode> {
+    let mut cmd = command();
+    let mut out = std::io::stdout().lock();
+    let shell = match shell {
+        Shell::Bash => clap_complete::Shell::Bash,
+        Shell::Zsh => clap_complete::Shell::Zsh,
+        Shell::Fish => clap_complete::Shell::Fish,
+    };
+    clap_complete::generate(shell, &mut cmd, "provisioner", &mut out);
+    Ok(ExitCode::from(EXIT_OK))
+}
+
+fn man(dir: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    let cmd = command();
+    match dir {
+        None => {
+            let mut out = std::io::stdout().lock();
+            clap_mangen::Man::new(cmd).render(&mut out)?;
+        }
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            clap_mangen::generate_to(cmd, dir)
+                .with_context(|| format!("cannot write manual pages into {}", dir.display()))?;
+        }
+    }
+    Ok(ExitCode::from(EXIT_OK))
+}
+
+/// Whether `id` was given on the command line, at the top level or in any subcommand (global
+/// options can come after the subcommand).
+fn given_on_command_line(matches: &clap::ArgMatches, id: &str) -> bool {
+    let here = matches.try_get_raw(id).ok().flatten().is_some()
+        && matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+    here || matches
+        .subcommand()
+        .is_some_and(|(_, sub)| given_on_command_line(sub, id))
 }
 
 /// Log output format.
@@ -54,22 +200,52 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Validate, show and compare catalogs.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = concat!(
+            "Environment:\n",
+            env_providers!(),
+            "                                   (validate warns when a credential is not set)\n",
+            env_logging!()
+        )
+    )]
     Catalog(CatalogCommand),
     /// Run the reconciler daemon until SIGINT/SIGTERM (a second signal exits at once).
+    #[command(after_help = concat!(
+        "Exit status: 0 stopped by a signal, 1 invalid catalog at start, 2 failure.\n\nEnvironment:\n",
+        env_database!(),
+        env_key!(),
+        env_providers!(),
+        "  NOTIFY_SOCKET, WATCHDOG_USEC     systemd: readiness and watchdog (Type=notify)\n",
+        env_logging!()
+    ))]
     Run(RunArgs),
     /// Show provisioner working: a temporary SQLite database, the example catalog's simulated
     /// cloud, a few dozen servers ordered, suspended, rebooted and terminated. No credentials.
+    ///
+    /// The demo ignores DATABASE_URL; an explicit --database-url runs it on that database
+    /// instead of a temporary one, which must hold no instance yet.
+    #[command(after_help = concat!("Environment:\n", env_key!(), env_logging!()))]
     Demo {
-        /// The catalog whose `sim` products are sold.
-        #[arg(long, default_value = "catalog")]
-        catalog: PathBuf,
-        /// How many servers to order.
-        #[arg(long, default_value_t = 36)]
-        servers: usize,
+        /// The catalog whose `sim` products are sold (default: the example catalog built into
+        /// the binary).
+        #[arg(long)]
+        catalog: Option<PathBuf>,
+        /// How many servers to order (1 to 2000).
+        #[arg(long, default_value_t = 36, value_parser = clap::value_parser!(u16).range(1..=2000))]
+        servers: u16,
     },
     /// For every instance that is not converged, the step the reconciler would take now, and
     /// why — without taking it.
+    #[command(after_help = concat!(
+        "Exit status: 0 success (with --detailed-exitcode: nothing pending), 1 invalid catalog\n\
+         (with --detailed-exitcode: any error), 2 failure (with --detailed-exitcode: some\n\
+         instance is not converged).\n\nEnvironment:\n",
+        env_database!(),
+        env_providers!(),
+        "                                   (an account whose credentials are not set waits)\n",
+        env_logging!()
+    ))]
     Plan {
         /// The catalog.
         #[arg(long, default_value = "catalog")]
@@ -77,14 +253,44 @@ pub enum Command {
         /// Converged instances too.
         #[arg(long)]
         all: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+        /// Exit 0 when nothing is pending, 2 when some instance is not converged, 1 on error
+        /// (as `terraform plan -detailed-exitcode`), for alerts from cron.
+        #[arg(long)]
+        detailed_exitcode: bool,
     },
     /// Create the database (SQLite) and apply pending migrations.
-    Migrate,
+    #[command(after_help = concat!("Environment:\n", env_database!(), env_key!(), env_logging!()))]
+    Migrate {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
     /// The manual module's inbox: work for admins.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = concat!("Environment:\n", env_database!(), env_key!(), env_logging!())
+    )]
     Tasks(TasksCommand),
+    /// Print a shell completion script: `provisioner completions bash > /etc/bash_completion.d/provisioner`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Print the manual page (roff), or write one page per command into --dir.
+    Man {
+        /// Write provisioner.1 and provisioner-<command>.1 for every command into this directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Create, inspect and change customer servers through the billing columns.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = concat!("Environment:\n", env_database!(), env_key!(), env_logging!())
+    )]
     Instances(InstancesCommand),
 }
 
@@ -153,6 +359,9 @@ pub enum TasksCommand {
         /// Who did it (default: $USER).
         #[arg(long)]
         by: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
     },
 }
 
@@ -207,7 +416,7 @@ pub enum InstancesCommand {
         /// Only this product's.
         #[arg(long)]
         product: Option<String>,
-        /// At most this many.
+        /// At most this many (the rest are counted).
         #[arg(long)]
         limit: Option<u32>,
         /// Output format.
@@ -243,17 +452,40 @@ pub enum InstancesCommand {
         /// Why (e.g. non-payment); recorded in `suspend_reason`.
         #[arg(long)]
         reason: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
     },
     /// Ask for one reboot (increments `reboot_requested`).
     Reboot {
         /// Instance id.
         id: i64,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
     },
     /// Take a failed instance up again after fixing the cause.
     Retry {
         /// Instance id.
         id: i64,
+        /// Who decided it, for the history (default: $USER).
+        #[arg(long)]
+        by: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
     },
+}
+
+/// Shells that `completions` writes scripts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    /// Bash.
+    Bash,
+    /// Zsh.
+    Zsh,
+    /// Fish.
+    Fish,
 }
 
 /// Output format of reports.
@@ -313,14 +545,27 @@ pub enum CatalogCommand {
     },
 }
 
-/// Installs the global tracing subscriber writing to stderr. `RUST_LOG` takes tracing's target
-/// syntax (`info`, `provisioner=debug,warn`); an unparsable value falls back to `info`.
-pub fn init_logging(format: LogFormat) {
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|v| v.parse::<Targets>().ok())
-        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
-    let colours = std::io::IsTerminal::is_terminal(&std::io::stderr());
+/// The log format chosen, for the errors `main` reports after logging is set up.
+static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+/// Installs the global tracing subscriber writing to stderr. `RUST_LOG` takes
+/// tracing-subscriber's `EnvFilter` syntax (`info`, `provisioner=debug,warn`,
+/// `provisioner::reconcile[step]=trace`); default `info`. Colours only on a terminal, and never
+/// when `NO_COLOR` is set (<https://no-color.org>).
+///
+/// # Errors
+/// When `RUST_LOG` does not parse: the message names it and says why.
+pub fn init_logging(format: LogFormat) -> Result<(), String> {
+    let _ = LOG_FORMAT.set(format);
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => EnvFilter::builder()
+            .with_default_directive(LevelFilter::INFO.into())
+            .parse(&v)
+            .map_err(|e| format!("RUST_LOG=`{}` is not a valid filter: {e} (e.g. `info` or `provisioner=debug,warn`)", v.escape_default()))?,
+        _ => EnvFilter::new("info"),
+    };
+    let colours = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(colours);
@@ -331,6 +576,25 @@ pub fn init_logging(format: LogFormat) {
     };
     if let Err(e) = result {
         eprintln!("warning: logging was already set up: {e}");
+    }
+    Ok(())
+}
+
+fn json_logs() -> bool {
+    LOG_FORMAT.get() == Some(&LogFormat::Json)
+}
+
+/// Reports a failure (exit 2) with its whole cause chain: `error: …` and `caused by: …` lines,
+/// or one JSON event under `--log-format json`.
+pub fn report_error(e: &anyhow::Error) {
+    let causes: Vec<String> = e.chain().skip(1).map(ToString::to_string).collect();
+    if json_logs() {
+        tracing::error!(error = %e, causes = ?causes, "fatal");
+        return;
+    }
+    eprintln!("error: {e}");
+    for cause in causes {
+        eprintln!("  caused by: {cause}");
     }
 }
 
@@ -343,18 +607,62 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Catalog(c) => catalog::run(c),
         Command::Run(args) => block_on(daemon::run(&cli.database_url, args)),
-        Command::Demo { catalog, servers } => block_on(daemon::demo(&catalog, servers)),
-        Command::Plan { catalog, all } => block_on(daemon::plan(&cli.database_url, &catalog, all)),
+        Command::Demo { catalog, servers } => {
+            let url = cli.database_url_given.then_some(cli.database_url.as_str());
+            block_on(daemon::demo(catalog.as_deref(), usize::from(servers), url))
+        }
+        Command::Plan {
+            catalog,
+            all,
+            format,
+            detailed_exitcode,
+        } => {
+            let result = block_on(daemon::plan(&cli.database_url, &catalog, all, format));
+            if !detailed_exitcode {
+                return result.map(|code| {
+                    if code == ExitCode::from(daemon::PLAN_PENDING) {
+                        ExitCode::from(EXIT_OK)
+                    } else {
+                        code
+                    }
+                });
+            }
+            // Terraform's convention: 1 is an error, 2 means changes are pending.
+            match result {
+                Ok(code) if code == ExitCode::from(EXIT_OK) => Ok(code),
+                Ok(code) if code == ExitCode::from(daemon::PLAN_PENDING) => {
+                    Ok(ExitCode::from(EXIT_USAGE))
+                }
+                Ok(_) => Ok(ExitCode::from(EXIT_INVALID)),
+                Err(e) => {
+                    report_error(&e);
+                    Ok(ExitCode::from(EXIT_INVALID))
+                }
+            }
+        }
         Command::Tasks(c) => block_on(tasks::run(&cli.database_url, c)),
-        Command::Migrate => block_on(instances::migrate(&cli.database_url)),
+        Command::Completions { shell } => completions(shell),
+        Command::Man { dir } => man(dir.as_deref()),
+        Command::Migrate { format } => block_on(instances::migrate(&cli.database_url, format)),
         Command::Instances(c) => block_on(instances::run(&cli.database_url, c)),
     }
+}
+
+/// The name an admin acts under: `--by`, else `$USER`, else `admin`.
+pub(crate) fn operator(by: Option<String>) -> String {
+    by.or_else(|| std::env::var("USER").ok())
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| "admin".into())
 }
 
 /// Prints a verdict on the input (exit 1): a line on stderr, or a JSON event under
 /// `--log-format json`.
 pub(crate) fn report_invalid(e: &dyn std::fmt::Display) {
-    eprintln!("error: {e}");
+    if json_logs() {
+        tracing::error!(error = %e, "invalid input");
+    } else {
+        eprintln!("error: {e}");
+    }
 }
 
 /// Runs a command's future on a fresh tokio runtime.

@@ -1,15 +1,18 @@
 //! `provisioner tasks list|complete`: the manual module's inbox.
 
-use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use serde_json::{json, Map, Value};
 
+use super::output;
 use super::{Format, TasksCommand, EXIT_INVALID, EXIT_OK};
 use crate::secrets::Keyring;
 use crate::secrets::SecretString;
-use crate::store::{ConnectOptions, SqlStore, Store, StoreError, TaskCompletion, TaskFilter};
+use crate::store::{
+    ConnectOptions, SqlStore, Store, StoreError, Task, TaskCompletion, TaskFilter, TaskKind,
+    TaskState,
+};
 
 pub(super) async fn run(url: &str, command: TasksCommand) -> anyhow::Result<ExitCode> {
     let store = SqlStore::open_existing(url, &ConnectOptions::default())
@@ -18,6 +21,57 @@ pub(super) async fn run(url: &str, command: TasksCommand) -> anyhow::Result<Exit
     let result = dispatch(url, &store, command).await;
     store.close().await;
     result
+}
+
+/// A task as JSON, the same document in every command.
+fn task_json(t: &Task) -> Value {
+    json!({
+        "id": t.id, "instance_id": t.instance_id, "kind": t.kind.as_str(),
+        "state": t.state.as_str(), "created_at": output::ts(t.created_at),
+        "completed_at": output::ts_json(t.completed_at), "completed_by": t.completed_by,
+        "details": t.details, "has_password": t.secret.is_some(),
+    })
+}
+
+/// What an admin typed for a completion, checked: addresses that parse, and an address for a
+/// provision task (the customer's server must be reachable).
+fn check_completion(
+    kind: TaskKind,
+    ip: Option<&str>,
+    ipv6: Option<&str>,
+) -> Result<(Option<String>, Option<String>), String> {
+    let v4 = ip
+        .map(|a| {
+            a.trim()
+                .parse::<std::net::Ipv4Addr>()
+                .map(|a| a.to_string())
+                .map_err(|_| {
+                    format!(
+                        "--ip `{}` is not an IPv4 address (e.g. 192.0.2.10)",
+                        a.escape_default()
+                    )
+                })
+        })
+        .transpose()?;
+    let v6 = ipv6
+        .map(|a| {
+            a.trim()
+                .parse::<std::net::Ipv6Addr>()
+                .map(|a| a.to_string())
+                .map_err(|_| {
+                    format!(
+                        "--ipv6 `{}` is not an IPv6 address (e.g. 2001:db8::10)",
+                        a.escape_default()
+                    )
+                })
+        })
+        .transpose()?;
+    if kind == TaskKind::Provision && v4.is_none() && v6.is_none() {
+        return Err(
+            "a provision task needs the server's address: give --ip (and/or --ipv6)".to_owned(),
+        );
+    }
+    Ok((v4, v6))
 }
 
 async fn dispatch(url: &str, store: &SqlStore, command: TasksCommand) -> anyhow::Result<ExitCode> {
@@ -29,41 +83,25 @@ async fn dispatch(url: &str, store: &SqlStore, command: TasksCommand) -> anyhow:
                     instance_id: None,
                 })
                 .await?;
-            let mut out = std::io::stdout().lock();
             if format == Format::Json {
-                let values: Vec<Value> = tasks
-                    .iter()
-                    .map(|t| {
-                        json!({
-                            "id": t.id, "instance_id": t.instance_id, "kind": t.kind.as_str(),
-                            "state": t.state.as_str(), "created_at": t.created_at,
-                            "completed_at": t.completed_at, "completed_by": t.completed_by,
-                            "details": t.details, "has_password": t.secret.is_some(),
-                        })
-                    })
-                    .collect();
-                serde_json::to_writer_pretty(&mut out, &values)?;
-                writeln!(out)?;
+                output::json(&Value::Array(tasks.iter().map(task_json).collect()))?;
                 return Ok(ExitCode::from(EXIT_OK));
             }
-            writeln!(
-                out,
-                "{:>6}  {:>8}  {:<10} {:<9} {:<20} DETAILS",
-                "TASK", "INSTANCE", "KIND", "STATE", "OPENED"
-            )?;
+            let mut table =
+                output::Table::new(&[">TASK", ">INSTANCE", "KIND", "STATE", "OPENED", "DETAILS"]);
             for t in &tasks {
-                writeln!(
-                    out,
-                    "{:>6}  {:>8}  {:<10} {:<9} {:<20} {}",
-                    t.id,
-                    t.instance_id,
-                    t.kind.as_str(),
-                    t.state.as_str(),
-                    t.created_at.format("%Y-%m-%d %H:%M:%S"),
-                    t.details
-                )?;
+                table.row(vec![
+                    t.id.to_string(),
+                    t.instance_id.to_string(),
+                    t.kind.as_str().to_owned(),
+                    t.state.as_str().to_owned(),
+                    output::ts(t.created_at),
+                    t.details.to_string(),
+                ]);
             }
-            writeln!(out, "{} task(s)", tasks.len())?;
+            let mut s = table.render();
+            s.push_str(&format!("{} task(s)\n", tasks.len()));
+            output::text(&s)?;
             Ok(ExitCode::from(EXIT_OK))
         }
         TasksCommand::Complete {
@@ -74,10 +112,26 @@ async fn dispatch(url: &str, store: &SqlStore, command: TasksCommand) -> anyhow:
             password_file,
             note,
             by,
+            format,
         } => {
             let Some(task) = store.task(id).await? else {
-                eprintln!("error: task {id} does not exist");
+                super::report_invalid(&format!("task {id} does not exist"));
                 return Ok(ExitCode::from(EXIT_INVALID));
+            };
+            if task.state != TaskState::Open {
+                super::report_invalid(&format!("task {id} is {}, not open", task.state.as_str()));
+                return Ok(ExitCode::from(EXIT_INVALID));
+            }
+            let (ip, ipv6) = match check_completion(task.kind, ip.as_deref(), ipv6.as_deref()) {
+                Ok(pair) => pair,
+                Err(message) => {
+                    super::report_invalid(&format!(
+                        "task {id} ({} of instance {}): {message}",
+                        task.kind.as_str(),
+                        task.instance_id
+                    ));
+                    return Ok(ExitCode::from(EXIT_INVALID));
+                }
             };
             let password = match (password, password_file) {
                 (Some(p), _) => Some(SecretString::new(p)),
@@ -112,9 +166,8 @@ async fn dispatch(url: &str, store: &SqlStore, command: TasksCommand) -> anyhow:
                     details.insert(key.to_owned(), Value::String(v));
                 }
             }
-            let by = by
-                .or_else(|| std::env::var("USER").ok())
-                .unwrap_or_else(|| "admin".into());
+            let by = super::operator(by);
+            details.insert("completed_by".to_owned(), Value::String(by.clone()));
             match store
                 .complete_task(
                     id,
@@ -127,19 +180,87 @@ async fn dispatch(url: &str, store: &SqlStore, command: TasksCommand) -> anyhow:
                 .await
             {
                 Ok(t) => {
-                    println!(
-                        "task {} ({} of instance {}) done; the reconciler picks it up now",
-                        t.id,
-                        t.kind.as_str(),
-                        t.instance_id
-                    );
+                    if format == Format::Json {
+                        output::json(&task_json(&t))?;
+                    } else {
+                        output::text(&format!(
+                            "task {} ({} of instance {}) done; the reconciler picks it up now\n",
+                            t.id,
+                            t.kind.as_str(),
+                            t.instance_id
+                        ))?;
+                    }
                     Ok(ExitCode::from(EXIT_OK))
                 }
                 Err(e @ (StoreError::TaskNotOpen { .. } | StoreError::TaskNotFound(_))) => {
-                    eprintln!("error: {e}");
+                    super::report_invalid(&e);
                     Ok(ExitCode::from(EXIT_INVALID))
                 }
                 Err(e) => Err(e.into()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completions_are_checked() {
+        type Row<'a> = (
+            TaskKind,
+            Option<&'a str>,
+            Option<&'a str>,
+            Result<(Option<&'a str>, Option<&'a str>), &'a str>,
+        );
+        let table: &[Row] = &[
+            (
+                TaskKind::Provision,
+                Some("192.0.2.10"),
+                None,
+                Ok((Some("192.0.2.10"), None)),
+            ),
+            (
+                TaskKind::Provision,
+                None,
+                Some("2001:DB8::10"),
+                Ok((None, Some("2001:db8::10"))),
+            ),
+            (
+                TaskKind::Provision,
+                None,
+                None,
+                Err("needs the server's address"),
+            ),
+            (
+                TaskKind::Provision,
+                Some("192.0.2.300"),
+                None,
+                Err("`192.0.2.300` is not an IPv4 address"),
+            ),
+            (
+                TaskKind::Provision,
+                Some("2001:db8::1"),
+                None,
+                Err("is not an IPv4 address"),
+            ),
+            (
+                TaskKind::Provision,
+                Some("10.0.0.1"),
+                Some("nope"),
+                Err("--ipv6 `nope` is not an IPv6 address"),
+            ),
+            (TaskKind::Reboot, None, None, Ok((None, None))),
+        ];
+        for (kind, ip, ipv6, want) in table {
+            let got = check_completion(*kind, *ip, *ipv6);
+            match (got, want) {
+                (Ok((a, b)), Ok((wa, wb))) => {
+                    assert_eq!((a.as_deref(), b.as_deref()), (*wa, *wb), "{ip:?} {ipv6:?}");
+                }
+                (Err(e), Err(w)) => assert!(e.contains(w), "{e}"),
+                (got, want) => panic!("{ip:?} {ipv6:?}: got {got:?}, want {want:?}"),
             }
         }
     }

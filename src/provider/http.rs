@@ -19,12 +19,9 @@ use serde::de::DeserializeOwned;
 use super::limit::{RateLimiter, TooMany};
 use super::{ErrorClass, ProviderError, Result};
 
-/// The user-agent of every request.
-pub const USER_AGENT: &str = concat!(
-    "provisioner/",
-    env!("CARGO_PKG_VERSION"),
-    " (+https://github.com/provisioner)"
-);
+/// The user-agent of every request: the product and its version (no URL: the project has no
+/// public home a provider's support could follow).
+pub const USER_AGENT: &str = concat!("provisioner/", env!("CARGO_PKG_VERSION"));
 
 /// The largest answer read from a provider (a page of 200 droplets is a few hundred KiB): a
 /// larger one is cut off as an error instead of growing the daemon.

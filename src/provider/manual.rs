@@ -17,7 +17,9 @@ use super::{
 };
 use crate::catalog::{Module, ProductConfig};
 use crate::secrets::Keyring;
-use crate::store::{SqlStore, Store, StoreError, Task, TaskFilter, TaskKind, TaskState};
+use crate::store::{
+    DesiredStatus, SqlStore, Store, StoreError, Task, TaskFilter, TaskKind, TaskState,
+};
 
 /// The manual module of one account.
 pub struct ManualProvider {
@@ -54,6 +56,7 @@ impl ManualProvider {
     }
 
     async fn open(&self, call: Call<'_>, kind: TaskKind, details: Value) -> Result<Task> {
+        let details = with_facts(call.instance, details);
         let task = self
             .store
             .open_task(call.lease, kind, &details)
@@ -103,6 +106,26 @@ impl ManualProvider {
             return Ok(None);
         };
         let open = latest.state == TaskState::Open;
+        if open
+            && latest.kind == TaskKind::Provision
+            && call.instance.desired_status == DesiredStatus::Terminated
+        {
+            // Billing cancelled the order before the admin built the server: nothing to build,
+            // nothing to tear down.
+            self.store
+                .cancel_task(call.lease, latest.id)
+                .await
+                .map_err(store_error)?;
+            tracing::info!(
+                target: "provisioner::admin",
+                task = latest.id,
+                instance = call.instance.id,
+                "manual task {} cancelled: billing terminated instance {} before it was provisioned",
+                latest.id,
+                call.instance.id
+            );
+            return Ok(None);
+        }
         let state = match (latest.kind, open) {
             (TaskKind::Provision, true) => PowerState::Creating,
             (TaskKind::Suspend, true) => PowerState::Stopping,
@@ -152,6 +175,33 @@ impl ManualProvider {
     }
 }
 
+/// A task's details with the facts an admin needs to act without looking elsewhere: whose
+/// server, which product, where, which OS, its name and addresses, and why it is suspended.
+/// What the task itself says (the provision task's resolved location and OS) wins.
+fn with_facts(i: &crate::store::Instance, details: Value) -> Value {
+    let mut facts = serde_json::Map::new();
+    let mut put = |k: &str, v: Option<&str>| {
+        if let Some(v) = v {
+            facts.insert(k.to_owned(), Value::String(v.to_owned()));
+        }
+    };
+    put("customer", Some(&i.customer_id));
+    put("order", i.order_id.as_deref());
+    put("product", Some(&i.product_id));
+    put("location", i.location.as_deref());
+    put("os_image", i.os_image.as_deref());
+    put("hostname", i.hostname.as_deref());
+    put("ipv4", i.ipv4.as_deref());
+    put("ipv6", i.ipv6.as_deref());
+    if i.desired_status == DesiredStatus::Suspended {
+        put("suspend_reason", i.suspend_reason.as_deref());
+    }
+    if let Value::Object(own) = details {
+        facts.extend(own.into_iter().filter(|(_, v)| !v.is_null()));
+    }
+    Value::Object(facts)
+}
+
 impl Provider for ManualProvider {
     fn module(&self) -> Module {
         Module::Manual
@@ -164,7 +214,11 @@ impl Provider for ManualProvider {
     fn policy(&self) -> Policy {
         // Completing a task makes the instance due at once, so the minute-long poll is only
         // a safety net; people take their time: a task is never escalated nor sent again.
-        Policy::default()
+        // An order terminated before the admin provisioned it cancels the task.
+        Policy {
+            withdraws_creates: true,
+            ..Policy::default()
+        }
     }
 
     fn get<'a>(

@@ -310,6 +310,10 @@ pub struct Policy {
     /// Whether the module sends each of its HTTP requests through the account's budget itself
     /// (a method may make several); otherwise the executor takes one token per call.
     pub meters_requests: bool,
+    /// Whether a create that billing terminated before it finished is withdrawn by the module
+    /// (the manual module cancels the admin's open provision task): a create in flight whose
+    /// server the module no longer reports is then done, as terminated, not lost.
+    pub withdraws_creates: bool,
 }
 
 impl Default for Policy {
@@ -323,6 +327,7 @@ impl Default for Policy {
             graceful_timeout: None,
             stuck_timeout: None,
             meters_requests: false,
+            withdraws_creates: false,
         }
     }
 }
@@ -347,6 +352,7 @@ impl Policy {
             graceful_timeout: Some(account.graceful_timeout.unwrap_or(DEFAULT_GRACEFUL_TIMEOUT)),
             stuck_timeout: Some(account.stuck_timeout.unwrap_or(DEFAULT_STUCK_TIMEOUT)),
             meters_requests: true,
+            withdraws_creates: false,
         }
     }
 

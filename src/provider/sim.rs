@@ -250,6 +250,7 @@ impl Provider for SimCloud {
             graceful_timeout: Some(super::DEFAULT_GRACEFUL_TIMEOUT),
             stuck_timeout: Some(super::DEFAULT_STUCK_TIMEOUT),
             meters_requests: false,
+            withdraws_creates: false,
         }
     }
 

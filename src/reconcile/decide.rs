@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::plan::{plan, settle, ProductCheck, SettleTiming, Settled, Step};
 use crate::provider::{
@@ -147,8 +147,21 @@ impl Context<'_> {
         (self.now - since).to_std().unwrap_or_default()
     }
 
+    /// A transition of this step. One made for billing's change carries what billing asked
+    /// for (and its reason), so the log shows who wanted what.
     fn transition(&self, action: Action, outcome: Outcome) -> NewTransition {
-        NewTransition::new(action, self.cause(), outcome)
+        let cause = self.cause();
+        let mut t = NewTransition::new(action, cause, outcome);
+        if cause == Cause::DesiredChange {
+            let i = self.instance;
+            if let Value::Object(details) = &mut t.details {
+                details.insert("desired".into(), i.desired_status.as_str().into());
+                if let Some(reason) = &i.suspend_reason {
+                    details.insert("reason".into(), reason.as_str().into());
+                }
+            }
+        }
+        t
     }
 }
 
@@ -587,6 +600,19 @@ pub fn looked(
         .filter(|s| s.instance_id != Some(cx.instance.id))
     {
         return decided(foreign(cx, action, s));
+    }
+    if action == Action::Create
+        && server.is_none()
+        && cx.policy.withdraws_creates
+        && cx.instance.desired_status == DesiredStatus::Terminated
+    {
+        // The module withdrew the create billing cancelled: no server was ever built.
+        return decided(done(
+            cx,
+            Action::Terminate,
+            ObservedStatus::Terminated,
+            None,
+        ));
     }
     let hard_sent = cx.instance.pending.as_ref().is_some_and(|p| p.hard);
     let timing = SettleTiming::from(&cx.policy);

@@ -206,8 +206,9 @@ pub trait Store: Send + Sync {
     fn wake_waiting(&self) -> impl Future<Output = Result<u64>> + Send;
 
     /// Takes a `failed` instance up again (a person's decision): it is re-observed at the
-    /// provider and reconciled from what is found. Recorded as a manual transition.
-    fn retry(&self, id: i64) -> impl Future<Output = Result<Instance>> + Send;
+    /// provider and reconciled from what is found. Recorded as a manual transition by `by`
+    /// (the admin's name).
+    fn retry(&self, id: i64, by: &str) -> impl Future<Output = Result<Instance>> + Send;
 
     /// Gives the instance back, to be looked at again as `next` says.
     fn release(&self, lease: &Lease, next: NextCheck) -> impl Future<Output = Result<()>> + Send;
@@ -360,6 +361,24 @@ impl SqlStore {
             )
             .await?;
         rows.iter().map(|r| r.text("k")).collect()
+    }
+
+    /// How many instances match `filter` (its `limit` ignored).
+    ///
+    /// # Errors
+    /// When the database cannot be read.
+    pub async fn count_instances(&self, filter: &InstanceFilter) -> Result<i64> {
+        let (conditions, args) = filter_sql(filter);
+        let mut sql = String::from("SELECT count(*) AS n FROM instances");
+        if !conditions.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&conditions.join(" AND "));
+        }
+        let mut tx = self.pool.read().await?;
+        match tx.row(&sql, args).await? {
+            Some(r) => r.int("n"),
+            None => Ok(0),
+        }
     }
 
     /// Opens the database without migrating.
@@ -678,6 +697,35 @@ fn patch_sql(patch: &ObservedPatch, lease: &Lease, args: &mut Vec<Arg>) -> Vec<S
     sets
 }
 
+/// The WHERE conditions (joined by AND, empty for none) and arguments of a listing.
+fn filter_sql(filter: &InstanceFilter) -> (Vec<String>, Vec<Arg>) {
+    let mut args = Vec::new();
+    let mut conditions = Vec::new();
+    let mut condition = |sql: &str, value: Arg, args: &mut Vec<Arg>| {
+        args.push(value);
+        conditions.push(format!("{sql} ${}", args.len()));
+    };
+    if let Some(s) = filter.observed_status {
+        condition("observed_status =", s.as_str().into(), &mut args);
+    }
+    if let Some(s) = filter.desired_status {
+        condition("desired_status =", s.as_str().into(), &mut args);
+    }
+    if let Some(c) = &filter.customer_id {
+        condition("customer_id =", c.as_str().into(), &mut args);
+    }
+    if let Some(p) = &filter.product_id {
+        condition("product_id =", p.as_str().into(), &mut args);
+    }
+    if let Some(a) = &filter.provider_account {
+        condition("provider_account =", a.as_str().into(), &mut args);
+    }
+    if let Some(after) = filter.after_id {
+        condition("id >", Arg::Int(after), &mut args);
+    }
+    (conditions, args)
+}
+
 /// Appends a transition; `by` (the worker holding the lease, `resync`, `manual`) is added to
 /// its details, so the log shows who did what.
 async fn insert_transition(
@@ -759,30 +807,7 @@ impl Store for SqlStore {
     }
 
     async fn list_instances(&self, filter: &InstanceFilter) -> Result<Vec<Instance>> {
-        let mut args = Vec::new();
-        let mut conditions = Vec::new();
-        let mut condition = |sql: &str, value: Arg, args: &mut Vec<Arg>| {
-            args.push(value);
-            conditions.push(format!("{sql} ${}", args.len()));
-        };
-        if let Some(s) = filter.observed_status {
-            condition("observed_status =", s.as_str().into(), &mut args);
-        }
-        if let Some(s) = filter.desired_status {
-            condition("desired_status =", s.as_str().into(), &mut args);
-        }
-        if let Some(c) = &filter.customer_id {
-            condition("customer_id =", c.as_str().into(), &mut args);
-        }
-        if let Some(p) = &filter.product_id {
-            condition("product_id =", p.as_str().into(), &mut args);
-        }
-        if let Some(a) = &filter.provider_account {
-            condition("provider_account =", a.as_str().into(), &mut args);
-        }
-        if let Some(after) = filter.after_id {
-            condition("id >", Arg::Int(after), &mut args);
-        }
+        let (conditions, mut args) = filter_sql(filter);
         let mut sql = String::from("SELECT * FROM instances");
         if !conditions.is_empty() {
             sql.push_str(" WHERE ");
@@ -1051,7 +1076,7 @@ impl Store for SqlStore {
         Ok(n)
     }
 
-    async fn retry(&self, id: i64) -> Result<Instance> {
+    async fn retry(&self, id: i64, by: &str) -> Result<Instance> {
         let mut tx = self.pool.write().await?;
         let Some(before) = tx
             .row("SELECT * FROM instances WHERE id = $1", vec![Arg::Int(id)])
@@ -1100,7 +1125,7 @@ impl Store for SqlStore {
             after.observed_status,
             &t,
             after.product_revision.clone(),
-            "manual",
+            by,
         )
         .await?;
         tx.commit().await?;

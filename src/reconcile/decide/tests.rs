@@ -45,6 +45,7 @@ const POLICY: Policy = Policy {
     graceful_timeout: Some(Duration::from_secs(60)),
     stuck_timeout: Some(Duration::from_secs(300)),
     meters_requests: true,
+    withdraws_creates: false,
 };
 
 const OK: ProductCheck = ProductCheck::Sellable { stock: None };
@@ -148,6 +149,7 @@ fn every_answer_has_a_decision() {
     let (terminating, t_soon) = in_flight(D::Terminated, A::Terminate, 5);
     let (creating, c_soon) = in_flight(D::Active, A::Create, 5);
     let (creating_late, c_late) = in_flight(D::Active, A::Create, 400);
+    let (creating_cancelled, _) = in_flight(D::Terminated, A::Create, 400);
     let active = instance(D::Active, O::Active);
     let at = t0();
     let cases: Vec<(&str, Is, Is)> = vec![
@@ -228,6 +230,12 @@ fn every_answer_has_a_decision() {
         ("A create whose server is not found within the grace is looked at again.",
             of(&decided(looked(&cx(&creating, c_soon), A::Create, Err(err(ErrorClass::NotFound)), "100"))),
             is(Next::After(Duration::from_millis(2500)), "in_flight", None, None)),
+        ("A create billing terminated, withdrawn by the module (a cancelled manual task), is done as terminated.",
+            of(&decided(looked(&Context { policy: Policy { withdraws_creates: true, ..POLICY }, ..cx(&creating_cancelled, c_late) }, A::Create, Ok(None), "100"))),
+            is(Next::Idle, "converged", Some(O::Terminated), Some((A::Terminate, Out::Succeeded)))),
+        ("A create billing terminated whose server is missing past the grace is lost where modules do not withdraw creates.",
+            of(&decided(looked(&cx(&creating_cancelled, c_late), A::Create, Ok(None), "100"))),
+            is(Next::Idle, "lost", Some(O::Lost), Some((A::Observe, Out::Failed)))),
         ("A terminate whose server is not found any more is done.",
             of(&decided(looked(&cx(&terminating, t_soon), A::Terminate, Ok(None), "100"))),
             is(Next::Idle, "converged", Some(O::Terminated), Some((A::Terminate, Out::Succeeded)))),
