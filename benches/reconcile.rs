@@ -9,7 +9,10 @@
 //!    the time from the `UPDATE` (the trigger's `desired_changed_at`) to the intent the
 //!    executor commits right before the provider call (the transition's `at`), p50 and p99;
 //! 3. (SQLite) peak resident memory of the real `provisioner run` process with 100,000
-//!    converged instances in the database, through start-up, claims and bulk resyncs.
+//!    converged instances in the database, through start-up, claims and bulk resyncs;
+//! 4. (`-- billing`, only that) billing sharing the SQLite file with a daemon converging
+//!    `BENCH_INSTANCES` orders: the latency of billing's own writes with README's 5 s busy
+//!    timeout, and how many fail with no busy timeout (SQLite's default).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -176,6 +179,89 @@ async fn steps_and_latency(label: &str, url: &str, dir: &Path, n: usize) {
     running.wait().await;
 }
 
+/// Billing's writes to a SQLite file the daemon is busy with: two billing connections (one
+/// with a 5 s busy timeout, one with none), each writing as fast as it can.
+async fn billing_on_shared_sqlite(dir: &Path, n: usize) {
+    use sqlx::sqlite::SqliteConnectOptions;
+    use std::str::FromStr;
+    let url = format!("sqlite://{}", dir.join("shared.db").display());
+    let mut config = DaemonConfig::new(&url, catalog(dir));
+    config.workers = 64;
+    config.resync_interval = Duration::from_secs(3600);
+    config.owner = "bench".into();
+    config.catalog_watch = WatchOptions::default();
+    let shutdown = CancellationToken::new();
+    let running = start(config, shutdown.clone()).await.expect("daemon");
+    let store = running.store.clone();
+    let billing = |timeout: Duration| {
+        let url = url.clone();
+        async move {
+            sqlx::SqlitePool::connect_with(
+                SqliteConnectOptions::from_str(&url)
+                    .unwrap()
+                    .busy_timeout(timeout),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let patient = billing(Duration::from_secs(5)).await;
+    let hasty = billing(Duration::ZERO).await;
+    for k in 0..n {
+        sqlx::query("INSERT INTO instances (customer_id, product_id) VALUES ($1, 'bench-vps')")
+            .bind(format!("c{k}"))
+            .execute(&patient)
+            .await
+            .unwrap();
+    }
+    running.wake.notify_one();
+    let t0 = Instant::now();
+    let (mut latencies, mut patient_failed, mut hasty_failed, mut hasty_total) =
+        (Vec::new(), 0usize, 0usize, 0usize);
+    let mut id = 0i64;
+    loop {
+        let active = store
+            .list_instances(&InstanceFilter {
+                observed_status: Some(ObservedStatus::Active),
+                ..InstanceFilter::default()
+            })
+            .await
+            .unwrap()
+            .len();
+        if active == n || t0.elapsed() > Duration::from_secs(600) {
+            break;
+        }
+        for _ in 0..20 {
+            id = id % n as i64 + 1;
+            let sql = "UPDATE instances SET reboot_requested = reboot_requested + 1 WHERE id = $1";
+            let t = Instant::now();
+            if sqlx::query(sql).bind(id).execute(&patient).await.is_err() {
+                patient_failed += 1;
+            }
+            latencies.push(t.elapsed().as_secs_f64() * 1e3);
+            hasty_total += 1;
+            if sqlx::query(sql).bind(id).execute(&hasty).await.is_err() {
+                hasty_failed += 1;
+            }
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    println!(
+        "sqlite shared with billing: {n} orders converged in {:.1} s while billing wrote {} times: \
+         with a 5 s busy timeout p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, {patient_failed} failed; \
+         with none {hasty_failed} of {hasty_total} failed with `database is locked`",
+        t0.elapsed().as_secs_f64(),
+        latencies.len(),
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies.last().copied().unwrap_or(0.0)
+    );
+    patient.close().await;
+    hasty.close().await;
+    shutdown.cancel();
+    running.wait().await;
+}
+
 /// Peak RSS of `provisioner run` over a database of converged instances.
 async fn daemon_memory(dir: &Path, n: usize) {
     let url = format!("sqlite://{}", dir.join("rss.db").display());
@@ -253,6 +339,11 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(5000);
     let dir = tempfile::tempdir().unwrap();
+    if std::env::args().any(|a| a == "billing") {
+        std::env::set_var("PROVISIONER_SECRET_KEY", KEY);
+        billing_on_shared_sqlite(dir.path(), n).await;
+        return;
+    }
     let sqlite = format!("sqlite://{}", dir.path().join("steps.db").display());
     steps_and_latency("sqlite", &sqlite, dir.path(), n).await;
     if let Some(admin) = std::env::var("BENCH_DATABASE_URL")

@@ -1,5 +1,7 @@
 //! `provisioner demo` (README's main-job command) and `provisioner plan`, as a person runs them.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -147,10 +149,8 @@ fn sigterm_with_a_saturated_backlog_exits_within_the_drain_deadline() {
     use std::time::{Duration, Instant};
 
     let dir = tempfile::tempdir().unwrap();
-    let catalog = dir.path().join("catalog");
-    std::fs::create_dir(&catalog).unwrap();
-    std::fs::write(
-        catalog.join("c.yaml"),
+    let catalog_dir = common::catalog(&[(
+        "c.yaml",
         "apiVersion: provisioner/v1
 kind: ProviderAccount
 id: slow
@@ -169,8 +169,8 @@ locations: [here]
 os_images: [debian-12]
 provisioning: {account: slow, config: {}}
 ",
-    )
-    .unwrap();
+    )]);
+    let catalog = catalog_dir.path().to_owned();
     let db = format!("sqlite://{}", dir.path().join("d.db").display());
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
@@ -257,10 +257,8 @@ fn an_admins_day_through_the_binary() {
     use serde_json::Value;
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
-    let catalog = dir.path().join("catalog");
-    std::fs::create_dir(&catalog).unwrap();
-    std::fs::write(
-        catalog.join("c.yaml"),
+    let catalog_dir = common::catalog(&[(
+        "c.yaml",
         "apiVersion: provisioner/v1
 kind: ProviderAccount
 id: fast
@@ -294,8 +292,8 @@ locations: [dc1]
 os_images: [{name: debian-12, image: debian12_64}]
 provisioning: {account: rack, config: {instructions: rack it}}
 ",
-    )
-    .unwrap();
+    )]);
+    let catalog = catalog_dir.path().to_owned();
     let db = format!("sqlite://{}", dir.path().join("a.db").display());
     let cli = |args: &[&str]| {
         let o = Command::new(env!("CARGO_BIN_EXE_provisioner"))

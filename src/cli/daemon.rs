@@ -330,7 +330,7 @@ pub(super) async fn demo(
         for t in store.history(*id).await? {
             println!(
                 "  {}  {:<12} -> {:<12} {:<9} {:<15} {:<9}{}",
-                t.at.format("%H:%M:%S%.3f"),
+                super::output::ts(t.at),
                 t.from_status.as_deref().unwrap_or("-"),
                 t.to_status.as_deref().unwrap_or("-"),
                 t.action,
