@@ -333,3 +333,96 @@ fn billing_text_cannot_drive_the_admins_terminal() {
     ));
     assert_eq!(shown["customer_id"], evil);
 }
+
+/// Holds, order references and recovery from a terminal, refused where they make no sense.
+#[test]
+fn holds_references_and_recovery_from_the_command_line() {
+    let dir = setup();
+    let d = dir.path();
+    let create = |reference: &str| {
+        provisioner(
+            d,
+            &[
+                "instances",
+                "create",
+                "--customer",
+                "c",
+                "--product",
+                "sim-vps-small",
+                "--billing-ref",
+                reference,
+                "--format",
+                "json",
+            ],
+        )
+    };
+    let id = json(&create("whmcs-7"))["id"].as_i64().unwrap().to_string();
+    let o = create("whmcs-7");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains(&format!("billing_ref `whmcs-7` is already instance {id}")),
+        "{}",
+        stderr(&o)
+    );
+    let held = json(&provisioner(
+        d,
+        &[
+            "instances",
+            "hold",
+            &id,
+            "--kind",
+            "abuse",
+            "--reason",
+            "phishing",
+            "--by",
+            "desk",
+            "--format",
+            "json",
+        ],
+    ));
+    assert_eq!(held["holds"], serde_json::json!(["abuse"]));
+    let shown = json(&provisioner(
+        d,
+        &["instances", "show", &id, "--format", "json"],
+    ));
+    assert_eq!(shown["hold_details"][0]["reason"], "phishing");
+    assert_eq!(shown["hold_details"][0]["placed_by"], "desk");
+    assert_eq!(shown["billing_ref"], "whmcs-7");
+    let text = provisioner(d, &["instances", "show", &id]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("hold        abuse by desk since "));
+    for (args, says) in [
+        (
+            vec!["instances", "hold", &id, "--kind", "Abuse Desk"],
+            "lower-case word",
+        ),
+        (
+            vec!["instances", "release", &id, "--kind", "billing"],
+            "has no billing hold",
+        ),
+        (
+            vec!["instances", "recreate", &id],
+            "only lost or failed instances are recreated",
+        ),
+        (
+            vec!["instances", "forget", &id],
+            "only lost or failed instances are forgotten",
+        ),
+    ] {
+        let o = provisioner(d, &args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{args:?}: {}", stderr(&o));
+    }
+    let released = json(&provisioner(
+        d,
+        &[
+            "instances",
+            "release",
+            &id,
+            "--kind",
+            "abuse",
+            "--format",
+            "json",
+        ],
+    ));
+    assert_eq!(released["holds"], serde_json::json!([]));
+}

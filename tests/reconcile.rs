@@ -453,6 +453,104 @@ async fn a_vanished_server_is_lost_not_recreated() {
         "no second server"
     );
     assert_eq!(s.instance(id).await.observed_status, ObservedStatus::Lost);
+
+    // An admin gives it a fresh server; the old one's id stays in the history.
+    s.store.recreate(id, "ops").await.unwrap();
+    s.running.as_ref().unwrap().wake.notify_one();
+    let i = s.wait(id, "active again", active).await;
+    assert_ne!(i.provider_server_id.as_deref(), Some(server.as_str()));
+    assert_eq!(
+        sim::ledger(&s.store).await.unwrap().created,
+        2,
+        "one fresh server"
+    );
+    let h = s.store.history(id).await.unwrap();
+    assert!(h
+        .iter()
+        .any(|t| t.action == "recreate" && t.details["old_server"] == server.as_str()));
+
+    // Lost again, and this time closed: terminated without any call.
+    let server = i.provider_server_id.unwrap();
+    s.sql(&format!("UPDATE sim_servers SET state = 'deleted', deleted_at = '2000-01-01T00:00:00.000Z' WHERE id = {server}")).await;
+    s.wait(id, "lost again", |i| {
+        i.observed_status == ObservedStatus::Lost
+    })
+    .await;
+    let i = s.store.forget(id, "ops").await.unwrap();
+    assert!(i.desired_met());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        sim::ledger(&s.store).await.unwrap().created,
+        2,
+        "no third server"
+    );
+    assert_eq!(
+        s.instance(id).await.observed_status,
+        ObservedStatus::Terminated
+    );
+    s.stop().await;
+}
+
+/// An abuse hold keeps the server off through billing's suspension and unsuspension; lifting
+/// it brings the server back. Each hold placed or lifted is in the history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abuse_hold_outlasts_billings_unsuspend() {
+    let s = Setup::new().await;
+    let id = s.order("t-vps", None).await;
+    s.wait(id, "active", active).await;
+    s.store
+        .place_hold(id, "abuse", Some("phishing site reported"), "abuse-desk")
+        .await
+        .unwrap();
+    s.running.as_ref().unwrap().wake.notify_one();
+    let settled = |i: &Instance| i.observed_generation == i.desired_generation && i.desired_met();
+    let i = s.wait(id, "held off", settled).await;
+    assert_eq!(i.observed_status, ObservedStatus::Suspended);
+    // Billing suspends for non-payment, then the customer pays: billing unsuspends.
+    s.store
+        .set_desired(id, DesiredStatus::Suspended, Some("non-payment"))
+        .await
+        .unwrap();
+    s.store
+        .set_desired(id, DesiredStatus::Active, None)
+        .await
+        .unwrap();
+    let i = s.wait(id, "billing's changes acted on", settled).await;
+    assert_eq!(
+        i.observed_status,
+        ObservedStatus::Suspended,
+        "the abuse hold stays"
+    );
+    assert!(s.store.release_hold(id, "abuse").await.unwrap());
+    s.running.as_ref().unwrap().wake.notify_one();
+    let i = s
+        .wait(id, "running again", |i| {
+            i.observed_status == ObservedStatus::Active && settled(i)
+        })
+        .await;
+    assert!(i.holds.is_empty());
+    let h = s.store.history(id).await.unwrap();
+    let hold = h
+        .iter()
+        .find(|t| t.action == "hold")
+        .expect("the hold is recorded");
+    assert_eq!(hold.details["kind"], "abuse");
+    assert_eq!(hold.details["by"], "abuse-desk");
+    assert!(h
+        .iter()
+        .any(|t| t.action == "release" && t.details["kind"] == "abuse"));
+    let unsuspends = h
+        .iter()
+        .filter(|t| t.action == "unsuspend" && t.outcome == "started")
+        .count();
+    let log: Vec<String> = h
+        .iter()
+        .map(|t| format!("{} {} {} {}", t.action, t.cause, t.outcome, t.details))
+        .collect();
+    assert_eq!(
+        unsuspends, 1,
+        "powered on once, after the release: {log:#?}"
+    );
     s.stop().await;
 }
 

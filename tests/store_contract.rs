@@ -159,7 +159,201 @@ contract!(
     one_bad_row_never_blocks_the_others,
     rows_are_never_replaced_nor_renumbered,
     billing_columns_are_typed_and_counters_bounded,
+    a_billing_ref_is_inserted_once,
+    holds_keep_a_server_off_whatever_billing_says,
+    recovery_takes_lost_instances_only,
 );
+
+async fn a_billing_ref_is_inserted_once(db: &Db) {
+    db.billing("INSERT INTO instances (customer_id, product_id, billing_ref) VALUES ('c', 'p', 'whmcs-service-42')")
+        .await
+        .unwrap();
+    let first = db
+        .scalar("SELECT id FROM instances WHERE billing_ref = 'whmcs-service-42'")
+        .await;
+    let err = db
+        .billing("INSERT INTO instances (customer_id, product_id, billing_ref) VALUES ('c', 'p', 'whmcs-service-42')")
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("billing_ref") && err.contains("already"),
+        "{err}"
+    );
+    if db.store.engine() == Engine::Postgres {
+        assert!(
+            err.contains(&format!("instance {first}")),
+            "names the instance: {err}"
+        );
+    }
+    let other = db.insert("c", "p").await;
+    let err = db
+        .billing(&format!(
+            "UPDATE instances SET billing_ref = 'whmcs-service-42' WHERE id = {other}"
+        ))
+        .await
+        .unwrap_err();
+    assert!(err.contains("already"), "{err}");
+    // Many instances without a reference are fine.
+    db.insert("c", "p").await;
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM instances WHERE billing_ref IS NULL")
+            .await,
+        2
+    );
+    let err = db
+        .billing(
+            "INSERT INTO instances (customer_id, product_id, billing_ref) VALUES ('c', 'p', '')",
+        )
+        .await
+        .unwrap_err();
+    assert!(err.contains("billing_ref"), "{err}");
+}
+
+async fn holds_keep_a_server_off_whatever_billing_says(db: &Db) {
+    let id = db.insert("c", "p").await;
+    let generation_sql = format!("SELECT desired_generation FROM instances WHERE id = {id}");
+    let g0 = db.scalar(&generation_sql).await;
+    db.billing(&format!(
+        "INSERT INTO instance_holds (instance_id, kind, reason, placed_by) VALUES ({id}, 'abuse', 'phishing reported', 'abuse-desk')"
+    ))
+    .await
+    .unwrap();
+    let i = db.store.instance(id).await.unwrap().unwrap();
+    assert_eq!(i.holds, ["abuse"]);
+    assert_eq!(i.effective_desired(), DesiredStatus::Suspended, "held: off");
+    assert!(
+        db.scalar(&generation_sql).await > g0,
+        "a hold is a desired change"
+    );
+    db.billing(&format!(
+        "INSERT INTO instance_holds (instance_id, kind) VALUES ({id}, 'billing')"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        db.store.instance(id).await.unwrap().unwrap().holds,
+        ["abuse", "billing"]
+    );
+    // Billing's unsuspend lifts its own hold; the abuse hold stays.
+    db.billing(&format!(
+        "DELETE FROM instance_holds WHERE instance_id = {id} AND kind = 'billing'; \
+         UPDATE instances SET desired_status = 'active' WHERE id = {id}"
+    ))
+    .await
+    .unwrap();
+    let i = db.store.instance(id).await.unwrap().unwrap();
+    assert_eq!(i.effective_desired(), DesiredStatus::Suspended);
+    for (sql, says) in [
+        (
+            format!("INSERT INTO instance_holds (instance_id, kind) VALUES ({id}, 'Abuse Team')"),
+            "lower-case word",
+        ),
+        (
+            format!("INSERT INTO instance_holds (instance_id, kind) VALUES ({id}, '')"),
+            "lower-case word",
+        ),
+        (
+            "INSERT INTO instance_holds (instance_id, kind) VALUES (987654, 'admin')".to_owned(),
+            "live instance",
+        ),
+        (
+            format!("UPDATE instances SET holds = NULL WHERE id = {id}"),
+            "holds",
+        ),
+    ] {
+        let err = db.billing(&sql).await.unwrap_err();
+        assert!(err.contains(says), "{sql}: {err}");
+    }
+    assert!(db.store.release_hold(id, "abuse").await.unwrap());
+    assert!(!db.store.release_hold(id, "abuse").await.unwrap());
+    let i = db.store.instance(id).await.unwrap().unwrap();
+    assert!(i.holds.is_empty());
+    assert_eq!(i.effective_desired(), DesiredStatus::Active);
+    // A terminated instance cannot be held.
+    db.billing(&format!(
+        "UPDATE instances SET desired_status = 'terminated' WHERE id = {id}"
+    ))
+    .await
+    .unwrap();
+    let err = db
+        .store
+        .place_hold(id, "admin", None, "ops")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("live instance"), "{err}");
+    // The reconciler records holds placed and lifted, fenced by its lease.
+    let id = db.insert("c", "p").await;
+    db.store
+        .place_hold(id, "admin", Some("maintenance"), "ops")
+        .await
+        .unwrap();
+    let lease = db.claim(id, "w").await;
+    let i = db.store.instance(id).await.unwrap().unwrap();
+    let noted = db.store.note_holds(&lease, &i).await.unwrap();
+    assert_eq!(noted.holds_seen, ["admin"]);
+    db.store.release_hold(id, "admin").await.unwrap();
+    let i = db.store.instance(id).await.unwrap().unwrap();
+    db.store.note_holds(&lease, &i).await.unwrap();
+    let h = db.store.history(id).await.unwrap();
+    let actions: Vec<&str> = h.iter().map(|t| t.action.as_str()).collect();
+    assert_eq!(actions, ["hold", "release"]);
+    assert_eq!(h[0].details["reason"], "maintenance");
+    assert_eq!(h[0].details["by"], "ops");
+}
+
+async fn recovery_takes_lost_instances_only(db: &Db) {
+    let id = db.insert("c", "p").await;
+    let err = db.store.recreate(id, "ops").await.unwrap_err();
+    assert!(err.to_string().contains("only lost or failed"), "{err}");
+    let err = db.store.forget(id, "ops").await.unwrap_err();
+    assert!(err.to_string().contains("only lost or failed"), "{err}");
+    // Lost: its server vanished.
+    let lease = db.claim(id, "w").await;
+    db.store
+        .record(
+            &lease,
+            &ObservedPatch {
+                observed_status: Some(ObservedStatus::Lost),
+                provider_account: Some(Some("acc".into())),
+                provider_server_id: Some(Some("srv-1".into())),
+                status_reason: Some(Some("gone".into())),
+                release_lease: true,
+                ..ObservedPatch::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let i = db.store.recreate(id, "ops").await.unwrap();
+    assert_eq!(i.observed_status, ObservedStatus::Pending);
+    assert_eq!(i.provider_server_id, None);
+    let h = db.store.history(id).await.unwrap();
+    let last = h.last().unwrap();
+    assert_eq!(
+        (last.action.as_str(), last.cause.as_str()),
+        ("recreate", "manual")
+    );
+    assert_eq!(last.details["old_server"], "srv-1");
+    assert_eq!(last.details["by"], "ops");
+    // Lost again, then forgotten: terminated without a call, billing's wish included.
+    let lease = db.claim(id, "w").await;
+    db.store
+        .record(
+            &lease,
+            &ObservedPatch {
+                observed_status: Some(ObservedStatus::Lost),
+                release_lease: true,
+                ..ObservedPatch::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let i = db.store.forget(id, "ops").await.unwrap();
+    assert_eq!(i.observed_status, ObservedStatus::Terminated);
+    assert_eq!(i.desired_status, DesiredStatus::Terminated);
+    assert!(i.desired_met());
+}
 
 async fn billing_insert_gets_defaults_and_is_due(db: &Db) {
     db.billing(
@@ -1129,7 +1323,7 @@ async fn billing_columns_are_typed_and_counters_bounded(db: &Db) {
 
 async fn migrations_are_idempotent(db: &Db) {
     assert!(db.store.migrate().await.unwrap().is_empty());
-    assert_eq!(db.scalar("SELECT COUNT(*) FROM schema_migrations").await, 6);
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM schema_migrations").await, 7);
 }
 
 async fn missing_things_are_reported(db: &Db) {
@@ -1234,7 +1428,30 @@ async fn postgres_billing_role_holds_exactly_the_billing_columns() {
         .await
         .expect("billing reads back");
     assert_eq!(status, "pending");
+    // Holds and order references are billing's (and admins') too.
+    for sql in [
+        format!(
+            "INSERT INTO instance_holds (instance_id, kind, reason) VALUES ({id}, 'abuse', 'spam')"
+        ),
+        format!("UPDATE instances SET billing_ref = 'svc-{id}' WHERE id = {id}"),
+        format!("DELETE FROM instance_holds WHERE instance_id = {id} AND kind = 'abuse'"),
+        format!("INSERT INTO instance_holds (instance_id, kind) VALUES ({id}, 'billing')"),
+    ] {
+        sqlx::raw_sql(&sql).execute(&billing).await.expect(&sql);
+    }
+    let holds: Option<String> = sqlx::query_scalar("SELECT holds FROM instances WHERE id = $1")
+        .bind(id)
+        .fetch_one(&billing)
+        .await
+        .unwrap();
+    assert_eq!(
+        holds.as_deref(),
+        Some("billing"),
+        "the mirror is kept for billing too"
+    );
     let refused = [
+        format!("UPDATE instances SET holds_seen = 'x' WHERE id = {id}"),
+        format!("UPDATE instances SET holds = NULL WHERE id = {id}"),
         format!("UPDATE instances SET observed_status = 'active' WHERE id = {id}"),
         format!("UPDATE instances SET provider_server_id = '7' WHERE id = {id}"),
         format!("UPDATE instances SET next_check_at = NULL WHERE id = {id}"),
@@ -1297,7 +1514,30 @@ async fn sqlite_plain_clients_write_billing_columns_only() {
     run("INSERT INTO instances (customer_id, product_id, hostname) VALUES ('c2', 'p', 'h')".into())
         .await
         .unwrap();
+    // Holds are billing's to place and lift; the mirror and what the reconciler saw are not.
+    run(format!(
+        "INSERT INTO instance_holds (instance_id, kind, reason) VALUES ({id}, 'abuse', 'spam')"
+    ))
+    .await
+    .unwrap();
+    run(format!(
+        "INSERT INTO instance_holds (instance_id, kind) VALUES ({id}, 'billing')"
+    ))
+    .await
+    .unwrap();
+    run(format!(
+        "DELETE FROM instance_holds WHERE instance_id = {id} AND kind = 'billing'"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        db.store.instance(id).await.unwrap().unwrap().holds,
+        ["abuse"]
+    );
     let refused = [
+        (format!("UPDATE instances SET holds_seen = 'abuse' WHERE id = {id}"), "provisioner_owns_holds_seen"),
+        (format!("UPDATE instances SET holds = NULL WHERE id = {id}"), "holds is kept by the database"),
+        (format!("INSERT INTO instance_holds (instance_id, kind) VALUES ({id}, 'two words')"), "lower-case word"),
         (format!("UPDATE instances SET observed_status = 'active' WHERE id = {id}"), "provisioner_owns_observed_status"),
         (format!("UPDATE instances SET provider_server_id = '7' WHERE id = {id}"), "provisioner_owns_provider_server_id"),
         (format!("UPDATE instances SET lease_epoch = lease_epoch + 1 WHERE id = {id}"), "provisioner_owns_lease_epoch"),

@@ -19,14 +19,16 @@ BEGIN
         END;
     END IF;
     REVOKE ALL ON instances, instance_transitions, product_revisions, manual_tasks, ovh_pool,
-                  sim_servers, schema_migrations
+                  sim_servers, schema_migrations, instance_holds
         FROM provisioner_billing;
     GRANT SELECT ON instances, instance_transitions, product_revisions TO provisioner_billing;
-    GRANT INSERT (customer_id, order_id, product_id, location, os_image, hostname, ssh_keys,
-                  desired_status, suspend_reason, reboot_requested)
+    GRANT INSERT (customer_id, order_id, billing_ref, product_id, location, os_image, hostname,
+                  ssh_keys, desired_status, suspend_reason, reboot_requested)
         ON instances TO provisioner_billing;
-    GRANT UPDATE (customer_id, order_id, product_id, location, os_image, hostname, ssh_keys,
-                  desired_status, suspend_reason, reboot_requested)
+    GRANT UPDATE (customer_id, order_id, billing_ref, product_id, location, os_image, hostname,
+                  ssh_keys, desired_status, suspend_reason, reboot_requested)
         ON instances TO provisioner_billing;
+    -- Holds are billing's and admins' alike.
+    GRANT SELECT, INSERT, UPDATE, DELETE ON instance_holds TO provisioner_billing;
 END
 $$;

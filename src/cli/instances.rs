@@ -14,7 +14,7 @@ use super::{Format, InstancesCommand, EXIT_INVALID, EXIT_OK};
 use crate::catalog;
 use crate::secrets::Keyring;
 use crate::store::{
-    redact_url, ConnectOptions, DesiredStatus, Instance, InstanceFilter, NewInstance,
+    redact_url, ConnectOptions, DesiredStatus, Hold, Instance, InstanceFilter, NewInstance,
     ObservedStatus, SqlStore, Store, StoreError, Transition,
 };
 
@@ -107,6 +107,7 @@ async fn dispatch(
             os_image,
             hostname,
             order,
+            billing_ref,
             ssh_keys_file,
             catalog,
             no_catalog_check,
@@ -126,10 +127,23 @@ async fn dispatch(
                 ),
                 None => None,
             };
+            if let Some(r) = &billing_ref {
+                if let Some(existing) = store.instance_by_billing_ref(r).await? {
+                    return invalid(format!(
+                        "billing_ref `{}` is already instance {} (customer {}, product {}, {}): an order is inserted once",
+                        output::printable(r),
+                        existing.id,
+                        output::printable(&existing.customer_id),
+                        output::printable(&existing.product_id),
+                        existing.observed_status
+                    ));
+                }
+            }
             let instance = store
                 .create_instance(&NewInstance {
                     customer_id: customer,
                     order_id: order,
+                    billing_ref,
                     product_id: product,
                     location,
                     os_image,
@@ -139,7 +153,7 @@ async fn dispatch(
                     suspend_reason: None,
                 })
                 .await?;
-            print_instance(&instance, None, format)?;
+            print_instance(&instance, &[], None, format)?;
             Ok(ExitCode::from(EXIT_OK))
         }
         InstancesCommand::List {
@@ -218,7 +232,13 @@ async fn dispatch(
             } else {
                 None
             };
-            print_instance(&instance, secret.as_ref().map(|s| s.expose()), format)?;
+            let holds = store.holds(id).await?;
+            print_instance(
+                &instance,
+                &holds,
+                secret.as_ref().map(|s| s.expose()),
+                format,
+            )?;
             Ok(ExitCode::from(EXIT_OK))
         }
         InstancesCommand::History { id, format } => {
@@ -265,6 +285,67 @@ async fn dispatch(
                 &format!(
                     "instance {}: taken up again by {by} ({what}); the reconciler looks at it now\n",
                     i.id
+                ),
+            )
+        }
+        InstancesCommand::Hold {
+            id,
+            kind,
+            reason,
+            by,
+            format,
+        } => {
+            let by = super::operator(by);
+            store.place_hold(id, &kind, reason.as_deref(), &by).await?;
+            let i = store
+                .instance(id)
+                .await?
+                .ok_or(StoreError::InstanceNotFound(id))?;
+            changed(
+                &i,
+                format,
+                &format!(
+                    "instance {id}: {kind} hold placed by {by}; holds now: {}; the server stays off until every hold is lifted\n",
+                    i.holds.join(", ")
+                ),
+            )
+        }
+        InstancesCommand::Release { id, kind, format } => {
+            if !store.release_hold(id, &kind).await? {
+                return invalid(format!("instance {id} has no {kind} hold"));
+            }
+            let i = store
+                .instance(id)
+                .await?
+                .ok_or(StoreError::InstanceNotFound(id))?;
+            let what = if i.holds.is_empty() {
+                format!("no hold left; billing wants it {}", i.desired_status)
+            } else {
+                format!("still held: {}", i.holds.join(", "))
+            };
+            changed(
+                &i,
+                format,
+                &format!("instance {id}: {kind} hold lifted; {what}\n"),
+            )
+        }
+        InstancesCommand::Recreate { id, by, format } => {
+            let by = super::operator(by);
+            let i = store.recreate(id, &by).await?;
+            changed(
+                &i,
+                format,
+                &format!("instance {id}: recreated by {by}; a fresh server is created now\n"),
+            )
+        }
+        InstancesCommand::Forget { id, by, format } => {
+            let by = super::operator(by);
+            let i = store.forget(id, &by).await?;
+            changed(
+                &i,
+                format,
+                &format!(
+                    "instance {id}: forgotten by {by}; terminated without any provider call\n"
                 ),
             )
         }
@@ -342,6 +423,7 @@ pub(super) fn instance_json(i: &Instance, secret: Option<&str>) -> Value {
         "id": i.id,
         "customer_id": i.customer_id,
         "order_id": i.order_id,
+        "billing_ref": i.billing_ref,
         "product_id": i.product_id,
         "location": i.location,
         "os_image": i.os_image,
@@ -371,23 +453,38 @@ pub(super) fn instance_json(i: &Instance, secret: Option<&str>) -> Value {
         "pending_since": output::ts_json(i.pending_since),
         "next_check_at": output::ts_json(i.next_check_at),
         "lease_owner": i.lease_owner,
+        "holds": i.holds,
         "created_at": output::ts(i.created_at),
         "updated_at": output::ts(i.updated_at),
     })
 }
 
-fn print_instance(i: &Instance, secret: Option<&str>, format: Format) -> anyhow::Result<()> {
+fn print_instance(
+    i: &Instance,
+    holds: &[Hold],
+    secret: Option<&str>,
+    format: Format,
+) -> anyhow::Result<()> {
     if format == Format::Json {
-        output::json(&instance_json(i, secret))?;
+        let mut v = instance_json(i, secret);
+        v["hold_details"] = holds
+            .iter()
+            .map(|h| {
+                json!({"kind": h.kind, "reason": h.reason, "placed_by": h.placed_by,
+                       "placed_at": output::ts(h.placed_at)})
+            })
+            .collect();
+        output::json(&v)?;
         return Ok(());
     }
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "instance {}  customer {}  order {}",
+        "instance {}  customer {}  order {}  billing ref {}",
         i.id,
         i.customer_id,
-        or_dash(i.order_id.as_deref())
+        or_dash(i.order_id.as_deref()),
+        or_dash(i.billing_ref.as_deref())
     );
     let _ = writeln!(
         s,
@@ -424,6 +521,19 @@ fn print_instance(i: &Instance, secret: Option<&str>, format: Format) -> anyhow:
             .unwrap_or_default(),
         i.observed_generation
     );
+    for h in holds {
+        let _ = writeln!(
+            s,
+            "hold        {} by {} since {}{}",
+            h.kind,
+            h.placed_by,
+            output::ts(h.placed_at),
+            h.reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        );
+    }
     let _ = writeln!(
         s,
         "reboots     {} requested, {} done",

@@ -388,6 +388,9 @@ pub enum InstancesCommand {
         /// Billing's order reference.
         #[arg(long)]
         order: Option<String>,
+        /// Billing's own service id: unique, so the same order is never inserted twice.
+        #[arg(long)]
+        billing_ref: Option<String>,
         /// A file of SSH public keys, one per line.
         #[arg(long)]
         ssh_keys_file: Option<PathBuf>,
@@ -460,6 +463,59 @@ pub enum InstancesCommand {
     Reboot {
         /// Instance id.
         id: i64,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Place a suspension hold: the server stays off while any hold exists, whatever billing's
+    /// desired status (billing's unsuspend does not lift an abuse hold).
+    Hold {
+        /// Instance id.
+        id: i64,
+        /// The hold's kind: billing, abuse, admin or any lower-case word.
+        #[arg(long)]
+        kind: String,
+        /// Why (shown in the history and to admins).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Who places it (default: $USER).
+        #[arg(long)]
+        by: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Lift a suspension hold (the server comes back once no hold is left and billing wants
+    /// it active).
+    Release {
+        /// Instance id.
+        id: i64,
+        /// The hold's kind.
+        #[arg(long)]
+        kind: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Give a lost instance a fresh server (the old server's id stays in its history).
+    Recreate {
+        /// Instance id.
+        id: i64,
+        /// Who decided it, for the history (default: $USER).
+        #[arg(long)]
+        by: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Close a lost or failed instance whose server is already gone: terminated, with no
+    /// provider call.
+    Forget {
+        /// Instance id.
+        id: i64,
+        /// Who decided it, for the history (default: $USER).
+        #[arg(long)]
+        by: Option<String>,
         /// Output format.
         #[arg(long, value_enum, default_value_t)]
         format: Format,

@@ -196,6 +196,9 @@ fn with_facts(i: &crate::store::Instance, details: Value) -> Value {
     if i.desired_status == DesiredStatus::Suspended {
         put("suspend_reason", i.suspend_reason.as_deref());
     }
+    if !i.holds.is_empty() {
+        facts.insert("holds".to_owned(), i.holds.clone().into());
+    }
     if let Value::Object(own) = details {
         facts.extend(own.into_iter().filter(|(_, v)| !v.is_null()));
     }

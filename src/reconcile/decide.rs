@@ -155,9 +155,12 @@ impl Context<'_> {
         if cause == Cause::DesiredChange {
             let i = self.instance;
             if let Value::Object(details) = &mut t.details {
-                details.insert("desired".into(), i.desired_status.as_str().into());
+                details.insert("desired".into(), i.effective_desired().as_str().into());
                 if let Some(reason) = &i.suspend_reason {
                     details.insert("reason".into(), reason.as_str().into());
+                }
+                if !i.holds.is_empty() {
+                    details.insert("holds".into(), i.holds.clone().into());
                 }
             }
         }
@@ -893,7 +896,7 @@ pub fn resynced(
             next: Next::Now,
         }
     };
-    Some(match (i.desired_status, i.observed_status, server) {
+    Some(match (i.effective_desired(), i.observed_status, server) {
         (D::Terminated, _, _) => return None,
         (_, O::Active | O::Suspended, None) => {
             let what = format!("server {server_id} is gone at the provider");

@@ -165,6 +165,18 @@ impl Executor {
     }
 
     async fn run(&self, claim: &Claim) -> Result<StepResult, StoreError> {
+        // Holds placed or lifted since the last look are recorded first, each a transition.
+        let noted;
+        let claim = if claim.instance.holds == claim.instance.holds_seen {
+            claim
+        } else {
+            let instance = self.store.note_holds(&claim.lease, &claim.instance).await?;
+            noted = Claim {
+                instance,
+                ..claim.clone()
+            };
+            &noted
+        };
         let i = &claim.instance;
         let catalog = self.catalog.borrow().clone();
         let product = product_check(&catalog, i);

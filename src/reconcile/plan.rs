@@ -154,11 +154,15 @@ pub fn plan(i: &Instance, product: &ProductCheck) -> Step {
         _ => {}
     }
     let reboot_due = i.reboot_handled < i.reboot_requested;
-    match (i.desired_status, i.observed_status) {
+    match (i.effective_desired(), i.observed_status) {
         (D::Active, O::Pending) => match product {
             ProductCheck::Sellable { .. } => Step::Create,
             ProductCheck::Blocked(reason) => Step::Wait(reason.clone()),
         },
+        (D::Suspended, O::Pending) if !i.holds.is_empty() => Step::Wait(format!(
+            "held ({}) before it was provisioned: nothing is created until every hold is released",
+            i.holds.join(", ")
+        )),
         (D::Suspended, O::Pending) => Step::Wait(
             "suspended before it was provisioned: nothing is created until it is active".into(),
         ),
@@ -264,6 +268,7 @@ pub(crate) mod tests {
             id: 7,
             customer_id: "c".into(),
             order_id: None,
+            billing_ref: None,
             product_id: "vps".into(),
             location: None,
             os_image: None,
@@ -294,6 +299,8 @@ pub(crate) mod tests {
             lease_epoch: 1,
             created_at: now,
             updated_at: now,
+            holds: Vec::new(),
+            holds_seen: Vec::new(),
         }
     }
 
@@ -307,6 +314,7 @@ pub(crate) mod tests {
         reboots: (i64, i64),
         pending: Option<Action>,
         product: ProductCheck,
+        holds: &'static [&'static str],
         expect: Step,
     }
 
@@ -324,6 +332,7 @@ pub(crate) mod tests {
             reboots: (0, 0),
             pending: None,
             product: OK,
+            holds: &[],
             expect,
         }
     }
@@ -364,6 +373,13 @@ pub(crate) mod tests {
             Case { reboots: (2, 1), ..case("Suspension comes before a pending reboot.", D::Suspended, O::Active, Step::Suspend) },
             Case { reboots: (1, 0), ..case("Unsuspension comes before a pending reboot.", D::Active, O::Suspended, Step::Unsuspend) },
             Case { reboots: (1, 0), ..case("Termination beats a pending reboot.", D::Terminated, O::Active, Step::Terminate) },
+            // Suspension holds: any hold keeps the server off, whatever billing wants.
+            Case { holds: &["abuse"], ..case("A hold powers off a server billing wants running.", D::Active, O::Active, Step::Suspend) },
+            Case { holds: &["abuse"], ..case("Billing's unsuspend does not lift an abuse hold.", D::Active, O::Suspended, Step::Converged) },
+            Case { holds: &["abuse", "billing"], ..case("Holds and billing's suspension agree.", D::Suspended, O::Suspended, Step::Converged) },
+            Case { holds: &["admin"], ..case("A held order is not created.", D::Active, O::Pending, Step::Wait("held (admin) before it was provisioned: nothing is created until every hold is released".into())) },
+            Case { holds: &["abuse"], ..case("Termination beats holds.", D::Terminated, O::Suspended, Step::Terminate) },
+            Case { holds: &["abuse"], reboots: (1, 0), ..case("A reboot asked while held is skipped.", D::Active, O::Suspended, Step::SkipReboot) },
         ];
         for c in cases {
             let mut i = instance(c.desired, c.observed);
@@ -373,6 +389,7 @@ pub(crate) mod tests {
             i.reboot_requested = c.reboots.0;
             i.reboot_handled = c.reboots.1;
             i.pending = c.pending.map(crate::store::Pending::new);
+            i.holds = c.holds.iter().map(|h| (*h).to_owned()).collect();
             assert_eq!(plan(&i, &c.product), c.expect, "{}", c.says);
         }
     }

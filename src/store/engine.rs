@@ -513,7 +513,7 @@ mod writer {
     /// The reconciler-owned columns guarded this way (the few that the database's own
     /// triggers update on billing's behalf, `desired_generation`, `desired_changed_at`,
     /// `next_check_at` and `updated_at`, are guarded by value rules instead).
-    pub(super) const OWNED: [&str; 21] = [
+    pub(super) const OWNED: [&str; 22] = [
         "observed_generation",
         "observed_status",
         "status_reason",
@@ -535,6 +535,7 @@ mod writer {
         "lease_expires_at",
         "lease_epoch",
         "created_at",
+        "holds_seen",
     ];
 
     /// The reconciler's other tables, guarded the same way for every write.
@@ -867,6 +868,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "billing boundary",
         include_str!("../../migrations/sqlite/0006_billing_boundary.sql"),
     ),
+    (
+        7,
+        "idempotent orders and suspension holds",
+        include_str!("../../migrations/sqlite/0007_holds_and_refs.sql"),
+    ),
 ];
 
 /// The billing role and its grants, applied after the migrations by every migrate.
@@ -903,6 +909,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "billing boundary",
         include_str!("../../migrations/postgres/0006_billing_boundary.sql"),
     ),
+    (
+        7,
+        "idempotent orders and suspension holds",
+        include_str!("../../migrations/postgres/0007_holds_and_refs.sql"),
+    ),
 ];
 
 #[cfg(test)]
@@ -911,7 +922,10 @@ mod tests {
 
     #[test]
     fn every_guarded_column_has_its_trigger() {
-        let sql = include_str!("../../migrations/sqlite/0006_billing_boundary.sql");
+        let sql = concat!(
+            include_str!("../../migrations/sqlite/0006_billing_boundary.sql"),
+            include_str!("../../migrations/sqlite/0007_holds_and_refs.sql")
+        );
         for column in writer::OWNED {
             assert!(
                 sql.contains(&format!(

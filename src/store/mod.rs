@@ -12,6 +12,7 @@
 
 pub(crate) mod connect;
 pub(crate) mod engine;
+mod lifecycle;
 pub mod model;
 pub mod pool;
 pub mod sim;
@@ -468,6 +469,7 @@ fn instance_from(r: &Row) -> Result<Instance> {
         id: r.int("id")?,
         customer_id: r.text("customer_id")?,
         order_id: r.opt_text("order_id")?,
+        billing_ref: r.opt_text("billing_ref")?,
         product_id: r.text("product_id")?,
         location: r.opt_text("location")?,
         os_image: r.opt_text("os_image")?,
@@ -505,7 +507,20 @@ fn instance_from(r: &Row) -> Result<Instance> {
         lease_epoch: r.int("lease_epoch")?,
         created_at: r.ts("created_at")?,
         updated_at: r.ts("updated_at")?,
+        holds: kinds(r.opt_text("holds")?),
+        holds_seen: kinds(r.opt_text("holds_seen")?),
     })
+}
+
+/// Hold kinds as the database mirrors them: sorted, comma-separated, NULL for none.
+fn kinds(list: Option<String>) -> Vec<String> {
+    list.map(|l| {
+        l.split(',')
+            .filter(|k| !k.is_empty())
+            .map(str::to_owned)
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 fn transition_from(r: &Row) -> Result<Transition> {
@@ -773,8 +788,9 @@ impl Store for SqlStore {
         let row = tx
             .row(
                 "INSERT INTO instances (customer_id, order_id, product_id, location, os_image,
-                                        hostname, ssh_keys, desired_status, suspend_reason)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                                        hostname, ssh_keys, desired_status, suspend_reason,
+                                        billing_ref)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                  RETURNING *",
                 vec![
                     new.customer_id.as_str().into(),
@@ -789,6 +805,7 @@ impl Store for SqlStore {
                         .as_str()
                         .into(),
                     new.suspend_reason.clone().into(),
+                    new.billing_ref.clone().into(),
                 ],
             )
             .await?

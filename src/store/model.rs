@@ -73,6 +73,14 @@ vocabulary! {
         Fail => "fail",
         /// A person took a failed instance up again.
         Retry => "retry",
+        /// A suspension hold was placed.
+        Hold => "hold",
+        /// A suspension hold was lifted.
+        Release => "release",
+        /// A person started a lost instance over with a fresh server.
+        Recreate => "recreate",
+        /// A person closed an instance whose server was already gone.
+        Forget => "forget",
     }
 }
 
@@ -145,6 +153,8 @@ pub struct Instance {
     pub customer_id: String,
     /// Billing's order reference.
     pub order_id: Option<String>,
+    /// Billing's own service id, unique when set: an order is inserted once.
+    pub billing_ref: Option<String>,
     /// Catalog product id.
     pub product_id: String,
     /// Requested location; `None` means the product's first.
@@ -205,9 +215,23 @@ pub struct Instance {
     pub created_at: DateTime<Utc>,
     /// Last change.
     pub updated_at: DateTime<Utc>,
+    /// The kinds of the suspension holds on it (`abuse`, `admin`, …), sorted; kept by the
+    /// database from `instance_holds`.
+    pub holds: Vec<String>,
+    /// The hold kinds the reconciler last recorded transitions for.
+    pub holds_seen: Vec<String>,
 }
 
 impl Instance {
+    /// What the server should be: billing's `desired_status`, except that any hold keeps an
+    /// active instance's server off (lifting billing's suspension does not lift an abuse hold).
+    pub fn effective_desired(&self) -> DesiredStatus {
+        match self.desired_status {
+            DesiredStatus::Active if !self.holds.is_empty() => DesiredStatus::Suspended,
+            d => d,
+        }
+    }
+
     /// The sealing context of this instance's credentials.
     pub fn secret_context(&self) -> String {
         format!("instance:{}", self.id)
@@ -217,14 +241,14 @@ impl Instance {
     /// instance's pending reboots no longer count).
     pub fn desired_met(&self) -> bool {
         self.is_converged()
-            || (self.desired_status == DesiredStatus::Terminated
+            || (self.effective_desired() == DesiredStatus::Terminated
                 && self.observed_status == ObservedStatus::Terminated)
     }
 
     /// Whether observed matches desired and every requested reboot was carried out.
     pub fn is_converged(&self) -> bool {
         let status_matches = matches!(
-            (self.desired_status, self.observed_status),
+            (self.effective_desired(), self.observed_status),
             (DesiredStatus::Active, ObservedStatus::Active)
                 | (DesiredStatus::Suspended, ObservedStatus::Suspended)
                 | (DesiredStatus::Terminated, ObservedStatus::Terminated)
@@ -240,6 +264,8 @@ pub struct NewInstance {
     pub customer_id: String,
     /// Billing's order reference.
     pub order_id: Option<String>,
+    /// Billing's own service id (unique when set).
+    pub billing_ref: Option<String>,
     /// Catalog product id.
     pub product_id: String,
     /// Location, or the product's first.
@@ -480,6 +506,21 @@ pub struct TaskCompletion {
     pub details: Value,
     /// The root password, sealed with the task's context.
     pub secret: Option<Sealed>,
+}
+
+/// A suspension hold: one independent reason to keep a server off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    /// The instance held.
+    pub instance_id: i64,
+    /// `billing`, `abuse`, `admin` or any lower-case word.
+    pub kind: String,
+    /// Why.
+    pub reason: Option<String>,
+    /// Who placed it.
+    pub placed_by: String,
+    /// When.
+    pub placed_at: DateTime<Utc>,
 }
 
 /// Which tasks to list.
