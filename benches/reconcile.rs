@@ -93,6 +93,15 @@ async fn seconds_between(store: &SqlStore, id: i64) -> Option<f64> {
     }
 }
 
+/// How many instances are active.
+async fn active(store: &SqlStore) -> usize {
+    let filter = InstanceFilter {
+        observed_status: Some(ObservedStatus::Active),
+        ..InstanceFilter::default()
+    };
+    usize::try_from(store.count_instances(&filter).await.unwrap()).unwrap_or(usize::MAX)
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[i]
@@ -119,18 +128,7 @@ async fn steps_and_latency(label: &str, url: &str, dir: &Path, n: usize) {
     .await;
     let t0 = Instant::now();
     running.wake.notify_one();
-    loop {
-        let active = store
-            .list_instances(&InstanceFilter {
-                observed_status: Some(ObservedStatus::Active),
-                ..InstanceFilter::default()
-            })
-            .await
-            .unwrap()
-            .len();
-        if active == n {
-            break;
-        }
+    while active(&store).await < n {
         assert!(
             t0.elapsed() < Duration::from_secs(600),
             "{label}: did not converge"
@@ -219,18 +217,7 @@ async fn billing_on_shared_sqlite(dir: &Path, n: usize) {
     let (mut latencies, mut patient_failed, mut hasty_failed, mut hasty_total) =
         (Vec::new(), 0usize, 0usize, 0usize);
     let mut id = 0i64;
-    loop {
-        let active = store
-            .list_instances(&InstanceFilter {
-                observed_status: Some(ObservedStatus::Active),
-                ..InstanceFilter::default()
-            })
-            .await
-            .unwrap()
-            .len();
-        if active == n || t0.elapsed() > Duration::from_secs(600) {
-            break;
-        }
+    while active(&store).await < n && t0.elapsed() < Duration::from_secs(600) {
         for _ in 0..20 {
             id = id % n as i64 + 1;
             let sql = "UPDATE instances SET reboot_requested = reboot_requested + 1 WHERE id = $1";

@@ -196,7 +196,9 @@ impl SqlStore {
         self.recover(id, by, Action::Forget).await
     }
 
-    async fn recover(&self, id: i64, by: &str, action: Action) -> Result<Instance> {
+    /// A person's recovery of an instance the reconciler stopped on: `retry` (failed only),
+    /// `recreate` or `forget` (lost or failed), one transaction with its transition.
+    pub(super) async fn recover(&self, id: i64, by: &str, action: Action) -> Result<Instance> {
         let mut tx = self.pool.write().await?;
         let Some(row) = tx
             .row("SELECT * FROM instances WHERE id = $1", vec![Arg::Int(id)])
@@ -205,64 +207,20 @@ impl SqlStore {
             return Err(StoreError::InstanceNotFound(id));
         };
         let before = instance_from(&row)?;
-        let stuck = matches!(
-            before.observed_status,
-            ObservedStatus::Lost | ObservedStatus::Failed
-        );
-        if !stuck {
-            return Err(StoreError::Rejected(format!(
-                "instance {id} is {}: only lost or failed instances are {}",
-                before.observed_status,
-                if action == Action::Recreate {
-                    "recreated"
-                } else {
-                    "forgotten"
-                }
-            )));
-        }
-        let sql = if action == Action::Recreate {
-            if before.desired_status == super::DesiredStatus::Terminated {
-                return Err(StoreError::Rejected(format!(
-                    "instance {id} is terminated by billing: there is nothing to recreate (`forget` closes it)"
-                )));
-            }
-            if before.observed_status == ObservedStatus::Failed
-                && before.provider_server_id.is_some()
-            {
-                return Err(StoreError::Rejected(format!(
-                    "instance {id} is failed with server {} at the provider: `retry` takes it up again; a recreate would build a second server",
-                    before.provider_server_id.as_deref().unwrap_or_default()
-                )));
-            }
-            "UPDATE instances
-                SET observed_status = 'pending', status_reason = NULL, last_error = NULL,
-                    attempts = 0, provider_account = NULL, provider_server_id = NULL,
-                    ipv4 = NULL, ipv6 = NULL, credentials_sealed = NULL,
-                    credentials_key_id = NULL, product_revision = NULL,
-                    pending_action = NULL, pending_action_id = NULL, pending_hard = $2,
-                    pending_since = NULL, next_check_at = {now}, lease_owner = NULL,
-                    lease_expires_at = NULL, lease_epoch = lease_epoch + 1, updated_at = {now}
-              WHERE id = $1 RETURNING *"
-        } else {
-            "UPDATE instances
-                SET desired_status = 'terminated', observed_status = 'terminated',
-                    status_reason = 'forgotten by an admin: the server was already gone',
-                    pending_action = NULL, pending_action_id = NULL, pending_hard = $2,
-                    pending_since = NULL, next_check_at = {now}, lease_owner = NULL,
-                    lease_expires_at = NULL, lease_epoch = lease_epoch + 1, updated_at = {now}
-              WHERE id = $1 RETURNING *"
-        };
+        let (sql, args) = recovery(&before, action)?;
         let row = tx
-            .row(sql, vec![Arg::Int(id), Arg::Bool(false)])
+            .row(sql, args)
             .await?
             .ok_or(StoreError::InstanceNotFound(id))?;
         let after = instance_from(&row)?;
         let mut t = NewTransition::new(action, Cause::Manual, Outcome::Succeeded);
-        t.details = json!({
-            "old_server": before.provider_server_id,
-            "old_account": before.provider_account,
-            "was": before.observed_status.as_str(),
-        });
+        if action != Action::Retry {
+            t.details = json!({
+                "old_server": before.provider_server_id,
+                "old_account": before.provider_account,
+                "was": before.observed_status.as_str(),
+            });
+        }
         insert_transition(
             &mut tx,
             id,
@@ -275,5 +233,86 @@ impl SqlStore {
         .await?;
         tx.commit().await?;
         Ok(after)
+    }
+}
+
+/// The write a recovery makes, or why it is refused.
+fn recovery(before: &Instance, action: Action) -> Result<(&'static str, Vec<Arg>)> {
+    let id = before.id;
+    let refuse = |message: String| Err(StoreError::Rejected(message));
+    let stuck = matches!(
+        before.observed_status,
+        ObservedStatus::Lost | ObservedStatus::Failed
+    );
+    match action {
+        Action::Retry => {
+            if before.observed_status != ObservedStatus::Failed {
+                return refuse(format!(
+                    "instance {id} is {}, not failed: only failed instances are retried",
+                    before.observed_status
+                ));
+            }
+            // Without a server there is nothing to look at: start over from pending. With
+            // one, look at it first and reconcile from what is there.
+            let (status, pending) = match before.provider_server_id {
+                None => ("pending", None),
+                Some(_) => ("failed", Some(Action::Observe.as_str())),
+            };
+            Ok((
+                "UPDATE instances
+                    SET observed_status = $2, status_reason = NULL, last_error = NULL,
+                        attempts = 0, pending_action = $3, pending_action_id = NULL,
+                        pending_hard = $4,
+                        pending_since = CASE WHEN $3 IS NULL THEN NULL ELSE {now} END,
+                        next_check_at = {now}, lease_owner = NULL, lease_expires_at = NULL,
+                        lease_epoch = lease_epoch + 1, updated_at = {now}
+                  WHERE id = $1 RETURNING *",
+                vec![Arg::Int(id), status.into(), pending.into(), Arg::Bool(false)],
+            ))
+        }
+        Action::Recreate | Action::Forget if !stuck => refuse(format!(
+            "instance {id} is {}: only lost or failed instances are {}",
+            before.observed_status,
+            if action == Action::Recreate {
+                "recreated"
+            } else {
+                "forgotten"
+            }
+        )),
+        Action::Recreate if before.desired_status == super::DesiredStatus::Terminated => refuse(
+            format!("instance {id} is terminated by billing: there is nothing to recreate (`forget` closes it)"),
+        ),
+        Action::Recreate
+            if before.observed_status == ObservedStatus::Failed
+                && before.provider_server_id.is_some() =>
+        {
+            refuse(format!(
+                "instance {id} is failed with server {} at the provider: `retry` takes it up again; a recreate would build a second server",
+                before.provider_server_id.as_deref().unwrap_or_default()
+            ))
+        }
+        Action::Recreate => Ok((
+            "UPDATE instances
+                SET observed_status = 'pending', status_reason = NULL, last_error = NULL,
+                    attempts = 0, provider_account = NULL, provider_server_id = NULL,
+                    ipv4 = NULL, ipv6 = NULL, credentials_sealed = NULL,
+                    credentials_key_id = NULL, product_revision = NULL,
+                    pending_action = NULL, pending_action_id = NULL, pending_hard = $2,
+                    pending_since = NULL, next_check_at = {now}, lease_owner = NULL,
+                    lease_expires_at = NULL, lease_epoch = lease_epoch + 1, updated_at = {now}
+              WHERE id = $1 RETURNING *",
+            vec![Arg::Int(id), Arg::Bool(false)],
+        )),
+        Action::Forget => Ok((
+            "UPDATE instances
+                SET desired_status = 'terminated', observed_status = 'terminated',
+                    status_reason = 'forgotten by an admin: the server was already gone',
+                    pending_action = NULL, pending_action_id = NULL, pending_hard = $2,
+                    pending_since = NULL, next_check_at = {now}, lease_owner = NULL,
+                    lease_expires_at = NULL, lease_epoch = lease_epoch + 1, updated_at = {now}
+              WHERE id = $1 RETURNING *",
+            vec![Arg::Int(id), Arg::Bool(false)],
+        )),
+        other => refuse(format!("`{other}` is not a recovery")),
     }
 }

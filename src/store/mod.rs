@@ -1094,59 +1094,7 @@ impl Store for SqlStore {
     }
 
     async fn retry(&self, id: i64, by: &str) -> Result<Instance> {
-        let mut tx = self.pool.write().await?;
-        let Some(before) = tx
-            .row("SELECT * FROM instances WHERE id = $1", vec![Arg::Int(id)])
-            .await?
-        else {
-            return Err(StoreError::InstanceNotFound(id));
-        };
-        let before = instance_from(&before)?;
-        if before.observed_status != ObservedStatus::Failed {
-            return Err(StoreError::Rejected(format!(
-                "instance {id} is {}, not failed: only failed instances are retried",
-                before.observed_status
-            )));
-        }
-        // Without a server there is nothing to look at: start over from pending. With one,
-        // look at it first and reconcile from what is there.
-        let (status, pending) = match before.provider_server_id {
-            None => ("pending", None),
-            Some(_) => ("failed", Some(Action::Observe.as_str())),
-        };
-        let row = tx
-            .row(
-                "UPDATE instances
-                    SET observed_status = $2, status_reason = NULL, last_error = NULL,
-                        attempts = 0, pending_action = $3, pending_action_id = NULL,
-                        pending_hard = $4,
-                        pending_since = CASE WHEN $3 IS NULL THEN NULL ELSE {now} END,
-                        next_check_at = {now}, lease_owner = NULL, lease_expires_at = NULL,
-                        lease_epoch = lease_epoch + 1, updated_at = {now}
-                  WHERE id = $1 RETURNING *",
-                vec![
-                    Arg::Int(id),
-                    status.into(),
-                    pending.into(),
-                    Arg::Bool(false),
-                ],
-            )
-            .await?
-            .ok_or(StoreError::InstanceNotFound(id))?;
-        let after = instance_from(&row)?;
-        let t = NewTransition::new(Action::Retry, Cause::Manual, Outcome::Succeeded);
-        insert_transition(
-            &mut tx,
-            id,
-            before.observed_status,
-            after.observed_status,
-            &t,
-            after.product_revision.clone(),
-            by,
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(after)
+        self.recover(id, by, Action::Retry).await
     }
 
     async fn release(&self, lease: &Lease, next: NextCheck) -> Result<()> {
