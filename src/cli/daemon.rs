@@ -12,7 +12,7 @@ use super::{RunArgs, EXIT_INVALID, EXIT_OK};
 use crate::catalog::{self, Module};
 use crate::provider::sim;
 use crate::reconcile::daemon::{start, DaemonConfig};
-use crate::reconcile::plan::{plan as plan_step, product_check, Step};
+use crate::reconcile::plan::{held_back, plan as plan_step, product_check, Step};
 use crate::store::{
     ConnectOptions, DesiredStatus, Instance, InstanceFilter, NewInstance, SqlStore, Store,
 };
@@ -42,10 +42,6 @@ async fn signals(shutdown: CancellationToken) {
 }
 
 pub(super) async fn run(url: &str, args: RunArgs) -> anyhow::Result<ExitCode> {
-    // An invalid catalog is a verdict on the input (exit 1), found before anything is created.
-    if let Err(code) = checked_catalog(&args.catalog)? {
-        return Ok(code);
-    }
     let mut config = DaemonConfig::new(url, args.catalog);
     config.listen = Some(args.listen);
     config.workers = args.workers.max(1);
@@ -61,7 +57,18 @@ pub(super) async fn run(url: &str, args: RunArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(owner = %config.owner, database = %crate::store::redact_url(url), "starting");
     let drain = config.drain;
     let running = tokio::select! {
-        r = start(config, shutdown.clone()) => r?,
+        r = start(config, shutdown.clone()) => match r {
+            Ok(running) => running,
+            // The daemon loads its catalog before it creates anything: an invalid one is a
+            // verdict on the input (exit 1), every error printed.
+            Err(e) => return match invalid_catalog(&e) {
+                Some(invalid) => {
+                    super::report_invalid(invalid);
+                    Ok(ExitCode::from(EXIT_INVALID))
+                }
+                None => Err(e),
+            },
+        },
         () = shutdown.cancelled() => {
             tracing::info!("stopped before start-up finished");
             return Ok(ExitCode::from(EXIT_OK));
@@ -84,6 +91,13 @@ pub(super) async fn run(url: &str, args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     tracing::info!("stopped");
     Ok(ExitCode::from(EXIT_OK))
+}
+
+/// The invalid catalog an error comes from, if it does.
+fn invalid_catalog(e: &anyhow::Error) -> Option<&catalog::LoadError> {
+    e.chain()
+        .filter_map(|cause| cause.downcast_ref::<catalog::LoadError>())
+        .find(|l| matches!(l, catalog::LoadError::Invalid { .. }))
 }
 
 /// The catalog at `dir`, or, when it has errors, the exit code after printing them (exit 1);
@@ -198,14 +212,9 @@ pub(super) async fn demo(
         let store = SqlStore::open(&url, &ConnectOptions::default())
             .await
             .with_context(|| format!("cannot use database {shown}"))?;
-        let some = store
-            .list_instances(&InstanceFilter {
-                limit: Some(1),
-                ..InstanceFilter::default()
-            })
-            .await?;
+        let some = store.count_instances(&InstanceFilter::default()).await?;
         store.close().await;
-        if !some.is_empty() {
+        if some > 0 {
             anyhow::bail!(
                 "the demo needs a database without instances, and {shown} has some; \
                  leave --database-url out to run it on a temporary one"
@@ -356,10 +365,6 @@ pub(super) async fn demo(
     }
 }
 
-/// What `plan` returns (before `--detailed-exitcode` maps it) when some instance is not
-/// converged: success for the plain command, 2 with the flag.
-pub(super) const PLAN_PENDING: u8 = 42;
-
 /// The summary buckets of `plan`, in the order printed.
 const BUCKETS: [&str; 9] = [
     "create",
@@ -387,11 +392,14 @@ fn bucket(step: &Step) -> &'static str {
     }
 }
 
+/// `plan`: exit 0, or with `detailed` 2 when some instance is not converged (Terraform's
+/// convention); an invalid catalog exits 1.
 pub(super) async fn plan(
     url: &str,
     catalog_dir: &Path,
     all: bool,
     format: super::Format,
+    detailed: bool,
 ) -> anyhow::Result<ExitCode> {
     let catalog = match checked_catalog(catalog_dir)? {
         Ok(c) => c,
@@ -415,7 +423,16 @@ pub(super) async fn plan(
         for i in &page {
             // The daemon's answer: the plan, held back where the account cannot be driven
             // here (its credentials are not in this environment).
-            let step = held_back(plan_step(i, &product_check(&catalog, i)), &catalog, i);
+            let step = held_back(plan_step(i, &product_check(&catalog, i)), || {
+                i.provider_account
+                    .clone()
+                    .or_else(|| {
+                        catalog
+                            .product(&i.product_id)
+                            .map(|p| p.provisioning.account.clone())
+                    })
+                    .and_then(|a| crate::provider::account::unavailable(&catalog, &a))
+            });
             let quiet = matches!(step, Step::Converged)
                 || (matches!(step, Step::Idle(_)) && i.desired_met());
             let b = if quiet { "converged" } else { bucket(&step) };
@@ -475,35 +492,9 @@ pub(super) async fn plan(
         s.push_str(&format!("Plan: {summary}.\n"));
         super::output::text(&s)?;
     }
-    Ok(ExitCode::from(if pending > 0 {
-        PLAN_PENDING
+    Ok(ExitCode::from(if detailed && pending > 0 {
+        super::EXIT_USAGE
     } else {
         EXIT_OK
     }))
-}
-
-/// A step that calls the provider waits, as in the daemon, when the instance's account cannot
-/// be driven (its credentials are missing from the environment).
-fn held_back(step: Step, catalog: &catalog::Catalog, i: &Instance) -> Step {
-    let calls_provider = matches!(
-        step,
-        Step::Create
-            | Step::Poll(_)
-            | Step::Suspend
-            | Step::Unsuspend
-            | Step::Reboot
-            | Step::Terminate
-    );
-    if !calls_provider {
-        return step;
-    }
-    let account = i.provider_account.clone().or_else(|| {
-        catalog
-            .product(&i.product_id)
-            .map(|p| p.provisioning.account.clone())
-    });
-    match account.and_then(|a| crate::provider::account::unavailable(catalog, &a)) {
-        Some(reason) => Step::Wait(reason),
-        None => step,
-    }
 }

@@ -222,8 +222,8 @@ async fn dispatch(
             let secret = if show_secrets {
                 match &instance.credentials {
                     Some(sealed) => Some(
-                        Keyring::prepare(url)?
-                            .finish(&store.sealed_key_ids().await?)?
+                        super::keyring(url, store)
+                            .await?
                             .open(sealed, &instance.secret_context())
                             .context("cannot open the stored credentials")?,
                     ),

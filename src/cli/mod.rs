@@ -673,27 +673,20 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             format,
             detailed_exitcode,
         } => {
-            let result = block_on(daemon::plan(&cli.database_url, &catalog, all, format));
-            if !detailed_exitcode {
-                return result.map(|code| {
-                    if code == ExitCode::from(daemon::PLAN_PENDING) {
-                        ExitCode::from(EXIT_OK)
-                    } else {
-                        code
-                    }
-                });
-            }
-            // Terraform's convention: 1 is an error, 2 means changes are pending.
+            let result = block_on(daemon::plan(
+                &cli.database_url,
+                &catalog,
+                all,
+                format,
+                detailed_exitcode,
+            ));
             match result {
-                Ok(code) if code == ExitCode::from(EXIT_OK) => Ok(code),
-                Ok(code) if code == ExitCode::from(daemon::PLAN_PENDING) => {
-                    Ok(ExitCode::from(EXIT_USAGE))
-                }
-                Ok(_) => Ok(ExitCode::from(EXIT_INVALID)),
-                Err(e) => {
+                // Terraform's convention: with --detailed-exitcode an error is 1.
+                Err(e) if detailed_exitcode => {
                     report_error(&e);
                     Ok(ExitCode::from(EXIT_INVALID))
                 }
+                other => other,
             }
         }
         Command::Tasks(c) => block_on(tasks::run(&cli.database_url, c)),
@@ -702,6 +695,16 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate { format } => block_on(instances::migrate(&cli.database_url, format)),
         Command::Instances(c) => block_on(instances::run(&cli.database_url, c)),
     }
+}
+
+/// The keyring of the open database at `url`: its configured key, or its key file, generated
+/// only while the database holds no sealed secret (never a silent replacement).
+pub(crate) async fn keyring(
+    url: &str,
+    store: &crate::store::SqlStore,
+) -> anyhow::Result<std::sync::Arc<crate::secrets::Keyring>> {
+    let key = crate::secrets::Keyring::prepare(url)?;
+    Ok(key.finish(&store.sealed_key_ids().await?)?)
 }
 
 /// The name an admin acts under: `--by`, else `$USER`, else `admin`.

@@ -7,7 +7,6 @@ use serde_json::{json, Map, Value};
 
 use super::output;
 use super::{Format, TasksCommand, EXIT_INVALID, EXIT_OK};
-use crate::secrets::Keyring;
 use crate::secrets::SecretString;
 use crate::store::{
     ConnectOptions, SqlStore, Store, StoreError, Task, TaskCompletion, TaskFilter, TaskKind,
@@ -154,8 +153,8 @@ async fn dispatch(url: &str, store: &SqlStore, command: TasksCommand) -> anyhow:
             };
             let secret = match &password {
                 Some(p) => Some(
-                    Keyring::prepare(url)?
-                        .finish(&store.sealed_key_ids().await?)?
+                    super::keyring(url, store)
+                        .await?
                         .seal(p, &task.secret_context()),
                 ),
                 None => None,

@@ -106,6 +106,28 @@ impl Step {
 
 /// The action implied by a transitional observed status, when no action is recorded in flight
 /// (a crash between two writes leaves the status but not the action).
+/// A step that calls the provider waits, as in the daemon, when the instance's account
+/// cannot be driven here (`account_problem` says why: its credentials are missing, say);
+/// `plan` asks this so that it agrees with the daemon.
+pub fn held_back(step: Step, account_problem: impl FnOnce() -> Option<String>) -> Step {
+    let calls_provider = matches!(
+        step,
+        Step::Create
+            | Step::Poll(_)
+            | Step::Suspend
+            | Step::Unsuspend
+            | Step::Reboot
+            | Step::Terminate
+    );
+    if !calls_provider {
+        return step;
+    }
+    match account_problem() {
+        Some(reason) => Step::Wait(reason),
+        None => step,
+    }
+}
+
 fn implied_action(status: ObservedStatus) -> Option<Action> {
     match status {
         ObservedStatus::Provisioning => Some(Action::Create),
@@ -391,6 +413,43 @@ pub(crate) mod tests {
             i.pending = c.pending.map(crate::store::Pending::new);
             i.holds = c.holds.iter().map(|h| (*h).to_owned()).collect();
             assert_eq!(plan(&i, &c.product), c.expect, "{}", c.says);
+        }
+    }
+
+    #[test]
+    fn steps_that_call_a_provider_wait_for_an_account_that_cannot_be_driven() {
+        let no_token = || Some("no credentials".to_owned());
+        let table = [
+            (
+                Step::Create,
+                no_token(),
+                Step::Wait("no credentials".into()),
+            ),
+            (
+                Step::Suspend,
+                no_token(),
+                Step::Wait("no credentials".into()),
+            ),
+            (
+                Step::Poll(Action::Reboot),
+                no_token(),
+                Step::Wait("no credentials".into()),
+            ),
+            (Step::Create, None, Step::Create),
+            (Step::Converged, no_token(), Step::Converged),
+            (Step::Forget, no_token(), Step::Forget),
+            (
+                Step::Wait("out of stock".into()),
+                no_token(),
+                Step::Wait("out of stock".into()),
+            ),
+        ];
+        for (step, problem, want) in table {
+            assert_eq!(
+                held_back(step.clone(), || problem.clone()),
+                want,
+                "{step:?}"
+            );
         }
     }
 

@@ -680,6 +680,14 @@ impl Pool {
         }
     }
 
+    /// This engine's migrations: (version, description, SQL), in order.
+    fn migrations(&self) -> &'static [(i64, &'static str, &'static str)] {
+        match self.engine() {
+            Engine::Sqlite => SQLITE_MIGRATIONS,
+            Engine::Postgres => POSTGRES_MIGRATIONS,
+        }
+    }
+
     /// The migrations applied to this database (none for a new one), without changing it.
     pub(crate) async fn applied_migrations(&self) -> Result<Vec<i64>, StoreError> {
         let mut tx = self.read().await?;
@@ -712,10 +720,7 @@ impl Pool {
 
     /// Checks that the schema is exactly the one this binary works with, without changing it.
     pub(crate) async fn check_schema(&self, url: &str) -> Result<(), StoreError> {
-        let migrations: &[(i64, &str, &str)] = match self.engine() {
-            Engine::Sqlite => SQLITE_MIGRATIONS,
-            Engine::Postgres => POSTGRES_MIGRATIONS,
-        };
+        let migrations = self.migrations();
         let known = migrations.iter().map(|(v, _, _)| *v).max().unwrap_or(0);
         let applied = self.applied_migrations().await?;
         let missing: Vec<String> = migrations
@@ -747,10 +752,7 @@ impl Pool {
     /// Applies the migrations of this engine that are not applied yet, in order, each in the
     /// same transaction as its bookkeeping row. Returns the versions applied.
     pub(crate) async fn migrate(&self) -> Result<Vec<i64>, StoreError> {
-        let migrations: &[(i64, &str, &str)] = match self.engine() {
-            Engine::Sqlite => SQLITE_MIGRATIONS,
-            Engine::Postgres => POSTGRES_MIGRATIONS,
-        };
+        let migrations = self.migrations();
         let mut tx = self.write().await?;
         if let Tx::Postgres(t) = &mut tx {
             // Two daemons starting together: one migrates, the other waits, then finds it done.
