@@ -259,7 +259,7 @@ fn module_specific_config_is_checked() {
         &other_module,
         &[format!(
             "p.yaml:{}: error: `provisioning.config.size` is a digitalocean setting, but account \
-             `hetzner-main` uses module `hetzner`, which expects: server_type, enable_ipv4, enable_ipv6",
+             `hetzner-main` uses module `hetzner`, which expects: server_type, enable_ipv4, enable_ipv6, upgrade_disk",
             at(&other_module, 17, "size")
         )],
     );

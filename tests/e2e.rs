@@ -37,8 +37,19 @@ type: vps
 specs: {cpu_cores: 1, ram_gb: 1, storage_gb: 10}
 pricing: {currency: EUR, monthly: \"1.00\"}
 locations: [sim-1]
-os_images: [debian-12]
+os_images: [debian-12, ubuntu-24.04]
 provisioning: {account: sim-e2e}
+---
+apiVersion: provisioner/v1
+kind: Product
+id: e2e-vps-large
+name: E2E VPS large
+type: vps
+specs: {cpu_cores: 4, ram_gb: 8, storage_gb: 80}
+pricing: {currency: EUR, monthly: \"8.00\"}
+locations: [sim-1]
+os_images: [debian-12, ubuntu-24.04]
+provisioning: {account: sim-e2e, config: {size: large}}
 ",
     )
     .unwrap();
@@ -115,6 +126,24 @@ impl Daemon {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// SIGKILLs the daemon once 20 of the instances satisfy `done`: in the middle of the work.
+    async fn kill9_when(&mut self, store: &SqlStore, done: impl Fn(&Instance) -> bool) {
+        let start = Instant::now();
+        loop {
+            let n = all_instances(store)
+                .await
+                .iter()
+                .filter(|i| done(i))
+                .count();
+            if n >= 20 {
+                break;
+            }
+            assert!(start.elapsed() < PATIENCE, "no progress:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.kill9();
     }
 
     fn kill9(&mut self) {
@@ -229,6 +258,8 @@ async fn every_step_is_logged(store: &SqlStore, ids: &[i64]) {
         ("create", "active"),
         ("suspend", "suspended"),
         ("unsuspend", "active"),
+        ("resize", "active"),
+        ("reinstall", "active"),
         ("reboot", "active"),
         ("terminate", "terminated"),
     ];
@@ -332,6 +363,45 @@ async fn lifecycle(url: &str, dir: &Path) {
             .unwrap();
     }
     converge(&store, "unsuspension", &[&second]).await;
+
+    // Every server moves to the large product, and then gets a new OS, each with a SIGKILL
+    // in the middle: never two changes nor two reinstalls for one request.
+    for id in &ids {
+        store.change_product(*id, "e2e-vps-large").await.unwrap();
+    }
+    second
+        .kill9_when(&store, |i| {
+            i.applied_product_id.as_deref() == Some("e2e-vps-large")
+        })
+        .await;
+    let mut third = Daemon::start(url, &catalog, dir, "daemon-c");
+    converge(&store, "changes of plan after a SIGKILL", &[&third]).await;
+    for id in &ids {
+        store
+            .request_reinstall(*id, Some("ubuntu-24.04"))
+            .await
+            .unwrap();
+    }
+    third.kill9_when(&store, |i| i.reinstall_handled == 1).await;
+    let mut second = Daemon::start(url, &catalog, dir, "daemon-d");
+    converge(&store, "reinstalls after a SIGKILL", &[&second]).await;
+    let ledger = sim::ledger(&store).await.unwrap();
+    assert_eq!(
+        (ledger.resizes, ledger.rebuilds),
+        (200, 200),
+        "one change of plan and one reinstall per request, across the SIGKILLs: {ledger:?}"
+    );
+    for i in all_instances(&store).await {
+        assert_eq!(i.applied_product_id.as_deref(), Some("e2e-vps-large"));
+        // The new root password is sealed, unless the reinstall's answer was lost (it was
+        // then followed at the provider, and the stale password cleared).
+        let history = store.history(i.id).await.unwrap();
+        let adopted = history
+            .iter()
+            .any(|t| t.action == "reinstall" && t.details["adopted"] == true);
+        assert_eq!(i.credentials.is_some(), !adopted, "instance {}", i.id);
+    }
+
     for id in &ids {
         store.request_reboot(*id).await.unwrap();
     }

@@ -597,3 +597,156 @@ pool:
         .any(|t| t.details["pool"]["wiping"] == server_a.as_str()));
     s.stop().await;
 }
+
+/// Upgrade, downgrade while suspended, a reinstall with another OS, and a change to another
+/// account refused, against the fake of `flavor`: one change and one rebuild per request.
+async fn plans_change_and_servers_reinstall(flavor: Flavor, env: &str) {
+    let mut cfg = CloudConfig::new(flavor, &format!("{env}-token"));
+    cfg.faults = Faults {
+        server_error_every: Some(5),
+        ..Faults::default()
+    };
+    let (cloud, catalog) = cloud_with_catalog(cfg, env).await;
+    let (small, large, prefix, os) = match flavor {
+        Flavor::Hetzner => ("hz-vps", "hz-large", "v1", "ubuntu-24.04, debian-12"),
+        Flavor::DigitalOcean => (
+            "do-vps",
+            "do-large",
+            "v2",
+            "ubuntu-24-04-x64, debian-12-x64",
+        ),
+    };
+    let (account, location, large_config) = match flavor {
+        Flavor::Hetzner => ("hz", "fsn1", "{server_type: cx32}"),
+        Flavor::DigitalOcean => ("do", "fra1", "{size: s-2vcpu-4gb}"),
+    };
+    let catalog = catalog.replace(
+        &format!("os_images: [{}]", os.split(',').next().unwrap()),
+        &format!("os_images: [{os}]"),
+    ) + "---\n"
+        + &product(large, account, location, os, large_config)
+        + "---\n"
+        + "apiVersion: provisioner/v1\nkind: ProviderAccount\nid: elsewhere\nmodule: sim\n---\n"
+        + &product("sim-vps", "elsewhere", location, os, "{}");
+    let s = Setup::new(&catalog).await;
+    let id = s.order(small, None).await;
+    s.wait_all(&[id], "active", |i| {
+        i.observed_status == ObservedStatus::Active
+    })
+    .await;
+    let first_password = s.store.instance(id).await.unwrap().unwrap().credentials;
+
+    // Upgrade while running: powered off, changed, powered on.
+    s.store.change_product(id, large).await.unwrap();
+    s.wait_all(&[id], "upgraded", |i| i.is_converged()).await;
+    let i = s.store.instance(id).await.unwrap().unwrap();
+    assert_eq!(i.applied_product_id.as_deref(), Some(large));
+    assert_eq!(i.observed_status, ObservedStatus::Active);
+    assert_eq!(cloud.ledger().resizes, 1, "one change for one request");
+
+    // Downgrade while suspended: changed while off, and it stays off.
+    s.store
+        .set_desired(id, DesiredStatus::Suspended, Some("unpaid"))
+        .await
+        .unwrap();
+    s.wait_all(&[id], "suspended", |i| i.is_converged()).await;
+    s.store.change_product(id, small).await.unwrap();
+    s.wait_all(&[id], "downgraded", |i| i.is_converged()).await;
+    let i = s.store.instance(id).await.unwrap().unwrap();
+    assert_eq!(
+        (i.applied_product_id.as_deref(), i.observed_status),
+        (Some(small), ObservedStatus::Suspended)
+    );
+    assert_eq!(cloud.ledger().resizes, 2);
+
+    // A reinstall waits while suspended, and runs once the instance is active again.
+    s.store
+        .request_reinstall(id, Some(os.split(", ").nth(1).unwrap()))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(cloud.ledger().rebuilds, 0, "no reinstall while suspended");
+    let i = s.store.instance(id).await.unwrap().unwrap();
+    assert!(
+        i.status_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("waits until the instance is active")),
+        "{:?}",
+        i.status_reason
+    );
+    s.store
+        .set_desired(id, DesiredStatus::Active, None)
+        .await
+        .unwrap();
+    s.wait_all(&[id], "reinstalled", |i| i.is_converged()).await;
+    assert_eq!(cloud.ledger().rebuilds, 1, "one rebuild for one request");
+    let i = s.store.instance(id).await.unwrap().unwrap();
+    if flavor == Flavor::Hetzner {
+        assert!(
+            i.credentials.is_some() && i.credentials != first_password,
+            "the new root password replaced the old one"
+        );
+    } else {
+        assert!(
+            i.credentials.is_none(),
+            "the old password no longer opens the server"
+        );
+    }
+
+    // A change to a product of another account is refused with the reason; nothing is called.
+    let before = cloud.ledger();
+    s.store.change_product(id, "sim-vps").await.unwrap();
+    s.wait_all(&[id], "refused", |i| {
+        i.status_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("a change of provider needs a new server"))
+    })
+    .await;
+    let after = cloud.ledger();
+    assert_eq!(
+        (after.resizes, after.rebuilds),
+        (before.resizes, before.rebuilds)
+    );
+    assert_eq!(
+        after.count(&format!(
+            "POST /{prefix}/servers/{{id}}/actions/change_type"
+        )) + after.count(&format!("POST /{prefix}/droplets/{{id}}/actions")),
+        before.count(&format!(
+            "POST /{prefix}/servers/{{id}}/actions/change_type"
+        )) + before.count(&format!("POST /{prefix}/droplets/{{id}}/actions")),
+        "no call for a refused change"
+    );
+
+    let history = s.store.history(id).await.unwrap();
+    let resized: Vec<(&str, &str)> = history
+        .iter()
+        .filter(|t| {
+            t.action == "resize" && t.outcome == "succeeded" && t.to_status != t.from_status
+        })
+        .map(|t| {
+            (
+                t.details["from_product"].as_str().unwrap_or(""),
+                t.details["to_product"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        resized,
+        [(small, large), (large, small)],
+        "from and to in the log"
+    );
+    assert!(history
+        .iter()
+        .any(|t| t.action == "reinstall" && t.outcome == "started"));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hetzner_changes_plans_and_reinstalls() {
+    plans_change_and_servers_reinstall(Flavor::Hetzner, "FAKE_HCLOUD_TOKEN_PLAN").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn digitalocean_changes_plans_and_reinstalls() {
+    plans_change_and_servers_reinstall(Flavor::DigitalOcean, "FAKE_DO_TOKEN_PLAN").await;
+}

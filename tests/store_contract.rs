@@ -162,6 +162,7 @@ contract!(
     a_billing_ref_is_inserted_once,
     holds_keep_a_server_off_whatever_billing_says,
     recovery_takes_lost_instances_only,
+    reinstalls_are_counted_like_reboots,
 );
 
 async fn a_billing_ref_is_inserted_once(db: &Db) {
@@ -510,6 +511,47 @@ async fn reboot_requested_never_decreases(db: &Db) {
     assert!(err.to_lowercase().contains("check"), "{err}");
     let after = db.store.request_reboot(id).await.unwrap();
     assert_eq!(after.reboot_requested, 3);
+}
+
+async fn reinstalls_are_counted_like_reboots(db: &Db) {
+    let id = db.insert("c", "p").await;
+    let before = db.store.instance(id).await.unwrap().unwrap();
+    let i = db
+        .store
+        .request_reinstall(id, Some("debian-12"))
+        .await
+        .unwrap();
+    assert_eq!((i.reinstall_requested, i.reinstall_handled), (1, 0));
+    assert_eq!(i.os_image.as_deref(), Some("debian-12"));
+    assert!(
+        i.desired_generation > before.desired_generation,
+        "a reinstall is a change"
+    );
+    assert!(!i.is_converged());
+    let err = db
+        .billing(&format!(
+            "UPDATE instances SET reinstall_requested = 0 WHERE id = {id}"
+        ))
+        .await
+        .unwrap_err();
+    assert!(err.contains("reinstall_requested never decreases"), "{err}");
+    let err = db
+        .billing("INSERT INTO instances (customer_id, product_id, reinstall_requested) VALUES ('c', 'p', -1)")
+        .await
+        .unwrap_err();
+    assert!(err.contains("reinstall_requested"), "{err}");
+    // A change of product is billing's too, and bumps the generation; terminated is final.
+    let j = db.store.change_product(id, "p2").await.unwrap();
+    assert_eq!(j.product_id, "p2");
+    assert!(j.desired_generation > i.desired_generation);
+    db.store
+        .set_desired(id, DesiredStatus::Terminated, None)
+        .await
+        .unwrap();
+    let err = db.store.request_reinstall(id, None).await.unwrap_err();
+    assert!(err.to_string().contains("terminated"), "{err}");
+    let err = db.store.change_product(id, "p3").await.unwrap_err();
+    assert!(err.to_string().contains("terminated"), "{err}");
 }
 
 async fn reconciler_columns_cannot_be_inserted(db: &Db) {
@@ -1323,7 +1365,7 @@ async fn billing_columns_are_typed_and_counters_bounded(db: &Db) {
 
 async fn migrations_are_idempotent(db: &Db) {
     assert!(db.store.migrate().await.unwrap().is_empty());
-    assert_eq!(db.scalar("SELECT COUNT(*) FROM schema_migrations").await, 7);
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM schema_migrations").await, 8);
 }
 
 async fn missing_things_are_reported(db: &Db) {
@@ -1436,6 +1478,7 @@ async fn postgres_billing_role_holds_exactly_the_billing_columns() {
         format!("UPDATE instances SET billing_ref = 'svc-{id}' WHERE id = {id}"),
         format!("DELETE FROM instance_holds WHERE instance_id = {id} AND kind = 'abuse'"),
         format!("INSERT INTO instance_holds (instance_id, kind) VALUES ({id}, 'billing')"),
+        format!("UPDATE instances SET product_id = 'p2', os_image = 'debian-12', reinstall_requested = reinstall_requested + 1 WHERE id = {id}"),
     ] {
         sqlx::raw_sql(&sql).execute(&billing).await.expect(&sql);
     }
@@ -1456,6 +1499,9 @@ async fn postgres_billing_role_holds_exactly_the_billing_columns() {
         format!("UPDATE instances SET provider_server_id = '7' WHERE id = {id}"),
         format!("UPDATE instances SET next_check_at = NULL WHERE id = {id}"),
         format!("UPDATE instances SET lease_epoch = lease_epoch + 1 WHERE id = {id}"),
+        format!("UPDATE instances SET reinstall_handled = 1 WHERE id = {id}"),
+        format!("UPDATE instances SET applied_product_id = 'p2' WHERE id = {id}"),
+        format!("UPDATE instances SET observe_only = true WHERE id = {id}"),
         "INSERT INTO instances (customer_id, product_id, ipv4) VALUES ('c', 'p', '192.0.2.1')".to_owned(),
         "INSERT INTO instances (id, customer_id, product_id) VALUES (999999, 'c', 'p')".to_owned(),
         format!("INSERT INTO instance_transitions (instance_id, action, cause, outcome) VALUES ({id}, 'fail', 'manual', 'failed')"),
@@ -1511,6 +1557,7 @@ async fn sqlite_plain_clients_write_billing_columns_only() {
     };
     // Billing's own writes go through.
     run(format!("UPDATE instances SET desired_status = 'suspended', suspend_reason = 'non-payment', reboot_requested = reboot_requested + 1 WHERE id = {id}")).await.unwrap();
+    run(format!("UPDATE instances SET os_image = 'debian-12', reinstall_requested = reinstall_requested + 1 WHERE id = {id}")).await.unwrap();
     run("INSERT INTO instances (customer_id, product_id, hostname) VALUES ('c2', 'p', 'h')".into())
         .await
         .unwrap();
@@ -1543,6 +1590,12 @@ async fn sqlite_plain_clients_write_billing_columns_only() {
         (format!("UPDATE instances SET lease_epoch = lease_epoch + 1 WHERE id = {id}"), "provisioner_owns_lease_epoch"),
         (format!("UPDATE instances SET desired_status = 'active', ipv4 = '192.0.2.9' WHERE id = {id}"), "provisioner_owns_ipv4"),
         (format!("UPDATE instances SET next_check_at = NULL WHERE id = {id}"), "next_check_at"),
+        (format!("UPDATE instances SET reinstall_handled = 0 WHERE id = {id}"), "provisioner_owns_reinstall_handled"),
+        (format!("UPDATE instances SET applied_product_id = 'p2' WHERE id = {id}"), "provisioner_owns_applied_product_id"),
+        (format!("UPDATE instances SET observe_only = 1 WHERE id = {id}"), "provisioner_owns_observe_only"),
+        (format!("UPDATE instances SET reinstall_requested = -1 WHERE id = {id}"), "reinstall_requested never decreases"),
+        (format!("UPDATE instances SET reinstall_requested = 'twice' WHERE id = {id}"), "reinstall_requested must be an integer"),
+        ("INSERT INTO instances (customer_id, product_id, applied_product_id) VALUES ('c', 'p', 'p')".into(), "reconciler-owned columns"),
         ("INSERT INTO instances (customer_id, product_id, ipv4) VALUES ('c', 'p', '192.0.2.1')".into(), "reconciler-owned columns"),
         ("INSERT INTO instances (customer_id, product_id, next_check_at) VALUES ('c', 'p', NULL)".into(), "reconciler-owned columns"),
         ("INSERT INTO instances (id, customer_id, product_id) VALUES (9223372036854775807, 'c', 'p')".into(), "reconciler-owned columns"),

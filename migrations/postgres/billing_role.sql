@@ -23,10 +23,12 @@ BEGIN
         FROM provisioner_billing;
     GRANT SELECT ON instances, instance_transitions, product_revisions TO provisioner_billing;
     GRANT INSERT (customer_id, order_id, billing_ref, product_id, location, os_image, hostname,
-                  ssh_keys, desired_status, suspend_reason, reboot_requested)
+                  ssh_keys, desired_status, suspend_reason, reboot_requested,
+                  reinstall_requested)
         ON instances TO provisioner_billing;
     GRANT UPDATE (customer_id, order_id, billing_ref, product_id, location, os_image, hostname,
-                  ssh_keys, desired_status, suspend_reason, reboot_requested)
+                  ssh_keys, desired_status, suspend_reason, reboot_requested,
+                  reinstall_requested)
         ON instances TO provisioner_billing;
     -- Holds are billing's and admins' alike.
     GRANT SELECT, INSERT, UPDATE, DELETE ON instance_holds TO provisioner_billing;

@@ -134,6 +134,9 @@ pub enum ProductConfig {
         enable_ipv4: bool,
         /// Give the server a public IPv6 network (default true).
         enable_ipv6: bool,
+        /// Grow the disk on a change to this product (default false: the disk keeps its size,
+        /// so a later downgrade stays possible).
+        upgrade_disk: bool,
     },
     /// DigitalOcean `POST /v2/droplets` parameters.
     DigitalOcean {
@@ -145,12 +148,30 @@ pub enum ProductConfig {
         monitoring: bool,
         /// Enable provider backups (default false).
         backups: bool,
+        /// Grow the disk on a resize to this size (default false: permanent, no downgrade).
+        resize_disk: bool,
     },
     /// Which servers of the account's pool this product may be given.
     Ovh {
         /// Hardware names, each present in the account's pool.
         hardware: Vec<String>,
     },
+}
+
+impl ProductConfig {
+    /// The provider's name for the plan of `product_id`'s servers, which a server reports
+    /// and a change of plan moves it to: Hetzner's server type, DigitalOcean's size, the
+    /// sim's size (or the product), the product for manual work; `None` for OVH, whose
+    /// dedicated servers cannot change plan in place.
+    pub fn plan(&self, product_id: &str) -> Option<String> {
+        match self {
+            ProductConfig::Sim { size } => Some(size.clone().unwrap_or_else(|| product_id.into())),
+            ProductConfig::Manual { .. } => Some(product_id.to_owned()),
+            ProductConfig::Hetzner { server_type, .. } => Some(server_type.clone()),
+            ProductConfig::DigitalOcean { size, .. } => Some(size.clone()),
+            ProductConfig::Ovh { .. } => None,
+        }
+    }
 }
 
 /// How a product's servers are made.

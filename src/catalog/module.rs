@@ -4,8 +4,8 @@
 //! |---|---|---|---|
 //! | `sim` | none | unlimited | optional `size` |
 //! | `manual` | none | none (no API) | optional `instructions` |
-//! | `hetzner` | `token_env` (`HCLOUD_TOKEN`) | 3600/h | `server_type`, `enable_ipv4`, `enable_ipv6` |
-//! | `digitalocean` | `token_env` (`DIGITALOCEAN_TOKEN`) | 5000/h and 250/min | `size`, `ipv6`, `monitoring`, `backups` |
+//! | `hetzner` | `token_env` (`HCLOUD_TOKEN`) | 3600/h | `server_type`, `enable_ipv4`, `enable_ipv6`, `upgrade_disk` |
+//! | `digitalocean` | `token_env` (`DIGITALOCEAN_TOKEN`) | 5000/h and 250/min | `size`, `ipv6`, `monitoring`, `backups`, `resize_disk` |
 //! | `ovh` | `application_key_env`, `application_secret_env`, `consumer_key_env` (`OVH_*`) | 60/min | `hardware` (from the account's `pool`) |
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -577,10 +577,12 @@ pub(super) fn product_config(
             };
             let ipv4 = flag(f.as_mut(), "enable_ipv4", true, cx);
             let ipv6 = flag(f.as_mut(), "enable_ipv6", true, cx);
+            let upgrade_disk = flag(f.as_mut(), "upgrade_disk", false, cx);
             Some(ProductConfig::Hetzner {
                 server_type: server_type?,
                 enable_ipv4: ipv4?,
                 enable_ipv6: ipv6?,
+                upgrade_disk: upgrade_disk?,
             })
         }
         Module::DigitalOcean => {
@@ -596,11 +598,13 @@ pub(super) fn product_config(
             let ipv6 = flag(f.as_mut(), "ipv6", false, cx);
             let monitoring = flag(f.as_mut(), "monitoring", false, cx);
             let backups = flag(f.as_mut(), "backups", false, cx);
+            let resize_disk = flag(f.as_mut(), "resize_disk", false, cx);
             Some(ProductConfig::DigitalOcean {
                 size: size?,
                 ipv6: ipv6?,
                 monitoring: monitoring?,
                 backups: backups?,
+                resize_disk: resize_disk?,
             })
         }
         Module::Ovh => {
@@ -620,8 +624,8 @@ pub(super) fn product_config(
         let expected: Vec<&str> = match module {
             Module::Sim => vec!["size"],
             Module::Manual => vec!["instructions"],
-            Module::Hetzner => vec!["server_type", "enable_ipv4", "enable_ipv6"],
-            Module::DigitalOcean => vec!["size", "ipv6", "monitoring", "backups"],
+            Module::Hetzner => vec!["server_type", "enable_ipv4", "enable_ipv6", "upgrade_disk"],
+            Module::DigitalOcean => vec!["size", "ipv6", "monitoring", "backups", "resize_disk"],
             Module::Ovh => vec!["hardware"],
         };
         f.finish_with(cx, |key| {

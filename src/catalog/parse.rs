@@ -720,8 +720,8 @@ fn pricing(node: &Node, cx: &mut Cx) -> Option<Pricing> {
 /// Which module a product config key belongs to, for "this is a hetzner setting" hints.
 pub(super) fn module_of_config_key(key: &str) -> Option<Module> {
     match key {
-        "server_type" | "enable_ipv4" | "enable_ipv6" => Some(Module::Hetzner),
-        "size" | "ipv6" | "monitoring" | "backups" => Some(Module::DigitalOcean),
+        "server_type" | "enable_ipv4" | "enable_ipv6" | "upgrade_disk" => Some(Module::Hetzner),
+        "size" | "ipv6" | "monitoring" | "backups" | "resize_disk" => Some(Module::DigitalOcean),
         "hardware" => Some(Module::Ovh),
         "instructions" => Some(Module::Manual),
         _ => None,

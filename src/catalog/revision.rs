@@ -36,22 +36,37 @@ pub fn normalized(p: &Product) -> Value {
             server_type,
             enable_ipv4,
             enable_ipv6,
-        } => json!({
-            "server_type": server_type,
-            "enable_ipv4": enable_ipv4,
-            "enable_ipv6": enable_ipv6,
-        }),
+            upgrade_disk,
+        } => {
+            let mut c = json!({
+                "server_type": server_type,
+                "enable_ipv4": enable_ipv4,
+                "enable_ipv6": enable_ipv6,
+            });
+            // Written only when set, so that revisions made before the setting existed stay.
+            if *upgrade_disk {
+                c["upgrade_disk"] = json!(true);
+            }
+            c
+        }
         ProductConfig::DigitalOcean {
             size,
             ipv6,
             monitoring,
             backups,
-        } => json!({
-            "size": size,
-            "ipv6": ipv6,
-            "monitoring": monitoring,
-            "backups": backups,
-        }),
+            resize_disk,
+        } => {
+            let mut c = json!({
+                "size": size,
+                "ipv6": ipv6,
+                "monitoring": monitoring,
+                "backups": backups,
+            });
+            if *resize_disk {
+                c["resize_disk"] = json!(true);
+            }
+            c
+        }
         ProductConfig::Ovh { hardware } => {
             let mut hw = hardware.clone();
             hw.sort();

@@ -366,11 +366,13 @@ pub(super) async fn demo(
 }
 
 /// The summary buckets of `plan`, in the order printed.
-const BUCKETS: [&str; 9] = [
+const BUCKETS: [&str; 11] = [
     "create",
     "suspend",
     "unsuspend",
     "reboot",
+    "resize",
+    "reinstall",
     "terminate",
     "in flight",
     "waiting",
@@ -384,6 +386,8 @@ fn bucket(step: &Step) -> &'static str {
         Step::Suspend => "suspend",
         Step::Unsuspend | Step::SkipReboot => "unsuspend",
         Step::Reboot => "reboot",
+        Step::Resize => "resize",
+        Step::Reinstall => "reinstall",
         Step::Terminate | Step::Forget => "terminate",
         Step::Poll(_) => "in flight",
         Step::Wait(_) => "waiting",

@@ -349,6 +349,63 @@ async fn dispatch(
                 ),
             )
         }
+        InstancesCommand::ChangeProduct {
+            id,
+            product,
+            catalog,
+            no_catalog_check,
+            format,
+        } => {
+            let Some(before) = store.instance(id).await? else {
+                return Err(StoreError::InstanceNotFound(id).into());
+            };
+            if !no_catalog_check {
+                let location = before.location.as_deref();
+                if let Err(m) =
+                    check_order(&catalog, &product, location, before.os_image.as_deref())
+                {
+                    return invalid(m);
+                }
+            }
+            let i = store.change_product(id, &product).await?;
+            changed(
+                &i,
+                format,
+                &format!(
+                    "instance {id}: product {} -> {} (generation {}); the reconciler changes the server's plan\n",
+                    before.product_id, i.product_id, i.desired_generation
+                ),
+            )
+        }
+        InstancesCommand::Reinstall {
+            id,
+            os,
+            catalog,
+            no_catalog_check,
+            format,
+        } => {
+            let Some(before) = store.instance(id).await? else {
+                return Err(StoreError::InstanceNotFound(id).into());
+            };
+            if !no_catalog_check {
+                let os = os.as_deref().or(before.os_image.as_deref());
+                if let Err(m) = check_order(&catalog, &before.product_id, None, os) {
+                    return invalid(m);
+                }
+            }
+            let i = store.request_reinstall(id, os.as_deref()).await?;
+            changed(
+                &i,
+                format,
+                &format!(
+                    "instance {}: reinstall of {} requested ({} asked, {} done)\n",
+                    i.id,
+                    i.os_image.as_deref().unwrap_or("the product's first OS"),
+                    i.reinstall_requested,
+                    i.reinstall_handled
+                ),
+            )
+        }
         InstancesCommand::Reboot { id, format } => {
             let i = store.request_reboot(id).await?;
             changed(
@@ -431,6 +488,7 @@ pub(super) fn instance_json(i: &Instance, secret: Option<&str>) -> Value {
         "desired_status": i.desired_status.as_str(),
         "suspend_reason": i.suspend_reason,
         "reboot_requested": i.reboot_requested,
+        "reinstall_requested": i.reinstall_requested,
         "desired_generation": i.desired_generation,
         "desired_changed_at": output::ts(i.desired_changed_at),
         "observed_status": i.observed_status.as_str(),
@@ -443,6 +501,9 @@ pub(super) fn instance_json(i: &Instance, secret: Option<&str>) -> Value {
         "ipv6": i.ipv6,
         "product_revision": i.product_revision,
         "reboot_handled": i.reboot_handled,
+        "reinstall_handled": i.reinstall_handled,
+        "applied_product_id": i.applied_product_id,
+        "observe_only": i.observe_only,
         "credentials": i.credentials.as_ref().map(|c| json!({"sealed_with_key": c.key_id})),
         "root_password": secret,
         "last_error": i.last_error,
@@ -539,6 +600,29 @@ fn print_instance(
         "reboots     {} requested, {} done",
         i.reboot_requested, i.reboot_handled
     );
+    let _ = writeln!(
+        s,
+        "reinstalls  {} requested, {} done",
+        i.reinstall_requested, i.reinstall_handled
+    );
+    if let Some(applied) = i
+        .applied_product_id
+        .as_deref()
+        .filter(|a| *a != i.product_id)
+    {
+        let _ = writeln!(
+            s,
+            "plan        server on `{applied}`, billing wants `{}`",
+            i.product_id
+        );
+    }
+    if i.observe_only {
+        let _ = writeln!(
+            s,
+            "managed     no: observe-only (`provisioner instances manage {}`)",
+            i.id
+        );
+    }
     let _ = writeln!(
         s,
         "provider    {} server {}",

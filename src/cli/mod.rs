@@ -459,6 +459,41 @@ pub enum InstancesCommand {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+    /// Move an instance to another product: a change of plan (sets `product_id`, as billing
+    /// does); the reconciler changes the server in place where its module can.
+    ChangeProduct {
+        /// Instance id.
+        id: i64,
+        /// The new product.
+        product: String,
+        /// The catalog to check the product against.
+        #[arg(long, default_value = "catalog")]
+        catalog: PathBuf,
+        /// Skip the catalog check.
+        #[arg(long)]
+        no_catalog_check: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Ask for one reinstall (increments `reinstall_requested`), of another OS with `--os`.
+    /// The disk is wiped; the new root password replaces the old one.
+    Reinstall {
+        /// Instance id.
+        id: i64,
+        /// The OS to install (one the product offers); default: the one ordered.
+        #[arg(long)]
+        os: Option<String>,
+        /// The catalog to check the OS against.
+        #[arg(long, default_value = "catalog")]
+        catalog: PathBuf,
+        /// Skip the catalog check.
+        #[arg(long)]
+        no_catalog_check: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
     /// Ask for one reboot (increments `reboot_requested`).
     Reboot {
         /// Instance id.

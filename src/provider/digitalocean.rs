@@ -22,7 +22,7 @@ use super::http::{
 use super::limit::RateLimiter;
 use super::{
     cloud_init, split_ssh_keys, Accepted, Call, CreateRequest, Created, ErrorClass, Policy,
-    PowerState, Progress, Provider, ProviderError, Result, Server,
+    PowerState, Progress, Provider, ProviderError, ResizeRequest, Result, Server,
 };
 use crate::catalog::{Module, ProductConfig, ProviderAccount};
 use crate::store::Action;
@@ -55,6 +55,10 @@ struct Droplet {
     networks: Networks,
     #[serde(default)]
     tags: Vec<String>,
+    #[serde(default)]
+    size_slug: Option<String>,
+    #[serde(default)]
+    locked: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -108,6 +112,13 @@ struct DoAction {
     status: String,
     #[serde(rename = "type", default)]
     kind: String,
+    #[serde(default)]
+    started_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ActionList {
+    actions: Vec<DoAction>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -125,6 +136,8 @@ struct CreateResponse {
 impl Droplet {
     fn into_server(self) -> Server {
         let state = match self.status.as_str() {
+            // A droplet locked by a running action (resize, rebuild) is not usable.
+            "active" | "off" if self.locked => PowerState::Busy,
             "active" => PowerState::Running,
             "off" | "archive" => PowerState::Off,
             _ => PowerState::Creating,
@@ -146,6 +159,7 @@ impl Droplet {
             name: self.name,
             state,
             root_password: None,
+            plan: self.size_slug,
         }
     }
 }
@@ -173,6 +187,8 @@ fn read_error(status: StatusCode, body: &[u8]) -> (ErrorClass, String) {
         {
             ErrorClass::Capacity
         }
+        // Another action runs on the droplet (a resize or rebuild in progress): not twice.
+        "unprocessable_entity" if lower.contains("pending event") => ErrorClass::Transient,
         "server_error" | "service_unavailable" => ErrorClass::Transient,
         _ => class_of_status(status),
     };
@@ -240,9 +256,12 @@ impl DigitalOcean {
     }
 
     async fn action(&self, server_id: &str, kind: &str) -> Result<Accepted> {
+        self.action_with(server_id, json!({"type": kind})).await
+    }
+
+    async fn action_with(&self, server_id: &str, body: serde_json::Value) -> Result<Accepted> {
         let id = numeric_id("digitalocean", "droplet", server_id)?;
         let path = format!("/droplets/{id}/actions");
-        let body = json!({"type": kind});
         let (a, rid): (OneAction, _) = self.api.json(Method::POST, &path, &[], Some(&body)).await?;
         tracing::debug!(droplet = server_id, action = a.action.id, kind = %a.action.kind, "action accepted");
         Ok(Accepted {
@@ -257,6 +276,7 @@ impl DigitalOcean {
             ipv6,
             monitoring,
             backups,
+            ..
         } = &request.config
         else {
             return Err(ProviderError::new(
@@ -329,7 +349,7 @@ impl Provider for DigitalOcean {
     }
 
     fn follows(&self, action: Action) -> bool {
-        action == Action::Reboot
+        matches!(action, Action::Reboot | Action::Reinstall | Action::Resize)
     }
 
     fn follow<'a>(
@@ -413,6 +433,66 @@ impl Provider for DigitalOcean {
     ) -> BoxFuture<'a, Result<Accepted>> {
         self.action(server_id, if hard { "power_cycle" } else { "reboot" })
             .boxed()
+    }
+
+    fn resize<'a>(
+        &'a self,
+        _call: Call<'a>,
+        server_id: &'a str,
+        request: &'a ResizeRequest,
+    ) -> BoxFuture<'a, Result<Accepted>> {
+        let disk = matches!(
+            request.config,
+            ProductConfig::DigitalOcean {
+                resize_disk: true,
+                ..
+            }
+        );
+        let body = json!({"type": "resize", "size": request.plan, "disk": disk});
+        self.action_with(server_id, body).boxed()
+    }
+
+    fn rebuild<'a>(
+        &'a self,
+        _call: Call<'a>,
+        server_id: &'a str,
+        request: &'a CreateRequest,
+    ) -> BoxFuture<'a, Result<super::Rebuilt>> {
+        // A rebuild keeps the droplet's SSH keys; DigitalOcean returns no password.
+        let body = json!({"type": "rebuild", "image": request.image});
+        async move {
+            Ok(super::Rebuilt {
+                accepted: self.action_with(server_id, body).await?,
+                root_password: None,
+            })
+        }
+        .boxed()
+    }
+
+    fn find_rebuild<'a>(
+        &'a self,
+        _call: Call<'a>,
+        server_id: &'a str,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> BoxFuture<'a, Result<Option<String>>> {
+        async move {
+            let id = numeric_id("digitalocean", "droplet", server_id)?;
+            let path = format!("/droplets/{id}/actions");
+            let query = [("per_page", "50".to_owned()), ("page", "1".to_owned())];
+            let (list, _): (ActionList, _) =
+                self.api.json(Method::GET, &path, &query, None).await?;
+            Ok(list
+                .actions
+                .into_iter()
+                .filter(|a| {
+                    a.kind == "rebuild"
+                        && a.started_at
+                            .is_some_and(|t| t >= since - super::ACTION_CLOCK_SLACK)
+                })
+                .max_by_key(|a| a.id)
+                .map(|a| a.id.to_string()))
+        }
+        .boxed()
     }
 
     fn delete<'a>(

@@ -25,7 +25,7 @@ use super::http::{
 use super::limit::RateLimiter;
 use super::{
     cloud_init, split_ssh_keys, Accepted, Call, CreateRequest, Created, ErrorClass, Policy,
-    PowerState, Progress, Provider, ProviderError, Result, Server, INSTANCE_LABEL,
+    PowerState, Progress, Provider, ProviderError, ResizeRequest, Result, Server, INSTANCE_LABEL,
 };
 use crate::catalog::{Module, ProductConfig, ProviderAccount};
 use crate::secrets::SecretString;
@@ -52,6 +52,13 @@ struct HServer {
     public_net: Option<PublicNet>,
     #[serde(default)]
     labels: HashMap<String, String>,
+    #[serde(default)]
+    server_type: Option<Named>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Named {
+    name: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -70,7 +77,23 @@ struct HAction {
     id: i64,
     status: String,
     #[serde(default)]
+    command: String,
+    #[serde(default)]
+    started: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(default)]
     error: Option<ActionError>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ActionList {
+    actions: Vec<HAction>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RebuildResponse {
+    action: HAction,
+    #[serde(default)]
+    root_password: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,7 +144,8 @@ impl HServer {
             "stopping" => PowerState::Stopping,
             "starting" => PowerState::Starting,
             "deleting" => PowerState::Deleting,
-            // initializing, rebuilding, unknown: on its way somewhere
+            "rebuilding" => PowerState::Busy,
+            // initializing, unknown: on its way somewhere
             _ => PowerState::Creating,
         };
         let net = self.public_net.unwrap_or_default();
@@ -133,6 +157,7 @@ impl HServer {
             ipv4: net.ipv4.map(|a| a.ip),
             ipv6: net.ipv6.map(|a| a.ip),
             root_password: None,
+            plan: self.server_type.map(|t| t.name),
         }
     }
 }
@@ -166,10 +191,9 @@ fn read_error(status: StatusCode, body: &[u8]) -> (ErrorClass, String) {
         | "unsupported_error"
         | "method_not_allowed"
         | "deprecated_api_endpoint" => ErrorClass::Invalid,
-        "locked" | "conflict" | "server_error" | "service_error" | "maintenance"
-        | "unavailable" | "timeout" | "bad_gateway" | "robot_unavailable" | "resource_locked" => {
-            ErrorClass::Transient
-        }
+        "locked" | "server_not_stopped" | "conflict" | "server_error" | "service_error"
+        | "maintenance" | "unavailable" | "timeout" | "bad_gateway" | "robot_unavailable"
+        | "resource_locked" => ErrorClass::Transient,
         _ => class_of_status(status),
     };
     (class, format!("{}: {}", error.code, error.message))
@@ -234,13 +258,66 @@ impl HetznerCloud {
     }
 
     async fn action(&self, server_id: &str, command: &str) -> Result<Accepted> {
+        self.action_with(server_id, command, None).await
+    }
+
+    async fn action_with(
+        &self,
+        server_id: &str,
+        command: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Accepted> {
         let id = numeric_id("hetzner", "server", server_id)?;
         let path = format!("/servers/{id}/actions/{command}");
-        let (a, rid): (OneAction, _) = self.api.json(Method::POST, &path, &[], None).await?;
+        let (a, rid): (OneAction, _) = self.api.json(Method::POST, &path, &[], body).await?;
         Ok(Accepted {
             action_id: Some(a.action.id.to_string()),
             details: request_details(rid),
         })
+    }
+
+    async fn do_rebuild(&self, server_id: &str, request: &CreateRequest) -> Result<super::Rebuilt> {
+        let id = numeric_id("hetzner", "server", server_id)?;
+        // Registered keys cannot be given to a rebuild: public keys go in as cloud-init
+        // again (the server's earlier user data would be reused otherwise).
+        let (public_keys, _) = split_ssh_keys(&request.ssh_keys);
+        let mut body = json!({ "image": request.image });
+        if let Some(user_data) = cloud_init(&public_keys) {
+            body["user_data"] = json!(user_data);
+        }
+        let path = format!("/servers/{id}/actions/rebuild");
+        let (r, rid): (RebuildResponse, _) =
+            self.api.json(Method::POST, &path, &[], Some(&body)).await?;
+        Ok(super::Rebuilt {
+            accepted: Accepted {
+                action_id: Some(r.action.id.to_string()),
+                details: request_details(rid),
+            },
+            root_password: r.root_password.map(SecretString::new),
+        })
+    }
+
+    async fn rebuild_since(
+        &self,
+        server_id: &str,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<String>> {
+        let id = numeric_id("hetzner", "server", server_id)?;
+        let path = format!("/servers/{id}/actions");
+        let query = [
+            ("sort", "id:desc".to_owned()),
+            ("per_page", "25".to_owned()),
+        ];
+        let (list, _): (ActionList, _) = self.api.json(Method::GET, &path, &query, None).await?;
+        Ok(list
+            .actions
+            .into_iter()
+            .find(|a| {
+                a.command == "rebuild_server"
+                    && a.started
+                        .is_some_and(|t| t >= since - super::ACTION_CLOCK_SLACK)
+            })
+            .map(|a| a.id.to_string()))
     }
 
     async fn do_create(&self, request: &CreateRequest) -> Result<Created> {
@@ -248,6 +325,7 @@ impl HetznerCloud {
             server_type,
             enable_ipv4,
             enable_ipv6,
+            ..
         } = &request.config
         else {
             return Err(ProviderError::new(
@@ -304,7 +382,7 @@ impl Provider for HetznerCloud {
     }
 
     fn follows(&self, action: Action) -> bool {
-        action == Action::Reboot
+        matches!(action, Action::Reboot | Action::Reinstall | Action::Resize)
     }
 
     fn follow<'a>(
@@ -403,6 +481,45 @@ impl Provider for HetznerCloud {
     ) -> BoxFuture<'a, Result<Accepted>> {
         self.action(server_id, if hard { "reset" } else { "reboot" })
             .boxed()
+    }
+
+    fn resize<'a>(
+        &'a self,
+        _call: Call<'a>,
+        server_id: &'a str,
+        request: &'a ResizeRequest,
+    ) -> BoxFuture<'a, Result<Accepted>> {
+        let upgrade_disk = matches!(
+            request.config,
+            ProductConfig::Hetzner {
+                upgrade_disk: true,
+                ..
+            }
+        );
+        let body = json!({ "server_type": request.plan, "upgrade_disk": upgrade_disk });
+        async move {
+            self.action_with(server_id, "change_type", Some(&body))
+                .await
+        }
+        .boxed()
+    }
+
+    fn rebuild<'a>(
+        &'a self,
+        _call: Call<'a>,
+        server_id: &'a str,
+        request: &'a CreateRequest,
+    ) -> BoxFuture<'a, Result<super::Rebuilt>> {
+        self.do_rebuild(server_id, request).boxed()
+    }
+
+    fn find_rebuild<'a>(
+        &'a self,
+        _call: Call<'a>,
+        server_id: &'a str,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> BoxFuture<'a, Result<Option<String>>> {
+        self.rebuild_since(server_id, since).boxed()
     }
 
     fn delete<'a>(

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::{
     Accepted, Call, CreateRequest, Created, ErrorClass, Policy, PowerState, Provider,
-    ProviderError, Result, Server,
+    ProviderError, Rebuilt, ResizeRequest, Result, Server,
 };
 use crate::catalog::{Module, ProductConfig};
 use crate::secrets::Keyring;
@@ -132,16 +132,38 @@ impl ManualProvider {
             (TaskKind::Unsuspend, true) => PowerState::Starting,
             (TaskKind::Reboot, true) => PowerState::Rebooting,
             (TaskKind::Terminate, true) => PowerState::Deleting,
+            (TaskKind::Resize | TaskKind::Reinstall, true) => PowerState::Busy,
             (TaskKind::Suspend, false) => PowerState::Off,
             (TaskKind::Terminate, false) => return Ok(None),
-            (TaskKind::Provision | TaskKind::Unsuspend | TaskKind::Reboot, false) => {
-                PowerState::Running
+            (
+                TaskKind::Provision | TaskKind::Unsuspend | TaskKind::Reboot | TaskKind::Reinstall,
+                false,
+            ) => PowerState::Running,
+            // A change of plan leaves the server as it was: off if it was suspended.
+            (TaskKind::Resize, false) => {
+                let before = live
+                    .iter()
+                    .rev()
+                    .find(|t| t.kind != TaskKind::Resize && t.state == TaskState::Done);
+                match before.map(|t| t.kind) {
+                    Some(TaskKind::Suspend) => PowerState::Off,
+                    _ => PowerState::Running,
+                }
             }
         };
-        let provision = live
-            .iter()
-            .rev()
-            .find(|t| t.kind == TaskKind::Provision && t.state == TaskState::Done);
+        let done = |kinds: &[TaskKind]| {
+            live.iter()
+                .rev()
+                .find(|t| kinds.contains(&t.kind) && t.state == TaskState::Done)
+                .copied()
+        };
+        let provision = done(&[TaskKind::Provision]);
+        // The product the server was built as or last changed to is its plan.
+        let plan = done(&[TaskKind::Provision, TaskKind::Resize])
+            .and_then(|t| t.details.get("product").and_then(Value::as_str))
+            .map(str::to_owned);
+        // The password recorded by the latest install, first or again.
+        let installed = done(&[TaskKind::Provision, TaskKind::Reinstall]);
         let text = |key: &str| {
             provision.and_then(|t| {
                 t.details
@@ -150,7 +172,7 @@ impl ManualProvider {
                     .map(str::to_owned)
             })
         };
-        let root_password = match provision.and_then(|t| t.secret.as_ref().map(|s| (t, s))) {
+        let root_password = match installed.and_then(|t| t.secret.as_ref().map(|s| (t, s))) {
             Some((task, sealed)) => Some(
                 self.keyring
                     .open(sealed, &task.secret_context())
@@ -171,6 +193,7 @@ impl ManualProvider {
             ipv4: text("ip"),
             ipv6: text("ipv6"),
             root_password,
+            plan,
         }))
     }
 }
@@ -275,6 +298,7 @@ impl Provider for ManualProvider {
                     ipv4: None,
                     ipv6: None,
                     root_password: None,
+                    plan: Some(request.product_id.clone()),
                 },
                 action_id: Some(format!("task-{}", task.id)),
                 root_password: None,
@@ -316,5 +340,101 @@ impl Provider for ManualProvider {
         _server_id: &'a str,
     ) -> BoxFuture<'a, Result<Accepted>> {
         self.accept(call, TaskKind::Terminate).boxed()
+    }
+
+    fn resize_needs_off(&self) -> bool {
+        // The admin powers the server off and on as the change needs.
+        false
+    }
+
+    fn resize<'a>(
+        &'a self,
+        call: Call<'a>,
+        _server_id: &'a str,
+        request: &'a ResizeRequest,
+    ) -> BoxFuture<'a, Result<Accepted>> {
+        async move {
+            let instructions = match &request.config {
+                ProductConfig::Manual { instructions } => instructions.clone(),
+                _ => None,
+            };
+            let task = self
+                .open(
+                    call,
+                    TaskKind::Resize,
+                    json!({
+                        "server": server_id(call.instance.id),
+                        "from_product": request.from_product_id,
+                        "product": request.product_id,
+                        "instructions": instructions,
+                    }),
+                )
+                .await?;
+            Ok(Accepted {
+                action_id: Some(format!("task-{}", task.id)),
+                ..Accepted::default()
+            })
+        }
+        .boxed()
+    }
+
+    fn rebuild<'a>(
+        &'a self,
+        call: Call<'a>,
+        _server_id: &'a str,
+        request: &'a CreateRequest,
+    ) -> BoxFuture<'a, Result<Rebuilt>> {
+        async move {
+            let task = self
+                .open(
+                    call,
+                    TaskKind::Reinstall,
+                    json!({
+                        "server": server_id(call.instance.id),
+                        "os_image": request.os_image,
+                        "image": request.image,
+                        "hostname": request.hostname,
+                        "ssh_keys": request.ssh_keys,
+                    }),
+                )
+                .await?;
+            Ok(Rebuilt {
+                accepted: Accepted {
+                    action_id: Some(format!("task-{}", task.id)),
+                    ..Accepted::default()
+                },
+                // The admin records the new password when completing the task.
+                root_password: None,
+            })
+        }
+        .boxed()
+    }
+
+    fn find_rebuild<'a>(
+        &'a self,
+        call: Call<'a>,
+        _server_id: &'a str,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> BoxFuture<'a, Result<Option<String>>> {
+        async move {
+            let tasks = self
+                .store
+                .tasks(&TaskFilter {
+                    open_only: false,
+                    instance_id: Some(call.instance.id),
+                })
+                .await
+                .map_err(store_error)?;
+            Ok(tasks
+                .iter()
+                .rev()
+                .find(|t| {
+                    t.kind == TaskKind::Reinstall
+                        && t.state != TaskState::Cancelled
+                        && t.created_at >= since
+                })
+                .map(|t| format!("task-{}", t.id)))
+        }
+        .boxed()
     }
 }

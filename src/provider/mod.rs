@@ -84,6 +84,8 @@ pub enum PowerState {
     Rebooting,
     /// Being deleted.
     Deleting,
+    /// Running an action that keeps it from use: a change of plan, a reinstall, a migration.
+    Busy,
 }
 
 impl PowerState {
@@ -110,6 +112,9 @@ pub struct Server {
     pub ipv6: Option<String>,
     /// A root password the provider hands out on observation (manual work), if any.
     pub root_password: Option<SecretString>,
+    /// The provider's name of its plan (Hetzner server type, DigitalOcean size, …; see
+    /// [`ProductConfig::plan`]), when the provider reports one.
+    pub plan: Option<String>,
 }
 
 /// How a provider call failed, deciding what the executor does next.
@@ -257,6 +262,28 @@ impl CreateRequest {
     }
 }
 
+/// What a change of plan moves a server to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResizeRequest {
+    /// The provider's name of the new plan ([`ProductConfig::plan`]).
+    pub plan: String,
+    /// The new product's module configuration (whether the disk grows, …).
+    pub config: ProductConfig,
+    /// The new product.
+    pub product_id: String,
+    /// The product the server is on now.
+    pub from_product_id: String,
+}
+
+/// A reinstall the provider accepted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rebuilt {
+    /// The provider's action to follow, if any.
+    pub accepted: Accepted,
+    /// The new root password, when the provider generated one.
+    pub root_password: Option<SecretString>,
+}
+
 /// A create the provider accepted.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Created {
@@ -331,6 +358,10 @@ impl Default for Policy {
         }
     }
 }
+
+/// How far a provider's clock may run behind the database's when a module looks for an action
+/// started since an intent was recorded.
+pub const ACTION_CLOCK_SLACK: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
 
 /// Graceful shutdowns and reboots may take this long by default before a hard one.
 pub const DEFAULT_GRACEFUL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -455,6 +486,58 @@ pub trait Provider: Send + Sync {
 
     /// Deletes a server; gone already counts as done.
     fn delete<'a>(&'a self, call: Call<'a>, server_id: &'a str) -> BoxFuture<'a, Result<Accepted>>;
+
+    /// Whether a server must be powered off before its plan can change (Hetzner,
+    /// DigitalOcean); the sim and a person change it as it is.
+    fn resize_needs_off(&self) -> bool {
+        true
+    }
+
+    /// Moves a server to `request`'s plan. A second call while the first runs is refused by
+    /// the provider (locked): one request never makes two changes.
+    fn resize<'a>(
+        &'a self,
+        call: Call<'a>,
+        server_id: &'a str,
+        request: &'a ResizeRequest,
+    ) -> BoxFuture<'a, Result<Accepted>> {
+        let _ = (call, server_id, request);
+        Box::pin(async move {
+            Err(ProviderError::new(
+                ErrorClass::Invalid,
+                format!("module `{}` cannot change a server's plan", self.module()),
+            ))
+        })
+    }
+
+    /// Reinstalls a server with `request`'s image, hostname and SSH keys.
+    fn rebuild<'a>(
+        &'a self,
+        call: Call<'a>,
+        server_id: &'a str,
+        request: &'a CreateRequest,
+    ) -> BoxFuture<'a, Result<Rebuilt>> {
+        let _ = (call, server_id, request);
+        Box::pin(async move {
+            Err(ProviderError::new(
+                ErrorClass::Invalid,
+                format!("module `{}` cannot reinstall a server", self.module()),
+            ))
+        })
+    }
+
+    /// The provider's own record of a reinstall of the server started at or after `since`
+    /// (its action or task id), so that a reinstall whose answer was lost is followed, never
+    /// sent twice. `None`: none was started.
+    fn find_rebuild<'a>(
+        &'a self,
+        call: Call<'a>,
+        server_id: &'a str,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> BoxFuture<'a, Result<Option<String>>> {
+        let _ = (call, server_id, since);
+        Box::pin(async move { Ok(None) })
+    }
 }
 
 #[cfg(test)]

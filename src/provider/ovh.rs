@@ -130,6 +130,8 @@ struct Task {
     status: String,
     #[serde(default)]
     comment: Option<String>,
+    #[serde(default)]
+    start_date: Option<chrono::DateTime<chrono::FixedOffset>>,
 }
 
 fn store_error(e: StoreError) -> ProviderError {
@@ -490,6 +492,7 @@ impl Ovh {
                 ipv4: found.ip,
                 ipv6: None,
                 root_password: None,
+                plan: None,
             },
             action_id: Some(task.task_id.to_string()),
             root_password: None,
@@ -549,7 +552,67 @@ impl Ovh {
             ipv4: ip,
             ipv6: None,
             root_password: None,
+            plan: None,
         }
+    }
+
+    async fn do_rebuild(
+        &self,
+        call: Call<'_>,
+        server: &str,
+        request: &CreateRequest,
+    ) -> Result<super::Rebuilt> {
+        self.update_slot(
+            call.instance.id,
+            PoolChange {
+                os_image: Some(request.image.clone()),
+                ..PoolChange::default()
+            },
+        )
+        .await?;
+        let task = self
+            .reinstall(server, &request.image, &request.hostname, &request.ssh_keys)
+            .await?;
+        self.update_slot(
+            call.instance.id,
+            PoolChange {
+                state: Some("installing"),
+                task_id: Some(Some(task.task_id.to_string())),
+                ..PoolChange::default()
+            },
+        )
+        .await?;
+        Ok(super::Rebuilt {
+            accepted: Accepted {
+                action_id: Some(task.task_id.to_string()),
+                details: json!({"template": request.image}),
+            },
+            root_password: None,
+        })
+    }
+
+    /// The newest reinstall task of `server` started at or after `since`.
+    async fn reinstall_since(
+        &self,
+        server: &str,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<String>> {
+        let ids: Vec<i64> = self
+            .call(
+                Method::GET,
+                &format!("/dedicated/server/{}/task", service(server)?),
+                &[("function", "reinstallServer".to_owned())],
+                None,
+            )
+            .await?;
+        let Some(newest) = ids.into_iter().max() else {
+            return Ok(None);
+        };
+        let task = self.task(server, &newest.to_string()).await?;
+        let recent = task
+            .start_date
+            .is_some_and(|t| t.to_utc() >= since - super::ACTION_CLOCK_SLACK);
+        Ok(recent.then(|| newest.to_string()))
     }
 }
 
@@ -709,6 +772,24 @@ impl Provider for Ovh {
             })
         }
         .boxed()
+    }
+
+    fn rebuild<'a>(
+        &'a self,
+        call: Call<'a>,
+        server_id: &'a str,
+        request: &'a CreateRequest,
+    ) -> BoxFuture<'a, Result<super::Rebuilt>> {
+        self.do_rebuild(call, server_id, request).boxed()
+    }
+
+    fn find_rebuild<'a>(
+        &'a self,
+        _call: Call<'a>,
+        server_id: &'a str,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> BoxFuture<'a, Result<Option<String>>> {
+        self.reinstall_since(server_id, since).boxed()
     }
 
     fn delete<'a>(&'a self, call: Call<'a>, server_id: &'a str) -> BoxFuture<'a, Result<Accepted>> {

@@ -21,11 +21,11 @@ use futures::FutureExt;
 use super::limit::RateLimiter;
 use super::{
     Accepted, Call, CreateRequest, Created, ErrorClass, Policy, PowerState, Provider,
-    ProviderError, Result, Server,
+    ProviderError, Rebuilt, ResizeRequest, Result, Server,
 };
-use crate::catalog::{Module, ProductConfig, RateLimit, SimSettings};
+use crate::catalog::{Module, RateLimit, SimSettings};
 pub use crate::store::sim::Ledger;
-use crate::store::sim::{NewSimServer, SimCreated, SimSelect, SimServer};
+use crate::store::sim::{NewSimServer, SimBusy, SimChange, SimCreated, SimSelect, SimServer};
 use crate::store::{SqlStore, StoreError};
 
 /// One simulated account.
@@ -61,6 +61,7 @@ fn server_from(row: SimServer) -> Result<Server> {
         "off" => PowerState::Off,
         "starting" => PowerState::Starting,
         "rebooting" => PowerState::Rebooting,
+        "resizing" | "rebuilding" => PowerState::Busy,
         other => {
             return Err(store_error(StoreError::Corrupt(format!(
                 "sim server {} has state `{other}`",
@@ -76,6 +77,7 @@ fn server_from(row: SimServer) -> Result<Server> {
         ipv4: row.ipv4,
         ipv6: row.ipv6,
         root_password: None,
+        plan: row.size,
     })
 }
 
@@ -183,19 +185,46 @@ impl SimCloud {
         self.leave(Accepted::default())
     }
 
+    /// A change of plan or a reinstall: the server is busy for a while, and a second one
+    /// while it is busy is refused, as real APIs refuse it (`locked`).
+    async fn busy(&self, server_id: &str, change: SimChange<'_>, seconds: f64) -> Result<Accepted> {
+        self.enter().await?;
+        let id = parse_id(server_id)?;
+        let kind = match change {
+            SimChange::Resize(_) => "resize",
+            SimChange::Rebuild(_) => "rebuild",
+        };
+        match self
+            .store
+            .sim_busy(&self.account, id, change, seconds)
+            .await
+            .map_err(store_error)?
+        {
+            SimBusy::Started => self.leave(Accepted {
+                action_id: Some(format!("sim-{kind}-{id}")),
+                ..Accepted::default()
+            }),
+            SimBusy::Locked => Err(ProviderError::new(
+                ErrorClass::Transient,
+                format!("server {server_id} is locked: another action is running (simulated)"),
+            )),
+            SimBusy::Missing => Err(ProviderError::new(
+                ErrorClass::NotFound,
+                format!("no server {server_id}"),
+            )),
+        }
+    }
+
     async fn do_create(&self, request: &CreateRequest) -> Result<Created> {
         self.enter().await?;
-        let size = match &request.config {
-            ProductConfig::Sim { size } => size.as_deref(),
-            _ => None,
-        };
+        let size = request.config.plan(&request.product_id);
         let made = self
             .store
             .sim_create(&NewSimServer {
                 account: &self.account,
                 instance_id: request.instance_id,
                 name: &request.name,
-                size,
+                size: size.as_deref(),
                 image: &request.image,
                 location: &request.location,
                 boot_seconds: self.settings.boot_seconds,
@@ -315,6 +344,68 @@ impl Provider for SimCloud {
         _hard: bool,
     ) -> BoxFuture<'a, Result<Accepted>> {
         self.transition(server_id, "rebooting", "").boxed()
+    }
+
+    fn resize_needs_off(&self) -> bool {
+        false
+    }
+
+    fn resize<'a>(
+        &'a self,
+        _call: Call<'a>,
+        server_id: &'a str,
+        request: &'a ResizeRequest,
+    ) -> BoxFuture<'a, Result<Accepted>> {
+        self.busy(
+            server_id,
+            SimChange::Resize(&request.plan),
+            self.settings.action_seconds,
+        )
+        .boxed()
+    }
+
+    fn rebuild<'a>(
+        &'a self,
+        _call: Call<'a>,
+        server_id: &'a str,
+        request: &'a CreateRequest,
+    ) -> BoxFuture<'a, Result<Rebuilt>> {
+        async move {
+            let accepted = self
+                .busy(
+                    server_id,
+                    SimChange::Rebuild(&request.image),
+                    self.settings.boot_seconds,
+                )
+                .await?;
+            Ok(Rebuilt {
+                accepted,
+                root_password: Some(crate::secrets::SecretString::new(format!(
+                    "sim-{:016x}",
+                    (self.roll() * 1e18) as u64
+                ))),
+            })
+        }
+        .boxed()
+    }
+
+    fn find_rebuild<'a>(
+        &'a self,
+        _call: Call<'a>,
+        server_id: &'a str,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> BoxFuture<'a, Result<Option<String>>> {
+        async move {
+            self.enter().await?;
+            let id = parse_id(server_id)?;
+            let rebuilt = self
+                .store
+                .sim_rebuilt_since(&self.account, id, since)
+                .await
+                .map_err(store_error)?;
+            Ok(rebuilt.then(|| format!("sim-rebuild-{id}")))
+        }
+        .boxed()
     }
 
     fn delete<'a>(

@@ -141,6 +141,7 @@ mod tests {
             ipv4: None,
             ipv6: None,
             root_password: None,
+            plan: None,
         }
     }
 

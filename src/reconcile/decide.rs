@@ -256,7 +256,9 @@ pub fn quiet(cx: &Context<'_>, step: &Step) -> Option<Decision> {
         | Step::Suspend
         | Step::Unsuspend
         | Step::Reboot
-        | Step::Terminate => return None,
+        | Step::Terminate
+        | Step::Resize
+        | Step::Reinstall => return None,
     })
 }
 
@@ -307,6 +309,8 @@ pub fn transitional(action: Action) -> ObservedStatus {
         Action::Unsuspend => ObservedStatus::Unsuspending,
         Action::Reboot => ObservedStatus::Rebooting,
         Action::Terminate => ObservedStatus::Terminating,
+        Action::Resize => ObservedStatus::Resizing,
+        Action::Reinstall => ObservedStatus::Reinstalling,
         _ => ObservedStatus::Pending,
     }
 }
@@ -342,6 +346,7 @@ pub fn create_intent(
             observed_status: Some(ObservedStatus::Provisioning),
             status_reason: Some(None),
             provider_account: Some(Some(account.to_owned())),
+            applied_product_id: Some(i.product_id.clone()),
             product_revision: Some(
                 i.product_revision
                     .clone()
@@ -716,6 +721,17 @@ pub fn done(
     status: ObservedStatus,
     server: Option<&Server>,
 ) -> Decision {
+    done_with(cx, action, status, server, ObservedPatch::default())
+}
+
+/// [`done`], recording `extra` besides (the product a change of plan moved the server to).
+fn done_with(
+    cx: &Context<'_>,
+    action: Action,
+    status: ObservedStatus,
+    server: Option<&Server>,
+    extra: ObservedPatch,
+) -> Decision {
     let i = cx.instance;
     let mut patch = ObservedPatch {
         observed_status: Some(status),
@@ -724,10 +740,13 @@ pub fn done(
         attempts: Some(0),
         last_error: Some(None),
         observed_generation: Some(cx.generation),
-        ..ObservedPatch::default()
+        ..extra
     };
     if action == Action::Reboot {
         patch.reboot_handled = Some(i.reboot_requested);
+    }
+    if action == Action::Reinstall {
+        patch.reinstall_handled = Some(i.reinstall_requested);
     }
     let mut seal = None;
     if let Some(s) = server {
@@ -746,6 +765,10 @@ pub fn done(
     next_state.observed_status = status;
     next_state.pending = None;
     next_state.reboot_handled = patch.reboot_handled.unwrap_or(i.reboot_handled);
+    next_state.reinstall_handled = patch.reinstall_handled.unwrap_or(i.reinstall_handled);
+    if let Some(p) = &patch.applied_product_id {
+        next_state.applied_product_id = Some(p.clone());
+    }
     let (next, result) = match plan(&next_state, cx.product) {
         Step::Idle(_) => (Next::Idle, "converged"),
         Step::Converged => (converged_next(cx), "converged"),
@@ -938,6 +961,11 @@ pub fn resynced(
         _ => return None,
     })
 }
+
+mod change;
+pub use change::{
+    rebuild_found, rebuild_intent, rebuilt, resize_failed, resize_intent, resize_sent, resized,
+};
 
 #[cfg(test)]
 mod tests;

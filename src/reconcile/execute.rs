@@ -12,15 +12,21 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 
 use super::decide::{self, Attempt, Context, Decision, Look, Next, StepResult, Timing};
-use super::plan::{plan, product_check, ProductCheck, Step};
+use super::plan::{plan, product_check, ProductCheck, SettleTiming, Step};
+use super::resize::{settle_resize, ResizeMove, ResizeState, ResizeTarget};
 use crate::catalog::Catalog;
 use crate::metrics::Metrics;
 use crate::provider::account::{unavailable, Account, Accounts};
 use crate::provider::limit::{Reserved, TooMany};
 use crate::provider::view::Look as Listed;
-use crate::provider::{Accepted, Call, CreateRequest, ErrorClass, Policy, ProviderError, Server};
+use crate::provider::{
+    Accepted, Call, CreateRequest, ErrorClass, Policy, Progress, ProviderError, ResizeRequest,
+    Server,
+};
 use crate::secrets::Keyring;
-use crate::store::{Action, Claim, Instance, NextCheck, SqlStore, Store, StoreError};
+use crate::store::{
+    Action, Claim, DesiredStatus, Instance, NextCheck, SqlStore, Store, StoreError,
+};
 
 /// Performs steps; shared by every worker of a daemon.
 pub struct Executor {
@@ -191,6 +197,8 @@ impl Executor {
             Step::Unsuspend => Action::Unsuspend,
             Step::Reboot => Action::Reboot,
             Step::Terminate => Action::Terminate,
+            Step::Resize => Action::Resize,
+            Step::Reinstall => Action::Reinstall,
             Step::Converged | Step::Wait(_) | Step::Idle(_) | Step::Forget | Step::SkipReboot => {
                 let d = decide::quiet(&cx, &step).unwrap_or_else(|| {
                     decide::wait(&cx, format!("no decision for `{}`", step.describe()))
@@ -213,8 +221,20 @@ impl Executor {
         let owner = self
             .call(&account, "get", account.provider.get(call, server_id))
             .await;
+        let server = owner.as_ref().ok().and_then(Option::clone);
         if let Some(d) = decide::owned(&cx, action, owner, server_id) {
             return self.apply(claim, d).await;
+        }
+        match (action, server) {
+            (Action::Resize, Some(server)) => {
+                return self
+                    .resize_start(claim, &cx, &catalog, &account, &server)
+                    .await
+            }
+            (Action::Reinstall, _) => {
+                return self.reinstall_start(claim, &cx, &catalog, &account).await
+            }
+            _ => {}
         }
         // Take the budget before the intent: a step that waits is dropped harmlessly at
         // shutdown, and an intent is followed by its call at once.
@@ -319,6 +339,13 @@ impl Executor {
             return self.apply(claim, decide::found(cx, answer)).await;
         };
         let followed = i.pending.as_ref().and_then(|p| p.action_id.as_deref());
+        match (action, followed) {
+            (Action::Resize, _) => return self.resize_poll(claim, cx, &account, server_id).await,
+            (Action::Reinstall, None) => {
+                return self.reinstall_recover(claim, cx, &account, server_id).await
+            }
+            _ => {}
+        }
         let look = match followed.filter(|_| p.follows(action)) {
             Some(action_id) => {
                 let answer = self
@@ -341,6 +368,262 @@ impl Executor {
             }
         };
         self.apply(claim, d).await
+    }
+
+    /// Starts a change of plan on `server` (the instance's own, just looked at): records the
+    /// intent, taking a unit of the new product's stock, then makes the first move.
+    async fn resize_start(
+        &self,
+        claim: &Claim,
+        cx: &Context<'_>,
+        catalog: &Catalog,
+        account: &Account,
+        server: &Server,
+    ) -> Result<StepResult, StoreError> {
+        let i = &claim.instance;
+        let Some(target) = ResizeTarget::of(catalog, i) else {
+            let reason = format!("product `{}` has no plan to change to", i.product_id);
+            return self.apply(claim, decide::wait(cx, reason)).await;
+        };
+        let stock = match cx.product {
+            ProductCheck::Sellable { stock } => *stock,
+            ProductCheck::Blocked(_) => None,
+        };
+        let (intent, t) = decide::resize_intent(cx, &target);
+        let Some(updated) = self
+            .store
+            .begin_create(&claim.lease, stock, &intent, &t)
+            .await?
+        else {
+            let reason = format!(
+                "out of stock: all {} servers of product `{}` are taken; the server stays on `{}`",
+                stock.unwrap_or(0),
+                target.product_id,
+                target.from_product_id
+            );
+            return self.apply(claim, decide::wait(cx, reason)).await;
+        };
+        let cx = Context {
+            instance: &updated,
+            ..*cx
+        };
+        self.resize_move(claim, &cx, account, &target, Some(server), true)
+            .await
+    }
+
+    /// Looks at a change of plan in flight and makes its next move.
+    async fn resize_poll(
+        &self,
+        claim: &Claim,
+        cx: &Context<'_>,
+        account: &Account,
+        server_id: &str,
+    ) -> Result<StepResult, StoreError> {
+        let i = &claim.instance;
+        let catalog = self.catalog.borrow().clone();
+        let Some(target) = ResizeTarget::of(&catalog, i) else {
+            let reason = format!(
+                "product `{}` is gone from the catalog (or has no plan) while the server changes to it",
+                i.product_id
+            );
+            return self.apply(claim, decide::wait(cx, reason)).await;
+        };
+        let p = &account.provider;
+        let call = Call {
+            instance: i,
+            lease: &claim.lease,
+        };
+        let change = i.pending.as_ref().and_then(|p| p.action_id.as_deref());
+        if let Some(action_id) = change.filter(|_| p.follows(Action::Resize)) {
+            match self
+                .call(account, "follow", p.follow(call, action_id))
+                .await
+            {
+                Ok(Progress::Running) => return self.apply(claim, decide::in_flight(cx)).await,
+                Ok(Progress::Failed(message)) => {
+                    let e = ProviderError::new(
+                        ErrorClass::Invalid,
+                        format!("{} action {action_id} failed: {message}", p.module()),
+                    );
+                    return self.apply(claim, decide::resize_failed(cx, &e)).await;
+                }
+                Ok(Progress::Succeeded) => {}
+                Err(e) => {
+                    let d = decide::failed(cx, Action::Resize, &e, None);
+                    return self.apply(claim, d).await;
+                }
+            }
+        }
+        let server = match self.look(claim, account, server_id).await {
+            Ok(s) => s,
+            Err(e) if e.class == ErrorClass::NotFound => None,
+            Err(e) => {
+                let d = decide::failed(cx, Action::Resize, &e, None);
+                return self.apply(claim, d).await;
+            }
+        };
+        if let Some(s) = server.as_ref().filter(|s| s.instance_id != Some(i.id)) {
+            let d = match decide::owned(cx, Action::Resize, Ok(Some(s.clone())), server_id) {
+                Some(d) => d,
+                None => decide::in_flight(cx),
+            };
+            return self.apply(claim, d).await;
+        }
+        self.resize_move(claim, cx, account, &target, server.as_ref(), false)
+            .await
+    }
+
+    /// Decides the next move of a change of plan from `server` and makes it.
+    async fn resize_move(
+        &self,
+        claim: &Claim,
+        cx: &Context<'_>,
+        account: &Account,
+        target: &ResizeTarget,
+        server: Option<&Server>,
+        first: bool,
+    ) -> Result<StepResult, StoreError> {
+        let i = cx.instance;
+        let p = &account.provider;
+        let pending = i.pending.as_ref();
+        let state = ResizeState {
+            server: server.map(|s| (s.state, s.plan.as_deref())),
+            target: &target.plan,
+            want_running: i.effective_desired() == DesiredStatus::Active,
+            needs_off: p.resize_needs_off(),
+            change_sent: pending.is_some_and(|p| p.action_id.is_some()),
+            hard_sent: pending.is_some_and(|p| p.hard),
+            first,
+            elapsed: cx.elapsed(),
+        };
+        let server_id = i.provider_server_id.as_deref().unwrap_or_default();
+        let mv = settle_resize(&state, &SettleTiming::from(&cx.policy));
+        let call = Call {
+            instance: i,
+            lease: &claim.lease,
+        };
+        let request = ResizeRequest {
+            plan: target.plan.clone(),
+            config: self
+                .catalog
+                .borrow()
+                .product(&target.product_id)
+                .map(|p| p.provisioning.config.clone())
+                .unwrap_or(crate::catalog::ProductConfig::Manual { instructions: None }),
+            product_id: target.product_id.clone(),
+            from_product_id: target.from_product_id.clone(),
+        };
+        let answer = match mv {
+            ResizeMove::Done(status) => {
+                let d = decide::resized(cx, target, status, server);
+                return self.apply(claim, d).await;
+            }
+            ResizeMove::Continue => return self.apply(claim, decide::in_flight(cx)).await,
+            ResizeMove::Missing => {
+                return self
+                    .apply(claim, decide::lost(Action::Resize, server_id))
+                    .await
+            }
+            ResizeMove::PowerOff { hard } => {
+                let name = if hard { "power_off_hard" } else { "power_off" };
+                self.call(account, name, p.power_off(call, server_id, hard))
+                    .await
+            }
+            ResizeMove::PowerOn => {
+                self.call(account, "power_on", p.power_on(call, server_id))
+                    .await
+            }
+            ResizeMove::Change => {
+                self.call(account, "resize", p.resize(call, server_id, &request))
+                    .await
+            }
+        };
+        let d = decide::resize_sent(cx, mv, answer, target);
+        self.apply(claim, d).await
+    }
+
+    /// Sends a reinstall: intent first, then the call.
+    async fn reinstall_start(
+        &self,
+        claim: &Claim,
+        cx: &Context<'_>,
+        catalog: &Catalog,
+        account: &Account,
+    ) -> Result<StepResult, StoreError> {
+        let i = &claim.instance;
+        let Some(product) = catalog.product(&i.product_id) else {
+            let reason = format!("reinstall: unknown product `{}`", i.product_id);
+            return self.apply(claim, decide::wait(cx, reason)).await;
+        };
+        let request = CreateRequest::new(i, product);
+        let paid = self.budget(account).await;
+        let (intent, t) = decide::rebuild_intent(cx, &request);
+        let updated = self.store.record(&claim.lease, &intent, Some(&t)).await?;
+        let call = Call {
+            instance: &updated,
+            lease: &claim.lease,
+        };
+        let server_id = i.provider_server_id.as_deref().unwrap_or_default();
+        let answer = self
+            .paid_call(
+                account,
+                "rebuild",
+                paid,
+                account.provider.rebuild(call, server_id, &request),
+            )
+            .await;
+        let cx = Context {
+            instance: &updated,
+            ..*cx
+        };
+        self.apply(claim, decide::rebuilt(&cx, answer)).await
+    }
+
+    /// A reinstall in flight without the provider's answer (a crash, a timeout): follow the
+    /// provider's record of it if it was started, else send it now. Never two reinstalls.
+    async fn reinstall_recover(
+        &self,
+        claim: &Claim,
+        cx: &Context<'_>,
+        account: &Account,
+        server_id: &str,
+    ) -> Result<StepResult, StoreError> {
+        let i = &claim.instance;
+        let p = &account.provider;
+        let call = Call {
+            instance: i,
+            lease: &claim.lease,
+        };
+        let since = i.pending_since.unwrap_or(i.updated_at);
+        match self
+            .call(
+                account,
+                "find_rebuild",
+                p.find_rebuild(call, server_id, since),
+            )
+            .await
+        {
+            Ok(Some(action_id)) => {
+                self.apply(claim, decide::rebuild_found(cx, action_id))
+                    .await
+            }
+            Ok(None) => {
+                let catalog = self.catalog.borrow().clone();
+                let Some(product) = catalog.product(&i.product_id) else {
+                    let reason = format!("reinstall: unknown product `{}`", i.product_id);
+                    return self.apply(claim, decide::wait(cx, reason)).await;
+                };
+                let request = CreateRequest::new(i, product);
+                let answer = self
+                    .call(account, "rebuild", p.rebuild(call, server_id, &request))
+                    .await;
+                self.apply(claim, decide::rebuilt(cx, answer)).await
+            }
+            Err(e) => {
+                let d = decide::failed(cx, Action::Reinstall, &e, None);
+                self.apply(claim, d).await
+            }
+        }
     }
 
     /// Sends the call of `action` (hard: the fallback after a graceful one timed out), its

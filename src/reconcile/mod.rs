@@ -14,3 +14,4 @@ pub mod daemon;
 pub mod decide;
 pub mod execute;
 pub mod plan;
+pub mod resize;

@@ -23,8 +23,18 @@ pub enum ProductCheck {
     Blocked(String),
 }
 
-/// What `catalog` allows for `i` (before it has a server).
+/// What `catalog` allows for `i`'s next step: a create before it has a server, a change of
+/// plan when billing moved it to another product, a reinstall when one is due.
 pub fn product_check(catalog: &Catalog, i: &Instance) -> ProductCheck {
+    if i.provider_server_id.is_some() {
+        if i.plan_change_due() {
+            return super::resize::change_check(catalog, i);
+        }
+        if i.reinstall_due() {
+            return super::resize::reinstall_check(catalog, i);
+        }
+        return ProductCheck::Sellable { stock: None };
+    }
     let Some(p) = catalog.product(&i.product_id) else {
         return ProductCheck::Blocked(format!(
             "unknown product `{}`: not in the catalog",
@@ -83,6 +93,10 @@ pub enum Step {
     SkipReboot,
     /// Terminated before any server existed: record it terminated, call nothing.
     Forget,
+    /// Move the server to its new product's plan (billing changed `product_id`).
+    Resize,
+    /// Reinstall the server's OS (billing incremented `reinstall_requested`).
+    Reinstall,
 }
 
 impl Step {
@@ -100,7 +114,24 @@ impl Step {
             Step::Terminate => "delete the server (terminate)".into(),
             Step::SkipReboot => "skip the reboot: the server is suspended".into(),
             Step::Forget => "mark terminated: no server was ever created".into(),
+            Step::Resize => "change the server to its new product's plan".into(),
+            Step::Reinstall => "reinstall the server's OS".into(),
         }
+    }
+
+    /// Whether the step asks the provider to change something (what an observe-only
+    /// instance never does).
+    pub fn mutates(&self) -> bool {
+        matches!(
+            self,
+            Step::Create
+                | Step::Suspend
+                | Step::Unsuspend
+                | Step::Reboot
+                | Step::Terminate
+                | Step::Resize
+                | Step::Reinstall
+        ) || matches!(self, Step::Poll(a) if *a != Action::Observe)
     }
 }
 
@@ -118,6 +149,8 @@ pub fn held_back(step: Step, account_problem: impl FnOnce() -> Option<String>) -
             | Step::Unsuspend
             | Step::Reboot
             | Step::Terminate
+            | Step::Resize
+            | Step::Reinstall
     );
     if !calls_provider {
         return step;
@@ -135,12 +168,27 @@ fn implied_action(status: ObservedStatus) -> Option<Action> {
         ObservedStatus::Unsuspending => Some(Action::Unsuspend),
         ObservedStatus::Rebooting => Some(Action::Reboot),
         ObservedStatus::Terminating => Some(Action::Terminate),
+        ObservedStatus::Resizing => Some(Action::Resize),
+        ObservedStatus::Reinstalling => Some(Action::Reinstall),
         _ => None,
     }
 }
 
-/// Decides the next step for `i`. `product` matters only while no server exists.
+/// Decides the next step for `i` from what the catalog allows for it (see [`product_check`]).
+/// An instance imported observe-only waits where any other would call a mutating API.
 pub fn plan(i: &Instance, product: &ProductCheck) -> Step {
+    let step = plan_managed(i, product);
+    if i.observe_only && step.mutates() {
+        return Step::Wait(format!(
+            "observe-only (imported): the reconciler would {}; `provisioner instances manage {}` lets it act",
+            step.describe(),
+            i.id
+        ));
+    }
+    step
+}
+
+fn plan_managed(i: &Instance, product: &ProductCheck) -> Step {
     use DesiredStatus as D;
     use ObservedStatus as O;
     if i.observed_status == O::Terminated {
@@ -176,7 +224,23 @@ pub fn plan(i: &Instance, product: &ProductCheck) -> Step {
         _ => {}
     }
     let reboot_due = i.reboot_handled < i.reboot_requested;
-    match (i.effective_desired(), i.observed_status) {
+    // A change of plan the catalog refuses (another provider, OVH) keeps the instance waiting
+    // with the reason where it would otherwise be converged; it blocks nothing else.
+    let change = i.plan_change_due().then_some(product);
+    let settled = || match change {
+        Some(ProductCheck::Blocked(reason)) => Step::Wait(reason.clone()),
+        _ => Step::Converged,
+    };
+    let desired = i.effective_desired();
+    if let (Some(ProductCheck::Sellable { .. }), O::Active | O::Suspended) =
+        (change, i.observed_status)
+    {
+        // A server billing wants off is powered off first (it then changes while off).
+        if !(desired == D::Suspended && i.observed_status == O::Active) {
+            return Step::Resize;
+        }
+    }
+    match (desired, i.observed_status) {
         (D::Active, O::Pending) => match product {
             ProductCheck::Sellable { .. } => Step::Create,
             ProductCheck::Blocked(reason) => Step::Wait(reason.clone()),
@@ -188,12 +252,19 @@ pub fn plan(i: &Instance, product: &ProductCheck) -> Step {
         (D::Suspended, O::Pending) => Step::Wait(
             "suspended before it was provisioned: nothing is created until it is active".into(),
         ),
+        (D::Active, O::Active) if i.reinstall_due() && change.is_none() => match product {
+            ProductCheck::Sellable { .. } => Step::Reinstall,
+            ProductCheck::Blocked(reason) => Step::Wait(reason.clone()),
+        },
         (D::Active, O::Active) if reboot_due => Step::Reboot,
-        (D::Active, O::Active) => Step::Converged,
+        (D::Active, O::Active) => settled(),
         (D::Active, O::Suspended) => Step::Unsuspend,
         (D::Suspended, O::Active) => Step::Suspend,
         (D::Suspended, O::Suspended) if reboot_due => Step::SkipReboot,
-        (D::Suspended, O::Suspended) => Step::Converged,
+        (D::Suspended, O::Suspended) if i.reinstall_due() => {
+            Step::Wait("a reinstall waits until the instance is active: it is suspended".into())
+        }
+        (D::Suspended, O::Suspended) => settled(),
         // Every other status was handled above (terminated, failed, lost, transitional).
         _ => Step::Poll(Action::Observe),
     }
@@ -258,9 +329,10 @@ pub fn settle(
         (Action::Terminate, Some(_)) => waiting,
         (Action::Create, None) if elapsed < timing.create_grace => Settled::Continue,
         (_, None) => Settled::Missing,
-        (Action::Create | Action::Unsuspend | Action::Reboot | Action::Adopt, Some(P::Running)) => {
-            Settled::Done(ObservedStatus::Active)
-        }
+        (
+            Action::Create | Action::Unsuspend | Action::Reboot | Action::Adopt | Action::Reinstall,
+            Some(P::Running),
+        ) => Settled::Done(ObservedStatus::Active),
         (Action::Suspend, Some(P::Off)) => Settled::Done(ObservedStatus::Suspended),
         (Action::Suspend, Some(P::Running | P::Stopping))
             if elapsed >= timing.graceful_off && !hard_sent =>
@@ -323,6 +395,10 @@ pub(crate) mod tests {
             updated_at: now,
             holds: Vec::new(),
             holds_seen: Vec::new(),
+            reinstall_requested: 0,
+            reinstall_handled: 0,
+            applied_product_id: None,
+            observe_only: false,
         }
     }
 
@@ -413,6 +489,61 @@ pub(crate) mod tests {
             i.pending = c.pending.map(crate::store::Pending::new);
             i.holds = c.holds.iter().map(|h| (*h).to_owned()).collect();
             assert_eq!(plan(&i, &c.product), c.expect, "{}", c.says);
+        }
+    }
+
+    #[test]
+    fn changes_of_plan_reinstalls_and_observe_only_instances() {
+        use DesiredStatus as D;
+        use ObservedStatus as O;
+        let refused = ProductCheck::Blocked("a change of provider needs a new server".into());
+        /// Sentence, desired, observed, applied product (billing wants `vps`), reinstalls
+        /// (requested, handled), reboots, observe-only, catalog answer, expected step.
+        type Row = (
+            &'static str,
+            D,
+            O,
+            &'static str,
+            (i64, i64),
+            (i64, i64),
+            bool,
+            ProductCheck,
+            Step,
+        );
+        let rows: Vec<Row> = vec![
+            ("A running server moved to another product is changed.", D::Active, O::Active, "small", (0, 0), (0, 0), false, OK, Step::Resize),
+            ("A suspended server moved to another product is changed while off.", D::Suspended, O::Suspended, "small", (0, 0), (0, 0), false, OK, Step::Resize),
+            ("A server to be suspended is powered off before its change.", D::Suspended, O::Active, "small", (0, 0), (0, 0), false, OK, Step::Suspend),
+            ("A server off but wanted running is changed before it is powered on.", D::Active, O::Suspended, "small", (0, 0), (0, 0), false, OK, Step::Resize),
+            ("A change the catalog refuses waits with the reason.", D::Active, O::Active, "small", (0, 0), (0, 0), false, refused.clone(), Step::Wait("a change of provider needs a new server".into())),
+            ("A refused change does not block a reboot.", D::Active, O::Active, "small", (0, 0), (1, 0), false, refused.clone(), Step::Reboot),
+            ("A refused change does not block a suspension.", D::Suspended, O::Active, "small", (0, 0), (0, 0), false, refused.clone(), Step::Suspend),
+            ("A change comes before a reinstall.", D::Active, O::Active, "small", (1, 0), (0, 0), false, OK, Step::Resize),
+            ("A requested reinstall of a running server is carried out.", D::Active, O::Active, "vps", (1, 0), (0, 0), false, OK, Step::Reinstall),
+            ("A reinstall of an OS the product does not offer waits.", D::Active, O::Active, "vps", (1, 0), (0, 0), false, ProductCheck::Blocked("reinstall: OS image `x` is not offered".into()), Step::Wait("reinstall: OS image `x` is not offered".into())),
+            ("A reinstall comes before a reboot.", D::Active, O::Active, "vps", (1, 0), (1, 0), false, OK, Step::Reinstall),
+            ("A reinstall asked while suspended waits until it is active.", D::Suspended, O::Suspended, "vps", (1, 0), (0, 0), false, OK, Step::Wait("a reinstall waits until the instance is active: it is suspended".into())),
+            ("Reinstalls all handled: converged.", D::Active, O::Active, "vps", (2, 2), (0, 0), false, OK, Step::Converged),
+            ("An unsuspension comes before a reinstall.", D::Active, O::Suspended, "vps", (1, 0), (0, 0), false, OK, Step::Unsuspend),
+            ("A termination beats a change of plan.", D::Terminated, O::Active, "small", (1, 0), (0, 0), false, OK, Step::Terminate),
+            ("An observe-only server is never changed.", D::Active, O::Active, "small", (0, 0), (0, 0), true, OK, Step::Wait("observe-only (imported): the reconciler would change the server to its new product's plan; `provisioner instances manage 7` lets it act".into())),
+            ("An observe-only server is never powered off.", D::Suspended, O::Active, "vps", (0, 0), (0, 0), true, OK, Step::Wait("observe-only (imported): the reconciler would power off (suspend); `provisioner instances manage 7` lets it act".into())),
+            ("An observe-only server is never deleted.", D::Terminated, O::Active, "vps", (0, 0), (0, 0), true, OK, Step::Wait("observe-only (imported): the reconciler would delete the server (terminate); `provisioner instances manage 7` lets it act".into())),
+            ("An observe-only server in the state billing wants is converged.", D::Active, O::Active, "vps", (0, 0), (0, 0), true, OK, Step::Converged),
+            ("An observe-only server in transition is looked at.", D::Active, O::Provisioning, "vps", (0, 0), (0, 0), true, OK, Step::Wait("observe-only (imported): the reconciler would look at the server: create in flight; `provisioner instances manage 7` lets it act".into())),
+            ("A change left in flight by a crash is looked at.", D::Active, O::Resizing, "small", (0, 0), (0, 0), false, OK, Step::Poll(Action::Resize)),
+            ("A reinstall left in flight by a crash is looked at.", D::Active, O::Reinstalling, "vps", (1, 0), (0, 0), false, OK, Step::Poll(Action::Reinstall)),
+        ];
+        for (says, desired, observed, applied, reinstalls, reboots, observe_only, product, want) in
+            rows
+        {
+            let mut i = instance(desired, observed);
+            i.provider_server_id = Some("srv-1".into());
+            i.applied_product_id = Some(applied.into());
+            (i.reinstall_requested, i.reinstall_handled) = reinstalls;
+            (i.reboot_requested, i.reboot_handled) = reboots;
+            i.observe_only = observe_only;
+            assert_eq!(plan(&i, &product), want, "{says}");
         }
     }
 

@@ -513,7 +513,7 @@ mod writer {
     /// The reconciler-owned columns guarded this way (the few that the database's own
     /// triggers update on billing's behalf, `desired_generation`, `desired_changed_at`,
     /// `next_check_at` and `updated_at`, are guarded by value rules instead).
-    pub(super) const OWNED: [&str; 22] = [
+    pub(super) const OWNED: [&str; 25] = [
         "observed_generation",
         "observed_status",
         "status_reason",
@@ -536,6 +536,9 @@ mod writer {
         "lease_epoch",
         "created_at",
         "holds_seen",
+        "reinstall_handled",
+        "applied_product_id",
+        "observe_only",
     ];
 
     /// The reconciler's other tables, guarded the same way for every write.
@@ -875,6 +878,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "idempotent orders and suspension holds",
         include_str!("../../migrations/sqlite/0007_holds_and_refs.sql"),
     ),
+    (
+        8,
+        "changes of plan, reinstalls and imported servers",
+        include_str!("../../migrations/sqlite/0008_plan_changes_and_reinstalls.sql"),
+    ),
 ];
 
 /// The billing role and its grants, applied after the migrations by every migrate.
@@ -916,6 +924,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "idempotent orders and suspension holds",
         include_str!("../../migrations/postgres/0007_holds_and_refs.sql"),
     ),
+    (
+        8,
+        "changes of plan, reinstalls and imported servers",
+        include_str!("../../migrations/postgres/0008_plan_changes_and_reinstalls.sql"),
+    ),
 ];
 
 #[cfg(test)]
@@ -926,7 +939,8 @@ mod tests {
     fn every_guarded_column_has_its_trigger() {
         let sql = concat!(
             include_str!("../../migrations/sqlite/0006_billing_boundary.sql"),
-            include_str!("../../migrations/sqlite/0007_holds_and_refs.sql")
+            include_str!("../../migrations/sqlite/0007_holds_and_refs.sql"),
+            include_str!("../../migrations/sqlite/0008_plan_changes_and_reinstalls.sql")
         );
         for column in writer::OWNED {
             assert!(

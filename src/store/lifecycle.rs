@@ -176,6 +176,46 @@ impl SqlStore {
         Ok(after)
     }
 
+    /// Moves an instance to `product` (billing's change of plan, as `UPDATE instances SET
+    /// product_id = …` does).
+    ///
+    /// # Errors
+    /// [`StoreError::InstanceNotFound`], or the database's refusal (a terminated instance).
+    pub async fn change_product(&self, id: i64, product: &str) -> Result<Instance> {
+        self.billing_update(
+            id,
+            "UPDATE instances SET product_id = $2 WHERE id = $1 RETURNING *",
+            vec![Arg::Int(id), product.into()],
+        )
+        .await
+    }
+
+    /// Asks for one more reinstall (`reinstall_requested + 1`), of `os_image` when given.
+    ///
+    /// # Errors
+    /// [`StoreError::InstanceNotFound`], or the database's refusal (a terminated instance).
+    pub async fn request_reinstall(&self, id: i64, os_image: Option<&str>) -> Result<Instance> {
+        self.billing_update(
+            id,
+            "UPDATE instances SET reinstall_requested = reinstall_requested + 1,
+                    os_image = COALESCE($2, os_image)
+              WHERE id = $1 RETURNING *",
+            vec![Arg::Int(id), os_image.map(str::to_owned).into()],
+        )
+        .await
+    }
+
+    async fn billing_update(&self, id: i64, sql: &str, args: Vec<Arg>) -> Result<Instance> {
+        let mut tx = self.pool.write().await?;
+        let row = tx
+            .row(sql, args)
+            .await?
+            .ok_or(StoreError::InstanceNotFound(id))?;
+        let instance = super::reread(&mut tx, &row).await?;
+        tx.commit().await?;
+        Ok(instance)
+    }
+
     /// A fresh server for a `lost` instance (or a `failed` one that has no server): the
     /// instance starts over from `pending` under its current product; the old server's id
     /// stays in the history.
@@ -297,7 +337,7 @@ fn recovery(before: &Instance, action: Action) -> Result<(&'static str, Vec<Arg>
                     attempts = 0, provider_account = NULL, provider_server_id = NULL,
                     ipv4 = NULL, ipv6 = NULL, credentials_sealed = NULL,
                     credentials_key_id = NULL, product_revision = NULL,
-                    pending_action = NULL, pending_action_id = NULL, pending_hard = $2,
+                    applied_product_id = NULL, pending_action = NULL, pending_action_id = NULL, pending_hard = $2,
                     pending_since = NULL, next_check_at = {now}, lease_owner = NULL,
                     lease_expires_at = NULL, lease_epoch = lease_epoch + 1, updated_at = {now}
               WHERE id = $1 RETURNING *",

@@ -509,6 +509,10 @@ fn instance_from(r: &Row) -> Result<Instance> {
         updated_at: r.ts("updated_at")?,
         holds: kinds(r.opt_text("holds")?),
         holds_seen: kinds(r.opt_text("holds_seen")?),
+        reinstall_requested: r.int("reinstall_requested")?,
+        reinstall_handled: r.int("reinstall_handled")?,
+        applied_product_id: r.opt_text("applied_product_id")?,
+        observe_only: r.int("observe_only")? != 0,
     })
 }
 
@@ -677,6 +681,15 @@ fn patch_sql(patch: &ObservedPatch, lease: &Lease, args: &mut Vec<Arg>) -> Vec<S
     }
     if let Some(v) = patch.attempts {
         set("attempts", Arg::Int(v), args);
+    }
+    if let Some(v) = patch.reinstall_handled {
+        set("reinstall_handled", Arg::Int(v), args);
+    }
+    if let Some(v) = &patch.applied_product_id {
+        set("applied_product_id", v.as_str().into(), args);
+    }
+    if let Some(v) = patch.observe_only {
+        set("observe_only", Arg::Bool(v), args);
     }
     if let Some(p) = &patch.pending {
         let started = p.is_some();

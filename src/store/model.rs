@@ -47,6 +47,10 @@ vocabulary! {
         Failed => "failed",
         /// The server vanished at the provider without being asked to.
         Lost => "lost",
+        /// Being moved to another product's plan (billing changed `product_id`).
+        Resizing => "resizing",
+        /// Its OS being reinstalled (billing incremented `reinstall_requested`).
+        Reinstalling => "reinstalling",
     }
 }
 
@@ -81,6 +85,14 @@ vocabulary! {
         Recreate => "recreate",
         /// A person closed an instance whose server was already gone.
         Forget => "forget",
+        /// Move the server to another product's plan.
+        Resize => "resize",
+        /// Reinstall the server's OS.
+        Reinstall => "reinstall",
+        /// A person took a server made outside provisioner under management.
+        Import => "import",
+        /// A person let the reconciler act on an instance imported observe-only.
+        Manage => "manage",
     }
 }
 
@@ -129,6 +141,10 @@ vocabulary! {
         Reboot => "reboot",
         /// Wipe and take it back.
         Terminate => "terminate",
+        /// Move it to another product's hardware or plan.
+        Resize => "resize",
+        /// Reinstall its OS.
+        Reinstall => "reinstall",
     }
 }
 
@@ -220,6 +236,15 @@ pub struct Instance {
     pub holds: Vec<String>,
     /// The hold kinds the reconciler last recorded transitions for.
     pub holds_seen: Vec<String>,
+    /// Reinstalls asked for, ever (billing's counter).
+    pub reinstall_requested: i64,
+    /// Reinstalls carried out; converged when equal to `reinstall_requested`.
+    pub reinstall_handled: i64,
+    /// The product the server was built as or last changed to; a different `product_id`
+    /// asks for a change of plan.
+    pub applied_product_id: Option<String>,
+    /// Imported to be watched only: no mutating provider call until `instances manage`.
+    pub observe_only: bool,
 }
 
 impl Instance {
@@ -245,7 +270,8 @@ impl Instance {
                 && self.observed_status == ObservedStatus::Terminated)
     }
 
-    /// Whether observed matches desired and every requested reboot was carried out.
+    /// Whether observed matches desired, every requested reboot and reinstall was carried
+    /// out, and the server is on the product billing wants.
     pub fn is_converged(&self) -> bool {
         let status_matches = matches!(
             (self.effective_desired(), self.observed_status),
@@ -253,7 +279,25 @@ impl Instance {
                 | (DesiredStatus::Suspended, ObservedStatus::Suspended)
                 | (DesiredStatus::Terminated, ObservedStatus::Terminated)
         );
-        status_matches && self.reboot_handled == self.reboot_requested
+        let terminated = self.observed_status == ObservedStatus::Terminated;
+        status_matches
+            && self.reboot_handled == self.reboot_requested
+            && (terminated
+                || (self.reinstall_handled == self.reinstall_requested && !self.plan_change_due()))
+    }
+
+    /// Whether billing moved the instance to another product than its server is on.
+    pub fn plan_change_due(&self) -> bool {
+        self.provider_server_id.is_some()
+            && self
+                .applied_product_id
+                .as_deref()
+                .is_some_and(|applied| applied != self.product_id)
+    }
+
+    /// Whether billing asked for a reinstall not yet carried out.
+    pub fn reinstall_due(&self) -> bool {
+        self.reinstall_handled < self.reinstall_requested
     }
 }
 
@@ -444,6 +488,12 @@ pub struct ObservedPatch {
     pub last_error: Option<Option<String>>,
     /// Consecutive failed attempts.
     pub attempts: Option<i64>,
+    /// Reinstalls carried out.
+    pub reinstall_handled: Option<i64>,
+    /// The product the server is now on.
+    pub applied_product_id: Option<String>,
+    /// Whether the instance is watched only.
+    pub observe_only: Option<bool>,
     /// Action in flight (`Some(None)` clears it); setting one also sets its start time.
     pub pending: Option<Option<Pending>>,
     /// Next check.

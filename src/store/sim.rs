@@ -17,8 +17,11 @@ pub struct SimServer {
     pub instance_id: Option<i64>,
     /// Its name (unique among the account's live servers).
     pub name: String,
-    /// `creating`, `running`, `stopping`, `off`, `starting` or `rebooting`, as of now.
+    /// `creating`, `running`, `stopping`, `off`, `starting`, `rebooting`, `resizing` or
+    /// `rebuilding`, as of now.
     pub state: String,
+    /// Its size (the plan a change moves it to).
+    pub size: Option<String>,
     /// Its addresses.
     pub ipv4: Option<String>,
     /// Its addresses.
@@ -57,6 +60,15 @@ pub struct NewSimServer<'a> {
     pub capacity: Option<u64>,
 }
 
+/// What a simulated server is asked to become.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SimChange<'a> {
+    /// Another size.
+    Resize(&'a str),
+    /// A fresh OS from this image.
+    Rebuild(&'a str),
+}
+
 /// What a create made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SimCreated {
@@ -79,13 +91,34 @@ pub struct Ledger {
     pub duplicated_instances: i64,
     /// Live servers whose instance is terminated, or unknown to the store.
     pub orphans: i64,
+    /// Changes of plan ever applied.
+    pub resizes: i64,
+    /// Reinstalls ever applied.
+    pub rebuilds: i64,
 }
 
-const SELECT: &str = "SELECT id, instance_id, name, ipv4, ipv6,
-        CASE WHEN state IN ('creating', 'starting', 'rebooting') AND ready_at <= {now} THEN 'running'
+/// What a change of plan or a reinstall of a simulated server found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SimBusy {
+    /// Applied.
+    Started,
+    /// Another action runs on the server (a real API answers `locked`).
+    Locked,
+    /// No such live server.
+    Missing,
+}
+
+/// The state of a server as of now: time-driven states resolved by the database clock.
+const STATE_NOW: &str =
+    "CASE WHEN state IN ('creating', 'starting', 'rebooting') AND ready_at <= {now} THEN 'running'
              WHEN state = 'stopping' AND ready_at <= {now} THEN 'off'
-             ELSE state END AS state
-   FROM sim_servers";
+             WHEN state IN ('resizing', 'rebuilding') AND ready_at <= {now} THEN settle_state
+             ELSE state END";
+
+/// The live columns of a server, its state as of now.
+fn select() -> String {
+    format!("SELECT id, instance_id, name, ipv4, ipv6, size, {STATE_NOW} AS state FROM sim_servers")
+}
 
 fn server_from(row: &Row) -> Result<SimServer> {
     Ok(SimServer {
@@ -93,6 +126,7 @@ fn server_from(row: &Row) -> Result<SimServer> {
         instance_id: row.opt_text("instance_id")?.and_then(|s| s.parse().ok()),
         name: row.text("name")?,
         state: row.text("state")?,
+        size: row.opt_text("size")?,
         ipv4: row.opt_text("ipv4")?,
         ipv6: row.opt_text("ipv6")?,
     })
@@ -110,8 +144,10 @@ impl SqlStore {
             SimSelect::Labelled => (" AND instance_id IS NOT NULL", vec![]),
         };
         args.insert(0, account.into());
-        let sql =
-            format!("{SELECT} WHERE account = $1 AND deleted_at IS NULL{condition} ORDER BY id");
+        let sql = format!(
+            "{} WHERE account = $1 AND deleted_at IS NULL{condition} ORDER BY id",
+            select()
+        );
         let mut tx = self.pool().read().await?;
         tx.rows(&sql, args).await?.iter().map(server_from).collect()
     }
@@ -202,6 +238,7 @@ impl SqlStore {
             instance_id: Some(new.instance_id),
             name: new.name.to_owned(),
             state: "creating".into(),
+            size: new.size.map(str::to_owned),
             ipv4: Some(ipv4),
             ipv6: Some(ipv6),
         }))
@@ -222,6 +259,86 @@ impl SqlStore {
         tx.commit().await
     }
 
+    /// Starts a change of server `id` of `account` to `size` (a resize) or a reinstall with
+    /// `image` (a rebuild), busy for `seconds`; refused while another such action runs.
+    ///
+    /// # Errors
+    /// When the database cannot be written.
+    pub async fn sim_busy(
+        &self,
+        account: &str,
+        id: i64,
+        change: SimChange<'_>,
+        seconds: f64,
+    ) -> Result<SimBusy> {
+        let mut tx = self.pool().write().await?;
+        let now = format!("SELECT {STATE_NOW} AS state FROM sim_servers WHERE id = $1 AND account = $2 AND deleted_at IS NULL");
+        let Some(row) = tx.row(&now, vec![Arg::Int(id), account.into()]).await? else {
+            return Ok(SimBusy::Missing);
+        };
+        let state = row.text("state")?;
+        if matches!(state.as_str(), "resizing" | "rebuilding" | "creating") {
+            return Ok(SimBusy::Locked);
+        }
+        let (sql, value, settle) = match change {
+            SimChange::Resize(size) => (
+                "UPDATE sim_servers SET state = 'resizing', settle_state = $3, size = $4,
+                        resizes = resizes + 1, ready_at = {later:$5}
+                  WHERE id = $1 AND account = $2",
+                size,
+                // A running server changes in place and keeps running; an off one stays off.
+                if state == "off" || state == "stopping" {
+                    "off"
+                } else {
+                    "running"
+                },
+            ),
+            SimChange::Rebuild(image) => (
+                "UPDATE sim_servers SET state = 'rebuilding', settle_state = $3, image = $4,
+                        rebuilds = rebuilds + 1, rebuilt_at = {now}, ready_at = {later:$5}
+                  WHERE id = $1 AND account = $2",
+                image,
+                "running",
+            ),
+        };
+        tx.execute(
+            sql,
+            vec![
+                Arg::Int(id),
+                account.into(),
+                settle.into(),
+                value.into(),
+                Arg::Float(seconds),
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(SimBusy::Started)
+    }
+
+    /// Whether server `id` of `account` was rebuilt at or after `since`.
+    ///
+    /// # Errors
+    /// When the database cannot be read.
+    pub async fn sim_rebuilt_since(
+        &self,
+        account: &str,
+        id: i64,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool> {
+        let mut tx = self.pool().read().await?;
+        let row = tx
+            .row(
+                "SELECT rebuilt_at FROM sim_servers WHERE id = $1 AND account = $2",
+                vec![Arg::Int(id), account.into()],
+            )
+            .await?;
+        Ok(match row {
+            Some(r) => r.opt_ts("rebuilt_at")?.is_some_and(|t| t >= since),
+            None => false,
+        })
+    }
+
     /// Counts what the sim ever made, across accounts: duplicates and orphans included.
     ///
     /// # Errors
@@ -239,7 +356,9 @@ impl SqlStore {
                           WHERE s.deleted_at IS NULL
                             AND NOT EXISTS (SELECT 1 FROM instances i
                                              WHERE i.id = s.instance_id
-                                               AND i.observed_status <> 'terminated')) AS orphans",
+                                               AND i.observed_status <> 'terminated')) AS orphans,
+                        (SELECT CAST(COALESCE(SUM(resizes), 0) AS BIGINT) FROM sim_servers) AS resizes,
+                        (SELECT CAST(COALESCE(SUM(rebuilds), 0) AS BIGINT) FROM sim_servers) AS rebuilds",
                 vec![],
             )
             .await?
@@ -249,6 +368,8 @@ impl SqlStore {
             live: row.int("live")?,
             duplicated_instances: row.int("duplicated")?,
             orphans: row.int("orphans")?,
+            resizes: row.int("resizes")?,
+            rebuilds: row.int("rebuilds")?,
         })
     }
 }

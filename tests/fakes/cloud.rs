@@ -2,11 +2,15 @@
 //!
 //! Hetzner: `POST /servers` (201, unique names → 409 `uniqueness_error`, labels, root password
 //! when no ssh key), `GET /servers` (`label_selector`, `name`, `page`, `per_page` ≤ 50,
-//! `meta.pagination`), `GET|DELETE /servers/{id}`, `POST /servers/{id}/actions/{cmd}`,
+//! `meta.pagination`), `GET|DELETE /servers/{id}`, `POST /servers/{id}/actions/{cmd}` (power,
+//! `change_type` refused with `server_not_stopped` unless off, `rebuild` returning a new root
+//! password; 423 `locked` while one of those runs), `GET /servers/{id}/actions`,
 //! `GET /actions/{id}`, `RateLimit-*` headers, errors as `{"error": {"code", "message"}}`.
 //! DigitalOcean: `POST /droplets` (202 + `links.actions`), `GET /droplets` (`tag_name`,
 //! `per_page` ≤ 200, `links.pages.next`), `GET|DELETE /droplets/{id}` (204),
-//! `POST /droplets/{id}/actions`, `GET /actions/{id}`, `ratelimit-*` and `retry-after`, errors as
+//! `POST /droplets/{id}/actions` (`resize` of a powered-off droplet, `rebuild`; 422 "pending
+//! event" while one runs, the droplet `locked`), `GET /droplets/{id}/actions`,
+//! `GET /actions/{id}`, `ratelimit-*` and `retry-after`, errors as
 //! `{"id", "message", "request_id"}`.
 
 use std::collections::{BTreeMap, HashMap};
@@ -60,6 +64,10 @@ struct FServer {
     tags: Vec<String>,
     status: String,
     next: Option<(Instant, String)>,
+    /// Server type or size slug.
+    plan: String,
+    /// A change of plan or rebuild running until then (the plan it takes at the end).
+    busy: Option<(Instant, Option<String>)>,
 }
 
 #[derive(Debug)]
@@ -68,6 +76,7 @@ struct FAction {
     command: String,
     done_at: Option<Instant>,
     resource: i64,
+    started: chrono::DateTime<chrono::Utc>,
 }
 
 struct Inner {
@@ -173,6 +182,8 @@ impl Cloud {
                     ],
                     status: "running".into(),
                     next: None,
+                    plan: "cx22".into(),
+                    busy: None,
                 },
             );
         }
@@ -265,6 +276,14 @@ impl Inner {
                 if now >= *at {
                     s.status = status.clone();
                     s.next = None;
+                }
+            }
+            if let Some((at, plan)) = &s.busy {
+                if now >= *at {
+                    if let Some(p) = plan {
+                        s.plan = p.clone();
+                    }
+                    s.busy = None;
                 }
             }
         }
@@ -378,7 +397,10 @@ impl Inner {
                 }),
             (Flavor::Hetzner, Method::DELETE, ["v1", "servers", id]) => self.delete(id),
             (Flavor::Hetzner, Method::POST, ["v1", "servers", id, "actions", cmd]) => {
-                self.act(id, cmd)
+                self.act(id, cmd, &body)
+            }
+            (Flavor::Hetzner, Method::GET, ["v1", "servers", id, "actions"]) => {
+                self.actions_of(id, "actions")
             }
             (Flavor::Hetzner, Method::GET, ["v1", "actions", id]) => self.action(id),
             (Flavor::DigitalOcean, Method::GET, ["v2", "droplets"]) => self.d_list(&q),
@@ -390,7 +412,10 @@ impl Inner {
             (Flavor::DigitalOcean, Method::DELETE, ["v2", "droplets", id]) => self.delete(id),
             (Flavor::DigitalOcean, Method::POST, ["v2", "droplets", id, "actions"]) => {
                 let kind = body["type"].as_str().unwrap_or("").to_owned();
-                self.act(id, &kind)
+                self.act(id, &kind, &body)
+            }
+            (Flavor::DigitalOcean, Method::GET, ["v2", "droplets", id, "actions"]) => {
+                self.actions_of(id, "actions")
             }
             (Flavor::DigitalOcean, Method::GET, ["v2", "actions", id]) => self.action(id),
             _ => self.error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
@@ -417,7 +442,7 @@ impl Inner {
                 "ipv6": {"ip": format!("2001:db8:{:x}::/64", s.id), "blocked": false, "dns_ptr": []},
                 "floating_ips": []
             },
-            "private_net": [], "server_type": {"name": "cx22"}, "datacenter": {}, "location": {},
+            "private_net": [], "server_type": {"name": s.plan}, "datacenter": {}, "location": {},
             "image": null, "iso": null, "rescue_enabled": false, "locked": false,
             "backup_window": null, "outgoing_traffic": null, "ingoing_traffic": null,
             "included_traffic": null, "primary_disk_size": 40,
@@ -432,10 +457,10 @@ impl Inner {
             json!([{"ip_address": format!("203.0.113.{}", s.id % 250), "netmask": "255.255.255.0", "gateway": "203.0.113.1", "type": "public"}])
         };
         json!({
-            "id": s.id, "name": s.name, "memory": 1024, "vcpus": 1, "disk": 25, "locked": false,
+            "id": s.id, "name": s.name, "memory": 1024, "vcpus": 1, "disk": 25, "locked": s.busy.is_some(),
             "status": s.status, "created_at": "2026-11-21T10:00:00Z", "features": [],
             "backup_ids": [], "next_backup_window": null, "snapshot_ids": [], "image": {},
-            "volume_ids": [], "size": {}, "size_slug": "s-1vcpu-1gb",
+            "volume_ids": [], "size": {}, "size_slug": s.plan,
             "networks": {"v4": v4, "v6": []}, "region": {}, "tags": s.tags
         })
     }
@@ -450,6 +475,7 @@ impl Inner {
                 command: command.into(),
                 done_at: takes.map(|d| Instant::now() + d),
                 resource,
+                started: chrono::Utc::now(),
             },
         );
         self.action_json(id)
@@ -461,12 +487,12 @@ impl Inner {
         if self.hetzner() {
             json!({"id": a.id, "command": a.command,
                    "status": if done { "success" } else { "running" },
-                   "progress": if done { 100 } else { 0 }, "started": "2026-11-21T10:00:00+00:00",
+                   "progress": if done { 100 } else { 0 }, "started": a.started.to_rfc3339(),
                    "finished": null, "resources": [{"id": a.resource, "type": "server"}], "error": null})
         } else {
             json!({"id": a.id, "type": a.command,
                    "status": if done { "completed" } else { "in-progress" },
-                   "started_at": "2026-11-21T10:00:00Z", "completed_at": null,
+                   "started_at": a.started.to_rfc3339(), "completed_at": null,
                    "resource_id": a.resource, "resource_type": "droplet", "region_slug": "fra1"})
         }
     }
@@ -531,6 +557,8 @@ impl Inner {
                 tags: vec![],
                 status: "initializing".into(),
                 next: Some((Instant::now() + boot, "running".into())),
+                plan: body["server_type"].as_str().unwrap_or("").into(),
+                busy: None,
             },
         );
         let action = self.new_action("create_server", id, Some(boot));
@@ -577,6 +605,8 @@ impl Inner {
                 tags,
                 status: "new".into(),
                 next: Some((Instant::now() + boot, "active".into())),
+                plan: body["size"].as_str().unwrap_or("").into(),
+                busy: None,
             },
         );
         let action = self.new_action("create", id, Some(boot));
@@ -613,7 +643,119 @@ impl Inner {
         }
     }
 
-    fn act(&mut self, id: &str, command: &str) -> Answer {
+    /// A server's actions, newest first (Hetzner `sort=id:desc`; DigitalOcean's order).
+    fn actions_of(&self, id: &str, key: &str) -> Answer {
+        let Ok(id) = id.parse::<i64>() else {
+            return self.error(StatusCode::NOT_FOUND, "not_found", "server not found");
+        };
+        let mut ids: Vec<i64> = self
+            .actions
+            .values()
+            .filter(|a| a.resource == id)
+            .map(|a| a.id)
+            .collect();
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        let list: Vec<Value> = ids.iter().map(|a| self.action_json(*a)).collect();
+        answer(
+            StatusCode::OK,
+            json!({ key: list, "meta": {"pagination": {"page": 1, "per_page": 25, "previous_page": null, "next_page": null, "last_page": 1, "total_entries": ids.len()}}, "links": {}}),
+        )
+    }
+
+    /// A change of plan or a rebuild: refused while another runs (Hetzner 423 `locked`,
+    /// DigitalOcean 422 "pending event"); a change needs the server off.
+    fn busy_action(&mut self, id: i64, command: &str, body: &Value) -> Answer {
+        let hetzner = self.hetzner();
+        let d = self.cfg.action;
+        let srv = &self.servers[&id];
+        if srv.busy.is_some() {
+            return if hetzner {
+                self.error(
+                    StatusCode::LOCKED,
+                    "locked",
+                    "server is locked: another action is running",
+                )
+            } else {
+                self.error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "unprocessable_entity",
+                    "Droplet already has a pending event.",
+                )
+            };
+        }
+        let (plan_key, resizing) = if hetzner {
+            ("server_type", command == "change_type")
+        } else {
+            ("size", command == "resize")
+        };
+        if resizing {
+            let Some(plan) = body[plan_key].as_str().filter(|p| !p.is_empty()) else {
+                return self.error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_input",
+                    &format!("invalid input in field '{plan_key}'"),
+                );
+            };
+            if srv.status != "off" {
+                return if hetzner {
+                    self.error(
+                        StatusCode::CONFLICT,
+                        "server_not_stopped",
+                        "server must be stopped before changing its type",
+                    )
+                } else {
+                    self.error(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "unprocessable_entity",
+                        "Droplet is currently on. Please power it off to run this event.",
+                    )
+                };
+            }
+            let plan = plan.to_owned();
+            let srv = self.servers.get_mut(&id).unwrap();
+            srv.busy = Some((Instant::now() + d * 2, Some(plan)));
+            self.ledger.resizes += 1;
+            let action = self.new_action(
+                if hetzner {
+                    "change_server_type"
+                } else {
+                    "resize"
+                },
+                id,
+                Some(d * 2),
+            );
+            return answer(StatusCode::CREATED, json!({"action": action}));
+        }
+        if body["image"].as_str().is_none_or(str::is_empty) {
+            return self.error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_input",
+                "invalid input in field 'image'",
+            );
+        }
+        let srv = self.servers.get_mut(&id).unwrap();
+        srv.busy = Some((Instant::now() + d * 2, None));
+        if hetzner {
+            srv.status = "rebuilding".into();
+            srv.next = Some((Instant::now() + d * 2, "running".into()));
+        }
+        self.ledger.rebuilds += 1;
+        let action = self.new_action(
+            if hetzner { "rebuild_server" } else { "rebuild" },
+            id,
+            Some(d * 2),
+        );
+        if hetzner {
+            answer(
+                StatusCode::CREATED,
+                json!({"action": action, "root_password": format!("fake-rebuilt-{id}-{}", self.ledger.rebuilds)}),
+            )
+        } else {
+            answer(StatusCode::CREATED, json!({"action": action}))
+        }
+    }
+
+    fn act(&mut self, id: &str, command: &str, body: &Value) -> Answer {
         let Some(id) = id
             .parse::<i64>()
             .ok()
@@ -621,6 +763,9 @@ impl Inner {
         else {
             return self.error(StatusCode::NOT_FOUND, "not_found", "server not found");
         };
+        if matches!(command, "change_type" | "resize" | "rebuild") {
+            return self.busy_action(id, command, body);
+        }
         let d = self.cfg.action;
         let now = Instant::now();
         let (running, off) = if self.hetzner() {

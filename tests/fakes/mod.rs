@@ -96,6 +96,10 @@ pub struct Ledger {
     pub created_for: HashMap<i64, u64>,
     /// Servers deleted.
     pub deleted: u64,
+    /// Changes of plan accepted (Hetzner `change_type`, DigitalOcean `resize`).
+    pub resizes: u64,
+    /// Reinstalls accepted (`rebuild`).
+    pub rebuilds: u64,
     /// Requests refused for bad credentials or signatures.
     pub refused: u64,
     /// Time of each request that was not answered 429, since the fake started.

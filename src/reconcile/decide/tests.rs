@@ -74,6 +74,7 @@ fn server(state: PowerState) -> Server {
         ipv4: Some("192.0.2.1".into()),
         ipv6: None,
         root_password: None,
+        plan: None,
     }
 }
 
