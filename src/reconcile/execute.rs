@@ -20,8 +20,7 @@ use crate::provider::account::{unavailable, Account, Accounts};
 use crate::provider::limit::{Reserved, TooMany};
 use crate::provider::view::Look as Listed;
 use crate::provider::{
-    Accepted, Call, CreateRequest, ErrorClass, Policy, Progress, ProviderError, ResizeRequest,
-    Server,
+    Accepted, Call, CreateRequest, ErrorClass, Policy, Progress, ProviderError, Server,
 };
 use crate::secrets::Keyring;
 use crate::store::{
@@ -398,8 +397,8 @@ impl Executor {
             let reason = format!(
                 "out of stock: all {} servers of product `{}` are taken; the server stays on `{}`",
                 stock.unwrap_or(0),
-                target.product_id,
-                target.from_product_id
+                target.request.product_id,
+                target.request.from_product_id
             );
             return self.apply(claim, decide::wait(cx, reason)).await;
         };
@@ -488,7 +487,7 @@ impl Executor {
         let pending = i.pending.as_ref();
         let state = ResizeState {
             server: server.map(|s| (s.state, s.plan.as_deref())),
-            target: &target.plan,
+            target: &target.request.plan,
             want_running: i.effective_desired() == DesiredStatus::Active,
             needs_off: p.resize_needs_off(),
             change_sent: pending.is_some_and(|p| p.action_id.is_some()),
@@ -501,17 +500,6 @@ impl Executor {
         let call = Call {
             instance: i,
             lease: &claim.lease,
-        };
-        let request = ResizeRequest {
-            plan: target.plan.clone(),
-            config: self
-                .catalog
-                .borrow()
-                .product(&target.product_id)
-                .map(|p| p.provisioning.config.clone())
-                .unwrap_or(crate::catalog::ProductConfig::Manual { instructions: None }),
-            product_id: target.product_id.clone(),
-            from_product_id: target.from_product_id.clone(),
         };
         let answer = match mv {
             ResizeMove::Done(status) => {
@@ -534,8 +522,12 @@ impl Executor {
                     .await
             }
             ResizeMove::Change => {
-                self.call(account, "resize", p.resize(call, server_id, &request))
-                    .await
+                self.call(
+                    account,
+                    "resize",
+                    p.resize(call, server_id, &target.request),
+                )
+                .await
             }
         };
         let d = decide::resize_sent(cx, mv, answer, target);
@@ -551,11 +543,10 @@ impl Executor {
         account: &Account,
     ) -> Result<StepResult, StoreError> {
         let i = &claim.instance;
-        let Some(product) = catalog.product(&i.product_id) else {
-            let reason = format!("reinstall: unknown product `{}`", i.product_id);
-            return self.apply(claim, decide::wait(cx, reason)).await;
+        let request = match rebuild_request(catalog, i) {
+            Ok(r) => r,
+            Err(reason) => return self.apply(claim, decide::wait(cx, reason)).await,
         };
-        let request = CreateRequest::new(i, product);
         let paid = self.budget(account).await;
         let (intent, t) = decide::rebuild_intent(cx, &request);
         let updated = self.store.record(&claim.lease, &intent, Some(&t)).await?;
@@ -609,11 +600,10 @@ impl Executor {
             }
             Ok(None) => {
                 let catalog = self.catalog.borrow().clone();
-                let Some(product) = catalog.product(&i.product_id) else {
-                    let reason = format!("reinstall: unknown product `{}`", i.product_id);
-                    return self.apply(claim, decide::wait(cx, reason)).await;
+                let request = match rebuild_request(&catalog, i) {
+                    Ok(r) => r,
+                    Err(reason) => return self.apply(claim, decide::wait(cx, reason)).await,
                 };
-                let request = CreateRequest::new(i, product);
                 let answer = self
                     .call(account, "rebuild", p.rebuild(call, server_id, &request))
                     .await;
@@ -778,4 +768,13 @@ impl Executor {
         }
         result
     }
+}
+
+/// What a reinstall of `i` installs (its product's image of the OS asked for), or why nothing
+/// can be.
+fn rebuild_request(catalog: &Catalog, i: &Instance) -> Result<CreateRequest, String> {
+    catalog
+        .product(&i.product_id)
+        .map(|p| CreateRequest::new(i, p))
+        .ok_or_else(|| format!("reinstall: unknown product `{}`", i.product_id))
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use super::plan::{ProductCheck, SettleTiming};
 use crate::catalog::Catalog;
-use crate::provider::PowerState;
+use crate::provider::{PowerState, ResizeRequest};
 use crate::store::{Instance, ObservedStatus};
 
 /// The reason given for a change no module can make in place.
@@ -90,17 +90,14 @@ pub fn reinstall_check(catalog: &Catalog, i: &Instance) -> ProductCheck {
     ProductCheck::Sellable { stock: None }
 }
 
-/// Where a change of plan takes a server, from the catalog.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a change of plan takes a server, from the catalog: what the module is asked, and
+/// the revision pinned when it is done.
+#[derive(Debug, Clone, PartialEq)]
 pub struct ResizeTarget {
-    /// The product the server is on now.
-    pub from_product_id: String,
-    /// The product billing wants.
-    pub product_id: String,
-    /// Its revision, pinned when the change is done.
+    /// The module's request (plan, product, configuration).
+    pub request: ResizeRequest,
+    /// The new product's revision.
     pub revision: String,
-    /// The provider's name of its plan.
-    pub plan: String,
 }
 
 impl ResizeTarget {
@@ -108,18 +105,22 @@ impl ResizeTarget {
     pub fn of(catalog: &Catalog, i: &Instance) -> Option<ResizeTarget> {
         let p = catalog.product(&i.product_id)?;
         Some(ResizeTarget {
-            from_product_id: i.applied_product_id.clone().unwrap_or_default(),
-            product_id: p.id.clone(),
+            request: ResizeRequest {
+                plan: p.provisioning.config.plan(&p.id)?,
+                config: p.provisioning.config.clone(),
+                product_id: p.id.clone(),
+                from_product_id: i.applied_product_id.clone().unwrap_or_default(),
+            },
             revision: p.revision.0.clone(),
-            plan: p.provisioning.config.plan(&p.id)?,
         })
     }
 
     /// The change as transition details.
     pub fn details(&self) -> serde_json::Value {
+        let r = &self.request;
         serde_json::json!({
-            "from_product": self.from_product_id, "to_product": self.product_id,
-            "plan": self.plan, "product_revision": self.revision,
+            "from_product": r.from_product_id, "to_product": r.product_id,
+            "plan": r.plan, "product_revision": self.revision,
         })
     }
 }

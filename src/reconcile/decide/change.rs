@@ -100,7 +100,7 @@ pub fn resized(
     server: Option<&Server>,
 ) -> Decision {
     let extra = ObservedPatch {
-        applied_product_id: Some(target.product_id.clone()),
+        applied_product_id: Some(target.request.product_id.clone()),
         product_revision: Some(target.revision.clone()),
         ..ObservedPatch::default()
     };
