@@ -50,16 +50,20 @@ fn every_command_lists_the_environment_it_reads() {
     let reads_database = |c: &[String]| {
         matches!(
             c[0].as_str(),
-            "run" | "migrate" | "plan" | "tasks" | "instances"
+            "run" | "migrate" | "plan" | "tasks" | "instances" | "orphans"
         )
     };
     let reads_key = |c: &[String]| {
         matches!(
             c[0].as_str(),
-            "run" | "migrate" | "demo" | "tasks" | "instances"
+            "run" | "migrate" | "demo" | "tasks" | "instances" | "orphans"
         )
     };
-    let reads_tokens = |c: &[String]| matches!(c[0].as_str(), "run" | "plan" | "catalog");
+    let reads_tokens = |c: &[String]| {
+        matches!(c[0].as_str(), "run" | "plan" | "catalog" | "orphans")
+            || c == ["instances", "import"]
+            || c == ["instances", "adopt"]
+    };
     for c in &all {
         if matches!(c[0].as_str(), "completions" | "man") {
             continue;

@@ -65,7 +65,7 @@ fn plan_explains_without_acting() {
     );
     assert!(
         String::from_utf8_lossy(&o.stdout).contains(
-            "Plan: 0 to create, 0 to suspend, 0 to unsuspend, 0 to reboot, 0 to resize, 0 to reinstall, 0 to terminate, 0 in flight, 0 waiting, 0 needing a person, 0 converged."
+            "Plan: 0 to create, 0 to suspend, 0 to unsuspend, 0 to reboot, 0 to resize, 0 to reinstall, 0 to terminate, 0 to claim, 0 in flight, 0 waiting, 0 needing a person, 0 converged."
         ),
         "{}",
         String::from_utf8_lossy(&o.stdout)
@@ -104,7 +104,7 @@ fn plan_explains_without_acting() {
         "plan agrees with the daemon: {out}"
     );
     assert!(
-        out.contains("Plan: 1 to create, 0 to suspend, 0 to unsuspend, 0 to reboot, 0 to resize, 0 to reinstall, 0 to terminate, 0 in flight, 2 waiting, 0 needing a person, 0 converged."),
+        out.contains("Plan: 1 to create, 0 to suspend, 0 to unsuspend, 0 to reboot, 0 to resize, 0 to reinstall, 0 to terminate, 0 to claim, 0 in flight, 2 waiting, 0 needing a person, 0 converged."),
         "{out}"
     );
     let o = run(&["plan", "--format", "json", "--detailed-exitcode"]);

@@ -426,3 +426,154 @@ fn holds_references_and_recovery_from_the_command_line() {
     ));
     assert_eq!(released["holds"], serde_json::json!([]));
 }
+
+#[test]
+fn plan_changes_reinstalls_and_imports_from_the_command_line() {
+    let dir = setup();
+    let d = dir.path();
+    let id = json(&provisioner(
+        d,
+        &[
+            "instances",
+            "create",
+            "--customer",
+            "c",
+            "--product",
+            "sim-vps-small",
+            "--format",
+            "json",
+        ],
+    ))["id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    let changed = json(&provisioner(
+        d,
+        &[
+            "instances",
+            "change-product",
+            &id,
+            "sim-vps-medium",
+            "--format",
+            "json",
+        ],
+    ));
+    assert_eq!(changed["product_id"], "sim-vps-medium");
+    assert_eq!(
+        changed["desired_generation"], 2,
+        "billing's change bumps the generation"
+    );
+    let reinstall = json(&provisioner(
+        d,
+        &[
+            "instances",
+            "reinstall",
+            &id,
+            "--os",
+            "rocky-9",
+            "--format",
+            "json",
+        ],
+    ));
+    assert_eq!(
+        (
+            &reinstall["os_image"],
+            &reinstall["reinstall_requested"],
+            &reinstall["reinstall_handled"]
+        ),
+        (&Value::from("rocky-9"), &Value::from(1), &Value::from(0))
+    );
+    for (args, says) in [
+        (
+            vec!["instances", "change-product", &id, "no-such-product"],
+            "unknown product `no-such-product`",
+        ),
+        (
+            vec!["instances", "reinstall", &id, "--os", "windows-95"],
+            "does not offer `windows-95`",
+        ),
+        (vec!["instances", "manage", &id], "managed already"),
+        (
+            vec!["instances", "adopt", &id, "--server-id", "7"],
+            "only lost or failed",
+        ),
+        (
+            vec![
+                "instances",
+                "import",
+                "--account",
+                "manual-dc",
+                "--server-id",
+                "rack-4",
+                "--customer",
+                "c",
+                "--product",
+                "dedicated-colo-e5",
+            ],
+            "worked by hand",
+        ),
+        (
+            vec![
+                "instances",
+                "import",
+                "--account",
+                "sim-eu",
+                "--server-id",
+                "7",
+                "--customer",
+                "c",
+                "--product",
+                "dedicated-colo-e5",
+            ],
+            "is sold on account `manual-dc`, not `sim-eu`",
+        ),
+        (
+            vec![
+                "instances",
+                "import",
+                "--account",
+                "nowhere",
+                "--server-id",
+                "7",
+                "--customer",
+                "c",
+                "--product",
+                "sim-vps-small",
+            ],
+            "unknown account `nowhere`",
+        ),
+        (
+            vec![
+                "instances",
+                "import",
+                "--account",
+                "sim-eu",
+                "--server-id",
+                "7",
+                "--customer",
+                "c",
+                "--product",
+                "sim-vps-small",
+                "--desired",
+                "terminated",
+            ],
+            "an import is active or suspended",
+        ),
+    ] {
+        let o = provisioner(d, &args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{args:?}: {}", stderr(&o));
+    }
+    let unchanged = json(&provisioner(
+        d,
+        &["instances", "show", &id, "--format", "json"],
+    ));
+    assert_eq!(
+        (&unchanged["product_id"], &unchanged["desired_generation"]),
+        (&Value::from("sim-vps-medium"), &Value::from(3)),
+        "refusals change nothing"
+    );
+    let o = provisioner(d, &["orphans", "--account", "sim-eu"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "no orphan servers\n");
+}

@@ -128,8 +128,9 @@ impl Daemon {
         }
     }
 
-    /// SIGKILLs the daemon once 20 of the instances satisfy `done`: in the middle of the work.
-    async fn kill9_when(&mut self, store: &SqlStore, done: impl Fn(&Instance) -> bool) {
+    /// SIGKILLs the daemon once `at` of the instances satisfy `done`: in the middle of the
+    /// work.
+    async fn kill9_when(&mut self, store: &SqlStore, at: usize, done: impl Fn(&Instance) -> bool) {
         let start = Instant::now();
         loop {
             let n = all_instances(store)
@@ -137,7 +138,7 @@ impl Daemon {
                 .iter()
                 .filter(|i| done(i))
                 .count();
-            if n >= 20 {
+            if n >= at {
                 break;
             }
             assert!(start.elapsed() < PATIENCE, "no progress:\n{}", self.log());
@@ -370,7 +371,7 @@ async fn lifecycle(url: &str, dir: &Path) {
         store.change_product(*id, "e2e-vps-large").await.unwrap();
     }
     second
-        .kill9_when(&store, |i| {
+        .kill9_when(&store, 20, |i| {
             i.applied_product_id.as_deref() == Some("e2e-vps-large")
         })
         .await;
@@ -382,7 +383,9 @@ async fn lifecycle(url: &str, dir: &Path) {
             .await
             .unwrap();
     }
-    third.kill9_when(&store, |i| i.reinstall_handled == 1).await;
+    third
+        .kill9_when(&store, 20, |i| i.reinstall_handled == 1)
+        .await;
     let mut second = Daemon::start(url, &catalog, dir, "daemon-d");
     converge(&store, "reinstalls after a SIGKILL", &[&second]).await;
     let ledger = sim::ledger(&store).await.unwrap();
@@ -451,6 +454,381 @@ async fn lifecycle_on_postgres_survives_a_sigkill() {
     };
     let dir = tempfile::tempdir().unwrap();
     lifecycle(&url, dir.path()).await;
+}
+
+/// Runs the CLI on `url`; its output.
+fn cli(url: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_provisioner"))
+        .args(["--database-url", url])
+        .args(args)
+        .env("PROVISIONER_SECRET_KEY", KEY)
+        .env("USER", "ops-alice")
+        .output()
+        .expect("run provisioner")
+}
+
+/// Runs the CLI and expects success; its standard output.
+fn cli_ok(url: &str, args: &[&str]) -> String {
+    let out = cli(url, args);
+    assert!(
+        out.status.success(),
+        "provisioner {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs the CLI and expects a refusal (exit 1) saying `why`.
+fn cli_refused(url: &str, args: &[&str], why: &str) {
+    let out = cli(url, args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "provisioner {args:?}: {stderr}");
+    assert!(stderr.contains(why), "provisioner {args:?}: {stderr}");
+}
+
+/// A server made by hand in the simulated provider's console (no label, or a stale one),
+/// on the plan of product `e2e-vps`.
+async fn hand_made(store: &SqlStore, name: &str, label: Option<i64>) -> String {
+    let made = store
+        .sim_create(&provisioner::store::sim::NewSimServer {
+            account: "sim-e2e",
+            instance_id: label,
+            name,
+            size: Some("e2e-vps"),
+            image: "debian-12",
+            location: "sim-1",
+            boot_seconds: 0.0,
+            capacity: None,
+        })
+        .await
+        .unwrap();
+    match made {
+        provisioner::store::sim::SimCreated::Made(s) => s.id.to_string(),
+        other => panic!("cannot make server {name}: {other:?}"),
+    }
+}
+
+/// The sim's view of a server: its label and its state.
+async fn sim_server(store: &SqlStore, id: &str) -> (Option<i64>, String) {
+    let s = store
+        .sim_servers(
+            "sim-e2e",
+            provisioner::store::sim::SimSelect::Id(id.parse().unwrap()),
+        )
+        .await
+        .unwrap();
+    let s = s.first().expect("the server is live");
+    (s.instance_id, s.state.clone())
+}
+
+/// Waits until every instance of `ids` satisfies `done`.
+async fn wait_for(store: &SqlStore, ids: &[i64], what: &str, done: impl Fn(&Instance) -> bool) {
+    let start = Instant::now();
+    loop {
+        let all = all_instances(store).await;
+        let pending: Vec<&Instance> = all
+            .iter()
+            .filter(|i| ids.contains(&i.id) && !done(i))
+            .collect();
+        if pending.is_empty() {
+            return;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "{what}: {} instances never got there, e.g. {:#?}",
+            pending.len(),
+            pending.first()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Servers made outside provisioner are imported observe-only (nothing is sent for them, not
+/// even a label, while billing's changes wait), then managed (labelled, then converged), with
+/// a SIGKILL in the middle; lost instances adopt other servers, again across a SIGKILL; the
+/// orphan report offers the command that imports a left-behind server. The refusals hold.
+async fn imports_and_adoptions(url: &str, dir: &Path) {
+    let catalog = write_catalog(dir);
+    let cat = catalog.to_str().unwrap();
+    let store = SqlStore::open(url, &ConnectOptions::default())
+        .await
+        .unwrap();
+    let mut servers = Vec::new();
+    for k in 0..60 {
+        servers.push(hand_made(&store, &format!("legacy-{k}"), None).await);
+    }
+    let left_behind = hand_made(&store, "left-behind", Some(999_999)).await;
+
+    let mut ids = Vec::new();
+    for (k, server) in servers[..40].iter().enumerate() {
+        let out = cli_ok(
+            url,
+            &[
+                "instances",
+                "import",
+                "--account",
+                "sim-e2e",
+                "--server-id",
+                server,
+                "--customer",
+                &format!("cust-{k}"),
+                "--product",
+                "e2e-vps",
+                "--billing-ref",
+                &format!("svc-{k}"),
+                "--observe-only",
+                "--catalog",
+                cat,
+                "--format",
+                "json",
+            ],
+        );
+        let i: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(i["observed_status"], "active", "{i}");
+        assert_eq!(i["observe_only"], true, "{i}");
+        ids.push(i["id"].as_i64().unwrap());
+    }
+    cli_refused(
+        url,
+        &[
+            "instances",
+            "import",
+            "--account",
+            "sim-e2e",
+            "--server-id",
+            &servers[0],
+            "--customer",
+            "c",
+            "--product",
+            "e2e-vps",
+            "--catalog",
+            cat,
+        ],
+        "already",
+    );
+    cli_refused(
+        url,
+        &[
+            "instances",
+            "import",
+            "--account",
+            "sim-e2e",
+            "--server-id",
+            &left_behind,
+            "--customer",
+            "c",
+            "--product",
+            "e2e-vps-large",
+            "--catalog",
+            cat,
+        ],
+        "is on plan `e2e-vps`",
+    );
+    cli_refused(
+        url,
+        &[
+            "instances",
+            "import",
+            "--account",
+            "sim-e2e",
+            "--server-id",
+            "424242",
+            "--customer",
+            "c",
+            "--product",
+            "e2e-vps",
+            "--catalog",
+            cat,
+        ],
+        "has no server `424242`",
+    );
+
+    // Observe-only: billing's suspension waits, and the servers are not touched.
+    let mut daemon = Daemon::start(url, &catalog, dir, "attach-a");
+    for id in &ids {
+        store
+            .set_desired(*id, DesiredStatus::Suspended, Some("non-payment"))
+            .await
+            .unwrap();
+    }
+    wait_for(&store, &ids, "observe-only waits", |i| {
+        i.status_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("observe-only"))
+    })
+    .await;
+    for server in &servers[..40] {
+        assert_eq!(
+            sim_server(&store, server).await,
+            (None, "running".to_owned()),
+            "an observe-only server is neither labelled nor powered off"
+        );
+    }
+
+    // Managed: labelled, then suspended; a SIGKILL in the middle.
+    for id in &ids {
+        cli_ok(url, &["instances", "manage", &id.to_string()]);
+    }
+    cli_refused(
+        url,
+        &["instances", "manage", &ids[0].to_string()],
+        "managed already",
+    );
+    daemon.kill9_when(&store, 15, |i| !i.claim_pending).await;
+    let mut daemon = Daemon::start(url, &catalog, dir, "attach-b");
+    converge(
+        &store,
+        "suspension of managed imports after a SIGKILL",
+        &[&daemon],
+    )
+    .await;
+    for (id, server) in ids.iter().zip(&servers) {
+        assert_eq!(
+            sim_server(&store, server).await,
+            (Some(*id), "off".to_owned())
+        );
+    }
+    for id in &ids {
+        store
+            .set_desired(*id, DesiredStatus::Active, None)
+            .await
+            .unwrap();
+    }
+    converge(&store, "unsuspension of imports", &[&daemon]).await;
+
+    // Twenty servers vanish; their instances adopt the spare servers.
+    let lost: Vec<i64> = ids[..20].to_vec();
+    for server in &servers[..20] {
+        store
+            .sim_delete("sim-e2e", server.parse().unwrap())
+            .await
+            .unwrap();
+    }
+    wait_for(&store, &lost, "lost", |i| {
+        i.observed_status == provisioner::store::ObservedStatus::Lost
+    })
+    .await;
+    cli_refused(
+        url,
+        &[
+            "instances",
+            "adopt",
+            &ids[30].to_string(),
+            "--server-id",
+            &servers[45],
+            "--catalog",
+            cat,
+        ],
+        "only lost or failed",
+    );
+    cli_refused(
+        url,
+        &[
+            "instances",
+            "adopt",
+            &lost[0].to_string(),
+            "--server-id",
+            &servers[30],
+            "--catalog",
+            cat,
+        ],
+        "a server belongs to one instance",
+    );
+    for (id, server) in lost.iter().zip(&servers[40..]) {
+        cli_ok(
+            url,
+            &[
+                "instances",
+                "adopt",
+                &id.to_string(),
+                "--server-id",
+                server,
+                "--catalog",
+                cat,
+            ],
+        );
+    }
+    daemon
+        .kill9_when(&store, 30, |i| {
+            !i.claim_pending && i.observed_status == provisioner::store::ObservedStatus::Active
+        })
+        .await;
+    let daemon = Daemon::start(url, &catalog, dir, "attach-c");
+    converge(&store, "adoptions after a SIGKILL", &[&daemon]).await;
+    for (id, server) in lost.iter().zip(&servers[40..]) {
+        assert_eq!(
+            sim_server(&store, server).await,
+            (Some(*id), "running".to_owned())
+        );
+        let history = store.history(*id).await.unwrap();
+        assert!(
+            history
+                .iter()
+                .any(|t| t.action == "adopt" && t.details["by"] == "ops-alice"),
+            "the adoption is in the history with the admin named: {history:#?}"
+        );
+    }
+
+    // The orphan report offers the command that imports the left-behind server.
+    let report = cli_ok(url, &["orphans", "--catalog", cat]);
+    let command = report
+        .lines()
+        .map(str::trim)
+        .find(|l| {
+            l.starts_with("provisioner instances import")
+                && l.contains(&format!("--server-id {left_behind} "))
+        })
+        .unwrap_or_else(|| panic!("no import command for {left_behind}:\n{report}"));
+    assert!(command.contains("--product e2e-vps"), "{command}");
+    let args: Vec<String> = command
+        .replace("CUSTOMER", "cust-late")
+        .split_whitespace()
+        .skip(1)
+        .map(str::to_owned)
+        .chain(["--catalog".to_owned(), cat.to_owned()])
+        .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    cli_ok(url, &args);
+    converge(&store, "the orphan's import", &[&daemon]).await;
+    assert_eq!(
+        cli_ok(url, &["orphans", "--catalog", cat]),
+        "no orphan servers\n"
+    );
+
+    for i in all_instances(&store).await {
+        store
+            .set_desired(i.id, DesiredStatus::Terminated, Some("cancelled"))
+            .await
+            .unwrap();
+    }
+    converge(&store, "termination", &[&daemon]).await;
+    let ledger = sim::ledger(&store).await.unwrap();
+    assert_eq!(
+        (
+            ledger.created,
+            ledger.live,
+            ledger.orphans,
+            ledger.duplicated_instances
+        ),
+        (61, 0, 0, 0),
+        "nothing made, every attached server deleted with its instance: {ledger:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imports_and_adoptions_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("attach.db").display());
+    imports_and_adoptions(&url, dir.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imports_and_adoptions_on_postgres() {
+    let Some(url) = common::fresh_postgres_url().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    imports_and_adoptions(&url, dir.path()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

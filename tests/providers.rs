@@ -34,6 +34,8 @@ provisioning: {{account: {account}, config: {config}}}
 
 struct Setup {
     _dir: tempfile::TempDir,
+    url: String,
+    catalog: std::path::PathBuf,
     running: Option<Running>,
     shutdown: CancellationToken,
     store: SqlStore,
@@ -46,7 +48,7 @@ impl Setup {
         std::fs::create_dir(&cat).unwrap();
         std::fs::write(cat.join("c.yaml"), catalog).unwrap();
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        let mut config = DaemonConfig::new(&url, cat);
+        let mut config = DaemonConfig::new(&url, cat.clone());
         config.workers = 16;
         config.idle_poll = Duration::from_millis(20);
         config.resync_interval = Duration::from_millis(500);
@@ -66,9 +68,30 @@ impl Setup {
         let store = running.store.clone();
         Setup {
             _dir: dir,
+            url,
+            catalog: cat,
             running: Some(running),
             shutdown,
             store,
+        }
+    }
+
+    /// Runs an `instances` command of the binary on this daemon's database and catalog (the
+    /// account's token is in this process's environment); its JSON answer, or its refusal.
+    fn instances(&self, args: &[&str]) -> Result<serde_json::Value, String> {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_provisioner"));
+        command
+            .args(["--database-url", &self.url, "instances"])
+            .args(args)
+            .args(["--format", "json", "--by", "ops-bob"]);
+        if matches!(args.first(), Some(&"import" | &"adopt")) {
+            command.arg("--catalog").arg(&self.catalog);
+        }
+        let out = command.output().unwrap();
+        if out.status.success() {
+            Ok(serde_json::from_slice(&out.stdout).unwrap())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
         }
     }
 
@@ -328,9 +351,20 @@ async fn a_wrong_server_id_never_reaches_another_customers_server() {
         .unwrap()
         .provider_server_id
         .unwrap();
-    // Billing-side SQL points A at B's server and C at a path, then cancels both.
+    // The database refuses to give A the server B has: a server belongs to one instance.
     let pool = s.store.sqlite_pool().unwrap();
-    for (id, server) in [(a, b_server.as_str()), (c, "../volumes/7")] {
+    let refused = sqlx::query("UPDATE instances SET provider_server_id = ?1 WHERE id = ?2")
+        .bind(&b_server)
+        .bind(a)
+        .execute(pool)
+        .await
+        .expect_err("two live instances cannot have one server");
+    assert!(refused.to_string().contains("UNIQUE"), "{refused}");
+    // A server carrying B's label that B does not have (someone copied it by hand).
+    let b_label = b.to_string();
+    let foreign = cloud.seed_unowned("cx22", &[("provisioner-instance", &b_label)], &[]);
+    // Raw SQL points A at that server and C at a path, then cancels both.
+    for (id, server) in [(a, foreign.as_str()), (c, "../volumes/7")] {
         sqlx::query("UPDATE instances SET provider_server_id = ?1 WHERE id = ?2")
             .bind(server)
             .bind(id)
@@ -374,7 +408,7 @@ async fn a_wrong_server_id_never_reaches_another_customers_server() {
         "no request went to another path: {:?}",
         ledger.by_kind
     );
-    assert_eq!(cloud.live(), 3, "every server is still there");
+    assert_eq!(cloud.live(), 4, "every server is still there");
     let b_now = s.store.instance(b).await.unwrap().unwrap();
     assert_eq!(b_now.observed_status, ObservedStatus::Active);
     s.stop().await;
@@ -749,4 +783,196 @@ async fn hetzner_changes_plans_and_reinstalls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn digitalocean_changes_plans_and_reinstalls() {
     plans_change_and_servers_reinstall(Flavor::DigitalOcean, "FAKE_DO_TOKEN_PLAN").await;
+}
+
+/// A server made by hand is imported observe-only (nothing sent for it, not even the label,
+/// while billing's suspension waits), then managed: labelled or tagged in place of the marks it
+/// had (its own kept), then suspended. A lost instance adopts another server, whose stale mark
+/// of a dead instance is replaced. Both are deleted with their instances.
+async fn servers_are_imported_and_adopted(flavor: Flavor, env: &str) {
+    let mut cfg = CloudConfig::new(flavor, &format!("{env}-token"));
+    cfg.faults = Faults {
+        server_error_every: Some(5),
+        ..Faults::default()
+    };
+    let (cloud, catalog) = cloud_with_catalog(cfg, env).await;
+    let (account, product, plan, running) = match flavor {
+        Flavor::Hetzner => ("hz", "hz-vps", "cx22", "running"),
+        Flavor::DigitalOcean => ("do", "do-vps", "s-1vcpu-1gb", "active"),
+    };
+    let s = Setup::new(&catalog).await;
+    let legacy = cloud.seed_unowned(plan, &[("team", "web")], &["web"]);
+    let wrong_plan = cloud.seed_unowned("huge-plan", &[], &[]);
+    let refused = s
+        .instances(&[
+            "import",
+            "--account",
+            account,
+            "--server-id",
+            &wrong_plan,
+            "--customer",
+            "c",
+            "--product",
+            product,
+        ])
+        .unwrap_err();
+    assert!(refused.contains("is on plan `huge-plan`"), "{refused}");
+    let i = s
+        .instances(&[
+            "import",
+            "--account",
+            account,
+            "--server-id",
+            &legacy,
+            "--customer",
+            "cust-1",
+            "--product",
+            product,
+            "--billing-ref",
+            "svc-1",
+            "--observe-only",
+        ])
+        .unwrap();
+    let id = i["id"].as_i64().unwrap();
+    assert_eq!(
+        i["ipv4"],
+        format!("203.0.113.{}", legacy.parse::<i64>().unwrap() % 250)
+    );
+    s.store
+        .set_desired(id, DesiredStatus::Suspended, Some("unpaid"))
+        .await
+        .unwrap();
+    s.running.as_ref().unwrap().wake.notify_one();
+    s.wait_all(&[id], "waiting, observe-only", |i| {
+        i.status_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("observe-only"))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let ledger = cloud.ledger();
+    let mutations: u64 = ledger
+        .by_kind
+        .iter()
+        .filter(|(k, _)| !k.starts_with("GET"))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(
+        mutations, 0,
+        "nothing sent for an observe-only server: {:?}",
+        ledger.by_kind
+    );
+    let (labels, tags, status) = cloud.marks(&legacy).unwrap();
+    assert_eq!(status, running);
+    assert!(
+        !labels.contains_key("provisioner-instance")
+            && !tags.iter().any(|t| t.starts_with("provisioner"))
+    );
+
+    s.instances(&["manage", &id.to_string()]).unwrap();
+    s.running.as_ref().unwrap().wake.notify_one();
+    s.wait_all(&[id], "managed and suspended", |i| i.is_converged())
+        .await;
+    let (labels, tags, status) = cloud.marks(&legacy).unwrap();
+    assert_eq!(status, "off");
+    let mark = id.to_string();
+    match flavor {
+        Flavor::Hetzner => {
+            assert_eq!(labels.get("provisioner-instance"), Some(&mark));
+            assert_eq!(
+                labels.get("team").map(String::as_str),
+                Some("web"),
+                "its own labels are kept"
+            );
+        }
+        Flavor::DigitalOcean => {
+            for t in ["web", "provisioner", &format!("provisioner-instance:{id}")] {
+                assert!(tags.iter().any(|x| x == t), "{t} in {tags:?}");
+            }
+        }
+    }
+
+    // A managed instance loses its server; it adopts one carrying a dead instance's mark.
+    let other = s.order(product, None).await;
+    s.wait_all(&[other], "active", |i| {
+        i.observed_status == ObservedStatus::Active
+    })
+    .await;
+    let gone = s
+        .store
+        .instance(other)
+        .await
+        .unwrap()
+        .unwrap()
+        .provider_server_id
+        .unwrap();
+    cloud.remove(&gone);
+    s.wait_all(&[other], "lost", |i| {
+        i.observed_status == ObservedStatus::Lost
+    })
+    .await;
+    let spare = cloud.seed_unowned(
+        plan,
+        &[("provisioner-instance", "424242")],
+        &["provisioner-instance:424242"],
+    );
+    let refused = s
+        .instances(&["adopt", &other.to_string(), "--server-id", &legacy])
+        .unwrap_err();
+    assert!(
+        refused.contains("a server belongs to one instance"),
+        "{refused}"
+    );
+    s.instances(&["adopt", &other.to_string(), "--server-id", &spare])
+        .unwrap();
+    s.running.as_ref().unwrap().wake.notify_one();
+    s.wait_all(&[other], "adopted", |i| i.is_converged()).await;
+    let (labels, tags, _) = cloud.marks(&spare).unwrap();
+    match flavor {
+        Flavor::Hetzner => assert_eq!(labels.get("provisioner-instance"), Some(&other.to_string())),
+        Flavor::DigitalOcean => {
+            assert!(
+                tags.contains(&format!("provisioner-instance:{other}")),
+                "{tags:?}"
+            );
+            assert!(
+                !tags.contains(&"provisioner-instance:424242".to_owned()),
+                "the dead instance's tag is gone: {tags:?}"
+            );
+        }
+    }
+    let history = s.store.history(other).await.unwrap();
+    assert!(history
+        .iter()
+        .any(|t| t.action == "adopt" && t.cause == "manual" && t.details["by"] == "ops-bob"));
+
+    for id in [id, other] {
+        s.store
+            .set_desired(id, DesiredStatus::Terminated, None)
+            .await
+            .unwrap();
+    }
+    s.running.as_ref().unwrap().wake.notify_one();
+    s.wait_all(&[id, other], "terminated", |i| {
+        i.observed_status == ObservedStatus::Terminated
+    })
+    .await;
+    assert!(cloud.marks(&legacy).is_none() && cloud.marks(&spare).is_none());
+    assert!(
+        cloud.marks(&wrong_plan).is_some(),
+        "the server not imported is left alone"
+    );
+    let made: u64 = cloud.ledger().created_for.values().sum();
+    assert_eq!(made, 1, "one server made: the ordered one");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hetzner_imports_and_adopts_servers() {
+    servers_are_imported_and_adopted(Flavor::Hetzner, "FAKE_HCLOUD_TOKEN_ATTACH").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn digitalocean_imports_and_adopts_servers() {
+    servers_are_imported_and_adopted(Flavor::DigitalOcean, "FAKE_DO_TOKEN_ATTACH").await;
 }

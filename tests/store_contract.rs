@@ -163,6 +163,7 @@ contract!(
     holds_keep_a_server_off_whatever_billing_says,
     recovery_takes_lost_instances_only,
     reinstalls_are_counted_like_reboots,
+    attached_servers_belong_to_one_instance,
 );
 
 async fn a_billing_ref_is_inserted_once(db: &Db) {
@@ -300,6 +301,144 @@ async fn holds_keep_a_server_off_whatever_billing_says(db: &Db) {
     assert_eq!(actions, ["hold", "release"]);
     assert_eq!(h[0].details["reason"], "maintenance");
     assert_eq!(h[0].details["by"], "ops");
+}
+
+fn attached(server: &str) -> provisioner::store::Attached {
+    provisioner::store::Attached {
+        account: "acc".into(),
+        server_id: server.into(),
+        status: ObservedStatus::Active,
+        ipv4: Some("192.0.2.7".into()),
+        ipv6: None,
+        product_revision: "r1".into(),
+        details: serde_json::json!({"name": "web-1"}),
+    }
+}
+
+async fn attached_servers_belong_to_one_instance(db: &Db) {
+    let order = |customer: &str, reference: &str| NewInstance {
+        customer_id: customer.into(),
+        product_id: "p".into(),
+        billing_ref: Some(reference.into()),
+        ..NewInstance::default()
+    };
+    let imported = db
+        .store
+        .import(&order("c1", "svc-1"), &attached("srv-1"), true, "ops")
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            imported.observed_status,
+            imported.observe_only,
+            imported.claim_pending
+        ),
+        (ObservedStatus::Active, true, true)
+    );
+    assert_eq!(imported.applied_product_id.as_deref(), Some("p"));
+    assert!(
+        imported.is_converged(),
+        "observe-only and as billing wants it"
+    );
+    let h = db.store.history(imported.id).await.unwrap();
+    assert_eq!(
+        (h[0].action.as_str(), h[0].to_status.as_deref()),
+        ("import", Some("active"))
+    );
+    assert_eq!(h[0].details["by"], "ops");
+    // The same server again, under another order: refused, and nothing is inserted.
+    let before = db.scalar("SELECT COUNT(*) FROM instances").await;
+    let err = db
+        .store
+        .import(&order("c2", "svc-2"), &attached("srv-1"), false, "ops")
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&format!("is instance {}'s already", imported.id)),
+        "{err}"
+    );
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM instances").await, before);
+    // A duplicate billing_ref is refused as for any order.
+    let err = db
+        .store
+        .import(&order("c2", "svc-1"), &attached("srv-2"), false, "ops")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("billing_ref"), "{err}");
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM instances").await, before);
+
+    // Managed: observe-only no more; a second time is refused.
+    let managed = db.store.manage(imported.id, "ops").await.unwrap();
+    assert!(!managed.observe_only && managed.claim_pending);
+    assert!(!managed.is_converged(), "its server is still to be marked");
+    let err = db.store.manage(imported.id, "ops").await.unwrap_err();
+    assert!(err.to_string().contains("managed already"), "{err}");
+
+    // Adoption: lost and failed instances only, never a server another one has.
+    let err = db
+        .store
+        .adopt(imported.id, &attached("srv-9"), "ops")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("only lost or failed"), "{err}");
+    let id = db.insert("c3", "p").await;
+    let lease = db.claim(id, "w").await;
+    db.store
+        .record(
+            &lease,
+            &ObservedPatch {
+                observed_status: Some(ObservedStatus::Lost),
+                provider_account: Some(Some("acc".into())),
+                provider_server_id: Some(Some("srv-old".into())),
+                release_lease: true,
+                ..ObservedPatch::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let err = db
+        .store
+        .adopt(id, &attached("srv-1"), "ops")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("already"), "{err}");
+    let adopted = db.store.adopt(id, &attached("srv-3"), "ops").await.unwrap();
+    assert_eq!(
+        (
+            adopted.observed_status,
+            adopted.provider_server_id.as_deref(),
+            adopted.claim_pending
+        ),
+        (ObservedStatus::Active, Some("srv-3"), true)
+    );
+    let last = db.store.history(id).await.unwrap().pop().unwrap();
+    assert_eq!(
+        (
+            last.action.as_str(),
+            last.cause.as_str(),
+            last.from_status.as_deref()
+        ),
+        ("adopt", "manual", Some("lost"))
+    );
+    assert_eq!(last.details["old_server"], "srv-old");
+    // Even the reconciler's own writes cannot give one server to two live instances.
+    let lease = db.claim(id, "w").await;
+    let err = db
+        .store
+        .record(
+            &lease,
+            &ObservedPatch {
+                provider_server_id: Some(Some("srv-1".into())),
+                release_lease: true,
+                ..ObservedPatch::default()
+            },
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Rejected(_)), "{err}");
 }
 
 async fn recovery_takes_lost_instances_only(db: &Db) {
@@ -1365,7 +1504,7 @@ async fn billing_columns_are_typed_and_counters_bounded(db: &Db) {
 
 async fn migrations_are_idempotent(db: &Db) {
     assert!(db.store.migrate().await.unwrap().is_empty());
-    assert_eq!(db.scalar("SELECT COUNT(*) FROM schema_migrations").await, 8);
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM schema_migrations").await, 9);
 }
 
 async fn missing_things_are_reported(db: &Db) {
@@ -1502,6 +1641,7 @@ async fn postgres_billing_role_holds_exactly_the_billing_columns() {
         format!("UPDATE instances SET reinstall_handled = 1 WHERE id = {id}"),
         format!("UPDATE instances SET applied_product_id = 'p2' WHERE id = {id}"),
         format!("UPDATE instances SET observe_only = true WHERE id = {id}"),
+        format!("UPDATE instances SET claim_pending = true WHERE id = {id}"),
         "INSERT INTO instances (customer_id, product_id, ipv4) VALUES ('c', 'p', '192.0.2.1')".to_owned(),
         "INSERT INTO instances (id, customer_id, product_id) VALUES (999999, 'c', 'p')".to_owned(),
         format!("INSERT INTO instance_transitions (instance_id, action, cause, outcome) VALUES ({id}, 'fail', 'manual', 'failed')"),
@@ -1593,6 +1733,8 @@ async fn sqlite_plain_clients_write_billing_columns_only() {
         (format!("UPDATE instances SET reinstall_handled = 0 WHERE id = {id}"), "provisioner_owns_reinstall_handled"),
         (format!("UPDATE instances SET applied_product_id = 'p2' WHERE id = {id}"), "provisioner_owns_applied_product_id"),
         (format!("UPDATE instances SET observe_only = 1 WHERE id = {id}"), "provisioner_owns_observe_only"),
+        (format!("UPDATE instances SET claim_pending = 1 WHERE id = {id}"), "provisioner_owns_claim_pending"),
+        ("INSERT INTO instances (customer_id, product_id, claim_pending) VALUES ('c', 'p', 1)".into(), "reconciler-owned columns"),
         (format!("UPDATE instances SET reinstall_requested = -1 WHERE id = {id}"), "reinstall_requested never decreases"),
         (format!("UPDATE instances SET reinstall_requested = 'twice' WHERE id = {id}"), "reinstall_requested must be an integer"),
         ("INSERT INTO instances (customer_id, product_id, applied_product_id) VALUES ('c', 'p', 'p')".into(), "reconciler-owned columns"),

@@ -366,7 +366,7 @@ pub(super) async fn demo(
 }
 
 /// The summary buckets of `plan`, in the order printed.
-const BUCKETS: [&str; 11] = [
+const BUCKETS: [&str; 12] = [
     "create",
     "suspend",
     "unsuspend",
@@ -374,6 +374,7 @@ const BUCKETS: [&str; 11] = [
     "resize",
     "reinstall",
     "terminate",
+    "claim",
     "in flight",
     "waiting",
     "needing a person",
@@ -382,6 +383,7 @@ const BUCKETS: [&str; 11] = [
 
 fn bucket(step: &Step) -> &'static str {
     match step {
+        Step::Claim => "claim",
         Step::Create => "create",
         Step::Suspend => "suspend",
         Step::Unsuspend | Step::SkipReboot => "unsuspend",

@@ -56,7 +56,7 @@ pub(super) async fn migrate(url: &str, format: Format) -> anyhow::Result<ExitCod
 }
 
 /// A verdict on the user's input (exit 1), as opposed to a failure (exit 2).
-fn invalid(message: impl std::fmt::Display) -> anyhow::Result<ExitCode> {
+pub(super) fn invalid(message: impl std::fmt::Display) -> anyhow::Result<ExitCode> {
     eprintln!("error: {message}");
     Ok(ExitCode::from(EXIT_INVALID))
 }
@@ -406,6 +406,75 @@ async fn dispatch(
                 ),
             )
         }
+        InstancesCommand::Adopt {
+            id,
+            server_id,
+            account,
+            catalog,
+            by,
+            format,
+        } => {
+            let args = super::attach::Adopt {
+                id,
+                server_id,
+                account,
+                catalog,
+                by: super::operator(by),
+                format,
+            };
+            super::attach::adopt(url, store, args).await
+        }
+        InstancesCommand::Import {
+            account,
+            server_id,
+            customer,
+            product,
+            billing_ref,
+            order,
+            location,
+            os_image,
+            hostname,
+            desired,
+            observe_only,
+            catalog,
+            by,
+            format,
+        } => {
+            let desired_status = match desired.parse() {
+                Ok(d @ (DesiredStatus::Active | DesiredStatus::Suspended)) => d,
+                _ => {
+                    return invalid(format!(
+                        "--desired `{}`: an import is active or suspended",
+                        output::printable(&desired)
+                    ))
+                }
+            };
+            let args = super::attach::Import {
+                account,
+                server_id,
+                order: NewInstance {
+                    customer_id: customer,
+                    order_id: order,
+                    billing_ref,
+                    product_id: product,
+                    location,
+                    os_image,
+                    hostname,
+                    ssh_keys: None,
+                    desired_status: Some(desired_status),
+                    suspend_reason: None,
+                },
+                observe_only,
+                catalog,
+                by: super::operator(by),
+                format,
+            };
+            super::attach::import(url, store, args).await
+        }
+        InstancesCommand::Manage { id, by, format } => {
+            let by = super::operator(by);
+            super::attach::manage(store, id, &by, format).await
+        }
         InstancesCommand::Reboot { id, format } => {
             let i = store.request_reboot(id).await?;
             changed(
@@ -462,7 +531,7 @@ fn check_order(
 }
 
 /// The instance after a change: a line for people, or the instance as JSON.
-fn changed(i: &Instance, format: Format, line: &str) -> anyhow::Result<ExitCode> {
+pub(super) fn changed(i: &Instance, format: Format, line: &str) -> anyhow::Result<ExitCode> {
     match format {
         Format::Json => output::json(&instance_json(i, None))?,
         Format::Text => output::text(line)?,
@@ -504,6 +573,7 @@ pub(super) fn instance_json(i: &Instance, secret: Option<&str>) -> Value {
         "reinstall_handled": i.reinstall_handled,
         "applied_product_id": i.applied_product_id,
         "observe_only": i.observe_only,
+        "claim_pending": i.claim_pending,
         "credentials": i.credentials.as_ref().map(|c| json!({"sealed_with_key": c.key_id})),
         "root_password": secret,
         "last_error": i.last_error,
@@ -621,6 +691,12 @@ fn print_instance(
             s,
             "managed     no: observe-only (`provisioner instances manage {}`)",
             i.id
+        );
+    }
+    if i.claim_pending {
+        let _ = writeln!(
+            s,
+            "mark        not yet: the server was attached by an admin and is to be marked as ours"
         );
     }
     let _ = writeln!(

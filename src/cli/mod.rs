@@ -1,6 +1,7 @@
 //! The `provisioner` command line: raw arguments become a validated [`Cli`], which [`run`]
 //! executes, returning the process exit code.
 
+mod attach;
 mod catalog;
 mod daemon;
 mod instances;
@@ -286,6 +287,20 @@ pub enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Servers carrying our mark that no live instance has, per account (what the daemon
+    /// counts as `provisioner_orphan_servers`), each with the command that imports it.
+    #[command(after_help = concat!("Environment:\n", env_database!(), env_key!(), env_providers!(), env_logging!()))]
+    Orphans {
+        /// The catalog (accounts).
+        #[arg(long, default_value = "catalog")]
+        catalog: PathBuf,
+        /// Only this account.
+        #[arg(long)]
+        account: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
     /// Create, inspect and change customer servers through the billing columns.
     #[command(
         subcommand,
@@ -555,6 +570,101 @@ pub enum InstancesCommand {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+    /// Attach an existing server at the provider to a lost or failed instance, in place of
+    /// the one it had (kept in its history). The server is looked at first (it must be
+    /// running or off, on the product's plan, and no other live instance's); the reconciler
+    /// then marks it as ours (label, tag or pool allocation) and goes on from there.
+    #[command(after_help = concat!(
+        "Environment:\n", env_database!(), env_key!(), env_providers!(), env_logging!()
+    ))]
+    Adopt {
+        /// Instance id.
+        id: i64,
+        /// The provider's id of the server (Hetzner server id, droplet id, OVH service name).
+        #[arg(long)]
+        server_id: String,
+        /// The account holding it (default: the instance's, else its product's).
+        #[arg(long)]
+        account: Option<String>,
+        /// The catalog (accounts and the product's plan).
+        #[arg(long, default_value = "catalog")]
+        catalog: PathBuf,
+        /// Who decided it, for the history (default: $USER).
+        #[arg(long)]
+        by: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Create an instance for a server that exists at the provider (made before provisioner,
+    /// or by hand) and manage it from then on: it is looked at first (running or off, on the
+    /// product's plan, no other live instance's), then marked as ours by the reconciler.
+    /// The account's credentials must be set here as for the daemon.
+    #[command(
+        override_usage = "provisioner instances import --account <ACCOUNT> --server-id <SERVER_ID>\n           \
+                          --customer <CUSTOMER> --product <PRODUCT> [OPTIONS]",
+        after_help = concat!(
+            "Environment:\n", env_database!(), env_key!(), env_providers!(), env_logging!()
+        )
+    )]
+    Import {
+        /// The account holding the server.
+        #[arg(long)]
+        account: String,
+        /// The provider's id of the server (Hetzner server id, droplet id, OVH service name).
+        #[arg(long)]
+        server_id: String,
+        /// Billing's customer id.
+        #[arg(long)]
+        customer: String,
+        /// The product it is sold as (sold on that account, on the server's plan).
+        #[arg(long)]
+        product: String,
+        /// Billing's own service id (unique).
+        #[arg(long)]
+        billing_ref: Option<String>,
+        /// Billing's order reference.
+        #[arg(long)]
+        order: Option<String>,
+        /// Its location, for the record (one the product offers).
+        #[arg(long)]
+        location: Option<String>,
+        /// The OS it runs, for later reinstalls (one the product offers).
+        #[arg(long = "os")]
+        os_image: Option<String>,
+        /// Its hostname.
+        #[arg(long)]
+        hostname: Option<String>,
+        /// What billing wants it to be: active or suspended (a server found off is powered
+        /// on once managed, unless suspended).
+        #[arg(long, default_value = "active")]
+        desired: String,
+        /// Watch only: no mutating provider call for it (not even the label) until
+        /// `instances manage ID`.
+        #[arg(long)]
+        observe_only: bool,
+        /// The catalog (accounts, products).
+        #[arg(long, default_value = "catalog")]
+        catalog: PathBuf,
+        /// Who imports it, for the history (default: $USER).
+        #[arg(long)]
+        by: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Let the reconciler act on an instance imported with --observe-only: its server is
+    /// marked as ours, then it converges like any other.
+    Manage {
+        /// Instance id.
+        id: i64,
+        /// Who decided it, for the history (default: $USER).
+        #[arg(long)]
+        by: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
     /// Take a failed instance up again after fixing the cause.
     Retry {
         /// Instance id.
@@ -729,6 +839,16 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Man { dir } => man(dir.as_deref()),
         Command::Migrate { format } => block_on(instances::migrate(&cli.database_url, format)),
         Command::Instances(c) => block_on(instances::run(&cli.database_url, c)),
+        Command::Orphans {
+            catalog,
+            account,
+            format,
+        } => block_on(attach::orphans(
+            &cli.database_url,
+            &catalog,
+            account.as_deref(),
+            format,
+        )),
     }
 }
 

@@ -16,8 +16,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::http::{
-    bearer, class_of_status, credential, excerpt, numeric_id, request_details, versioned_base, Api,
-    ApiConfig, ResetMeans, VersionPath,
+    bearer, class_of_status, credential, excerpt, numeric_id, request_details, segment,
+    versioned_base, Api, ApiConfig, ResetMeans, VersionPath,
 };
 use super::limit::RateLimiter;
 use super::{
@@ -255,6 +255,41 @@ impl DigitalOcean {
         }
     }
 
+    /// One droplet as the API shows it; `None` when it does not exist.
+    async fn fetch(&self, server_id: &str) -> Result<Option<Droplet>> {
+        let id = numeric_id("digitalocean", "droplet", server_id)?;
+        let path = format!("/droplets/{id}");
+        match self
+            .api
+            .json::<OneDroplet>(Method::GET, &path, &[], None)
+            .await
+        {
+            Ok((d, _)) => Ok(Some(d.droplet)),
+            Err(e) if e.class == ErrorClass::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Tags (or, with `add` false, untags) a droplet. A tag that does not exist yet is made
+    /// first: tagging answers 404 for it.
+    async fn tag(&self, tag: &str, droplet: i64, add: bool) -> Result<()> {
+        let path = format!("/tags/{}/resources", segment(tag));
+        let body = json!({"resources": [{"resource_id": droplet.to_string(), "resource_type": "droplet"}]});
+        let method = if add { Method::POST } else { Method::DELETE };
+        match self.api.send(method.clone(), &path, &[], Some(&body)).await {
+            Err(e) if add && e.class == ErrorClass::NotFound => {
+                self.api
+                    .send(Method::POST, "/tags", &[], Some(&json!({ "name": tag })))
+                    .await?;
+                self.api.send(method, &path, &[], Some(&body)).await?;
+                Ok(())
+            }
+            Err(e) if !add && e.class == ErrorClass::NotFound => Ok(()),
+            Err(e) => Err(e),
+            Ok(_) => Ok(()),
+        }
+    }
+
     async fn action(&self, server_id: &str, kind: &str) -> Result<Accepted> {
         self.action_with(server_id, json!({"type": kind})).await
     }
@@ -375,18 +410,44 @@ impl Provider for DigitalOcean {
         _call: Call<'a>,
         server_id: &'a str,
     ) -> BoxFuture<'a, Result<Option<Server>>> {
+        self.inspect(server_id)
+    }
+
+    fn inspect<'a>(&'a self, server_id: &'a str) -> BoxFuture<'a, Result<Option<Server>>> {
+        async move { Ok(self.fetch(server_id).await?.map(Droplet::into_server)) }.boxed()
+    }
+
+    fn claim<'a>(&'a self, call: Call<'a>, server_id: &'a str) -> BoxFuture<'a, Result<Accepted>> {
         async move {
-            let id = numeric_id("digitalocean", "droplet", server_id)?;
-            let path = format!("/droplets/{id}");
-            match self
-                .api
-                .json::<OneDroplet>(Method::GET, &path, &[], None)
-                .await
-            {
-                Ok((d, _)) => Ok(Some(d.droplet.into_server())),
-                Err(e) if e.class == ErrorClass::NotFound => Ok(None),
-                Err(e) => Err(e),
+            let Some(droplet) = self.fetch(server_id).await? else {
+                return Err(ProviderError::new(
+                    ErrorClass::NotFound,
+                    format!("digitalocean: droplet {server_id} does not exist"),
+                ));
+            };
+            let ours = instance_tag(call.instance.id);
+            let prefix = format!("{}:", super::INSTANCE_LABEL);
+            let mut added = Vec::new();
+            for tag in [OWNER_TAG, ours.as_str()] {
+                if !droplet.tags.iter().any(|t| t == tag) {
+                    self.tag(tag, droplet.id, true).await?;
+                    added.push(tag.to_owned());
+                }
             }
+            // Another instance's tag goes: the droplet is found as this instance's only.
+            let mut removed = Vec::new();
+            for tag in droplet
+                .tags
+                .iter()
+                .filter(|t| t.starts_with(&prefix) && **t != ours)
+            {
+                self.tag(tag, droplet.id, false).await?;
+                removed.push(tag.clone());
+            }
+            Ok(Accepted {
+                action_id: None,
+                details: json!({"tagged": added, "untagged": removed}),
+            })
         }
         .boxed()
     }

@@ -257,6 +257,21 @@ impl HetznerCloud {
         }
     }
 
+    /// One server as the API shows it; `None` when it does not exist.
+    async fn fetch(&self, server_id: &str) -> Result<Option<HServer>> {
+        let id = numeric_id("hetzner", "server", server_id)?;
+        let path = format!("/servers/{id}");
+        match self
+            .api
+            .json::<OneServer>(Method::GET, &path, &[], None)
+            .await
+        {
+            Ok((s, _)) => Ok(Some(s.server)),
+            Err(e) if e.class == ErrorClass::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn action(&self, server_id: &str, command: &str) -> Result<Accepted> {
         self.action_with(server_id, command, None).await
     }
@@ -411,18 +426,40 @@ impl Provider for HetznerCloud {
         _call: Call<'a>,
         server_id: &'a str,
     ) -> BoxFuture<'a, Result<Option<Server>>> {
+        self.inspect(server_id)
+    }
+
+    fn inspect<'a>(&'a self, server_id: &'a str) -> BoxFuture<'a, Result<Option<Server>>> {
+        async move { Ok(self.fetch(server_id).await?.map(HServer::into_server)) }.boxed()
+    }
+
+    fn claim<'a>(&'a self, call: Call<'a>, server_id: &'a str) -> BoxFuture<'a, Result<Accepted>> {
         async move {
-            let id = numeric_id("hetzner", "server", server_id)?;
-            let path = format!("/servers/{id}");
-            match self
-                .api
-                .json::<OneServer>(Method::GET, &path, &[], None)
-                .await
-            {
-                Ok((s, _)) => Ok(Some(s.server.into_server())),
-                Err(e) if e.class == ErrorClass::NotFound => Ok(None),
-                Err(e) => Err(e),
+            let Some(server) = self.fetch(server_id).await? else {
+                return Err(ProviderError::new(
+                    ErrorClass::NotFound,
+                    format!("hetzner: server {server_id} does not exist"),
+                ));
+            };
+            // The labels sent replace the server's whole set: keep the others.
+            let mut labels = server.labels;
+            let value = call.instance.id.to_string();
+            let before = labels.insert(INSTANCE_LABEL.to_owned(), value.clone());
+            if before.as_deref() == Some(value.as_str()) {
+                return Ok(Accepted::default());
             }
+            let path = format!("/servers/{}", server.id);
+            let body = json!({ "labels": labels });
+            let (_, rid): (OneServer, _) =
+                self.api.json(Method::PUT, &path, &[], Some(&body)).await?;
+            Ok(Accepted {
+                action_id: None,
+                details: json!({
+                    "labelled": {INSTANCE_LABEL: value},
+                    "replaced": before,
+                    "request_id": rid,
+                }),
+            })
         }
         .boxed()
     }

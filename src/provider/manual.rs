@@ -263,6 +263,19 @@ impl Provider for ManualProvider {
         async { Ok(Vec::new()) }.boxed()
     }
 
+    fn inspect<'a>(&'a self, _server_id: &'a str) -> BoxFuture<'a, Result<Option<Server>>> {
+        async move {
+            Err(ProviderError::new(
+                ErrorClass::Invalid,
+                format!(
+                    "account `{}` is worked by hand: there is no inventory to import or adopt from; `instances create` opens a provision task, and completing it with the existing server's address takes that server on (for a lost instance, `instances recreate`)",
+                    self.account
+                ),
+            ))
+        }
+        .boxed()
+    }
+
     fn create<'a>(
         &'a self,
         call: Call<'a>,

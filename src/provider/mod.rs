@@ -538,6 +538,36 @@ pub trait Provider: Send + Sync {
         let _ = (call, server_id, since);
         Box::pin(async move { Ok(None) })
     }
+
+    /// Looks at a server of the account by the id an admin gave (`instances import`,
+    /// `instances adopt`), whoever it belongs to: its [`Server::instance_id`] names the
+    /// instance whose mark it carries, if any. `None` when the account has no such server.
+    /// Never changes anything.
+    fn inspect<'a>(&'a self, server_id: &'a str) -> BoxFuture<'a, Result<Option<Server>>> {
+        let _ = server_id;
+        Box::pin(async move {
+            Err(ProviderError::new(
+                ErrorClass::Invalid,
+                format!(
+                    "module `{}` has no inventory to import or adopt a server from",
+                    self.module()
+                ),
+            ))
+        })
+    }
+
+    /// Marks a server as `call.instance`'s own (label, tag, pool allocation), in place of any
+    /// other instance's mark, so that it is found as the instance's from then on. Marking it
+    /// again changes nothing.
+    fn claim<'a>(&'a self, call: Call<'a>, server_id: &'a str) -> BoxFuture<'a, Result<Accepted>> {
+        let _ = (call, server_id);
+        Box::pin(async move {
+            Err(ProviderError::new(
+                ErrorClass::Invalid,
+                format!("module `{}` cannot mark a server as ours", self.module()),
+            ))
+        })
+    }
 }
 
 #[cfg(test)]

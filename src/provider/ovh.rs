@@ -501,9 +501,19 @@ impl Ovh {
     }
 
     async fn observe(&self, call: Call<'_>, server: &str) -> Result<Option<Server>> {
-        let slot = self.slot_of(call.instance.id).await?;
-        let Some(slot) = slot.filter(|s| s.service_name == server) else {
-            return Ok(None);
+        let i = call.instance;
+        let slot = match self.slot_of(i.id).await? {
+            Some(slot) if slot.service_name == server => slot,
+            Some(_) => return Ok(None),
+            // A server attached by an admin and not yet allocated to the instance (imported
+            // observe-only) is looked at as it is; no one else can be given it meanwhile.
+            None if i.claim_pending && i.provider_server_id.as_deref() == Some(server) => {
+                return Ok(self.inspect_server(server).await?.map(|mut s| {
+                    s.instance_id = Some(i.id);
+                    s
+                }));
+            }
+            None => return Ok(None),
         };
         if let Some(task_id) = &slot.task_id {
             let task = self.task(server, task_id).await?;
@@ -516,7 +526,20 @@ impl Ovh {
                 return Ok(Some(self.server_of(call, server, None, state)));
             }
         }
-        let found: Dedicated = match self
+        let Some(found) = self.dedicated(server).await? else {
+            return Ok(None);
+        };
+        // Booted into rescue, the customer's system is not running: suspended.
+        let state = match (found.power_state.as_deref(), slot.boot.as_str()) {
+            (Some("poweroff"), _) | (_, "rescue") => PowerState::Off,
+            _ => PowerState::Running,
+        };
+        Ok(Some(self.server_of(call, server, found.ip, state)))
+    }
+
+    /// `GET /dedicated/server/{name}`; `None` when the account has no such server.
+    async fn dedicated(&self, server: &str) -> Result<Option<Dedicated>> {
+        match self
             .call(
                 Method::GET,
                 &format!("/dedicated/server/{}", service(server)?),
@@ -525,16 +548,37 @@ impl Ovh {
             )
             .await
         {
-            Ok(d) => d,
-            Err(e) if e.class == ErrorClass::NotFound => return Ok(None),
-            Err(e) => return Err(e),
+            Ok(d) => Ok(Some(d)),
+            Err(e) if e.class == ErrorClass::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A dedicated server of the account as OVH shows it, and the instance its pool
+    /// allocation names; `None` when the account has no such server.
+    async fn inspect_server(&self, server: &str) -> Result<Option<Server>> {
+        let Some(found) = self.dedicated(server).await? else {
+            return Ok(None);
         };
-        // Booted into rescue, the customer's system is not running: suspended.
-        let state = match (found.power_state.as_deref(), slot.boot.as_str()) {
-            (Some("poweroff"), _) | (_, "rescue") => PowerState::Off,
+        let owner = self
+            .store
+            .pool_owner(&self.account, server)
+            .await
+            .map_err(store_error)?;
+        let state = match found.power_state.as_deref() {
+            Some("poweroff") => PowerState::Off,
             _ => PowerState::Running,
         };
-        Ok(Some(self.server_of(call, server, found.ip, state)))
+        Ok(Some(Server {
+            id: server.to_owned(),
+            instance_id: owner,
+            name: found.name,
+            state,
+            ipv4: found.ip,
+            ipv6: None,
+            root_password: None,
+            plan: None,
+        }))
     }
 
     fn server_of(
@@ -691,6 +735,35 @@ impl Provider for Ovh {
         server_id: &'a str,
     ) -> BoxFuture<'a, Result<Option<Server>>> {
         self.observe(call, server_id).boxed()
+    }
+
+    fn inspect<'a>(&'a self, server_id: &'a str) -> BoxFuture<'a, Result<Option<Server>>> {
+        self.inspect_server(server_id).boxed()
+    }
+
+    /// The pool allocation is the mark: the server is the instance's from then on, and never
+    /// given to another order (nothing is sent to OVH).
+    fn claim<'a>(&'a self, call: Call<'a>, server_id: &'a str) -> BoxFuture<'a, Result<Accepted>> {
+        async move {
+            let claimed = self
+                .store
+                .pool_claim(&self.account, server_id, call.instance.id)
+                .await
+                .map_err(store_error)?;
+            if !claimed {
+                return Err(ProviderError::new(
+                    ErrorClass::Invalid,
+                    format!(
+                        "ovh: server {server_id} is allocated to another instance (or in another account's pool)"
+                    ),
+                ));
+            }
+            Ok(Accepted {
+                action_id: None,
+                details: json!({"pool": {"allocated": server_id, "state": "ready"}}),
+            })
+        }
+        .boxed()
     }
 
     fn find<'a>(&'a self, call: Call<'a>) -> BoxFuture<'a, Result<Vec<Server>>> {

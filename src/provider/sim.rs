@@ -222,7 +222,7 @@ impl SimCloud {
             .store
             .sim_create(&NewSimServer {
                 account: &self.account,
-                instance_id: request.instance_id,
+                instance_id: Some(request.instance_id),
                 name: &request.name,
                 size: size.as_deref(),
                 image: &request.image,
@@ -288,10 +288,34 @@ impl Provider for SimCloud {
         _call: Call<'a>,
         server_id: &'a str,
     ) -> BoxFuture<'a, Result<Option<Server>>> {
+        self.inspect(server_id)
+    }
+
+    fn inspect<'a>(&'a self, server_id: &'a str) -> BoxFuture<'a, Result<Option<Server>>> {
         async move {
             self.enter().await?;
             let id = parse_id(server_id)?;
             Ok(self.servers(SimSelect::Id(id)).await?.into_iter().next())
+        }
+        .boxed()
+    }
+
+    fn claim<'a>(&'a self, call: Call<'a>, server_id: &'a str) -> BoxFuture<'a, Result<Accepted>> {
+        async move {
+            self.enter().await?;
+            let id = parse_id(server_id)?;
+            let labelled = self
+                .store
+                .sim_label(&self.account, id, call.instance.id)
+                .await
+                .map_err(store_error)?;
+            if !labelled {
+                return Err(ProviderError::new(
+                    ErrorClass::NotFound,
+                    format!("no server {server_id}"),
+                ));
+            }
+            self.leave(Accepted::default())
         }
         .boxed()
     }

@@ -537,9 +537,9 @@ pub async fn resync_account(
     let settled_before = started
         - chrono::Duration::from_std(account.policy.poll * 4 + Duration::from_secs(5))
             .unwrap_or_default();
-    // Live instances of the account and their server, for the orphan check. Instances are
-    // read a page at a time, so a large account never sits in memory whole.
-    let mut live: HashMap<i64, Option<String>> = HashMap::new();
+    // Instances are read a page at a time, so a large account never sits in memory whole;
+    // the servers its live instances hold are kept for the orphan check.
+    let mut holdings = crate::store::Holdings::default();
     let mut after = None;
     loop {
         let page = store
@@ -553,33 +553,50 @@ pub async fn resync_account(
         let Some(last) = page.last() else { break };
         after = Some(last.id);
         for i in &page {
-            if i.observed_status != ObservedStatus::Terminated {
-                live.insert(i.id, i.provider_server_id.clone());
-            }
-            let state = i
-                .provider_server_id
-                .as_deref()
-                .and_then(|id| by_id.get(id))
-                .map(|s| s.state);
+            holdings.note(i);
+            let state = match i.provider_server_id.as_deref() {
+                // An attached server carries no mark yet, so the listing cannot show it: it is
+                // looked at on its own, with the budget's spare requests only.
+                Some(id) if i.claim_pending && i.observed_status != ObservedStatus::Terminated => {
+                    let spare = if account.policy.meters_requests {
+                        account.limiter.has_spare()
+                    } else {
+                        account.limiter.try_acquire_background()
+                    };
+                    if !spare {
+                        continue;
+                    }
+                    match account.provider.inspect(id).await {
+                        Ok(found) => found.map(|s| s.state),
+                        Err(e) => {
+                            tracing::warn!(account = %account.id, instance = i.id, error = %e, "resync: cannot look at an attached server");
+                            continue;
+                        }
+                    }
+                }
+                Some(id) => by_id.get(id).map(|s| s.state),
+                None => None,
+            };
             if let Some(found) = resynced(i, state, settled_before) {
                 record_resynced(store, i, found, metrics).await?;
             }
         }
     }
     let mut orphans = 0;
-    for s in &servers {
-        let owner = s.instance_id.and_then(|id| live.get(&id));
-        let ours = owner.is_some_and(|server| server.as_deref().is_none_or(|id| id == s.id));
-        if !ours {
-            orphans += 1;
-            tracing::warn!(
-                account = %account.id,
-                server = %s.id,
-                name = %s.name,
-                label = ?s.instance_id,
-                "orphan server: it carries our label but belongs to no live instance"
-            );
-        }
+    for s in servers
+        .iter()
+        .filter(|s| crate::reconcile::attach::is_orphan(s, &holdings))
+    {
+        orphans += 1;
+        tracing::warn!(
+            account = %account.id,
+            server = %s.id,
+            name = %s.name,
+            label = ?s.instance_id,
+            "orphan server: it carries our label but belongs to no live instance; delete it at the provider, or take it on with `provisioner instances import --account {} --server-id {} --customer CUSTOMER --product PRODUCT`",
+            account.id,
+            s.id
+        );
     }
     Ok(orphans)
 }

@@ -258,7 +258,8 @@ pub fn quiet(cx: &Context<'_>, step: &Step) -> Option<Decision> {
         | Step::Reboot
         | Step::Terminate
         | Step::Resize
-        | Step::Reinstall => return None,
+        | Step::Reinstall
+        | Step::Claim => return None,
     })
 }
 
@@ -507,6 +508,66 @@ pub fn owned(
     }
 }
 
+/// Whether a server an admin attached can be marked as the instance's own, by a look at it:
+/// `None` when it can. A server marked for another live instance (`rival`) is never taken
+/// over; one that is gone leaves the instance lost.
+pub fn claimable(
+    cx: &Context<'_>,
+    answer: Result<Option<Server>, ProviderError>,
+    rival: Option<i64>,
+    server_id: &str,
+) -> Option<Decision> {
+    match (answer, rival) {
+        (Ok(Some(s)), Some(other)) => {
+            let reason = format!(
+                "server {} carries the mark of instance {other}, which is live: refusing to take it over; adopt another server, or terminate instance {other} first, then `provisioner instances retry {}`",
+                s.id, cx.instance.id
+            );
+            Some(stop(
+                ObservedStatus::Failed,
+                reason,
+                cx.transition(Action::Adopt, Outcome::Failed),
+                ObservedPatch::default(),
+                "failed",
+            ))
+        }
+        (Ok(Some(_)), None) => None,
+        (Ok(None), _) => Some(lost(Action::Adopt, server_id)),
+        (Err(e), _) if e.class == ErrorClass::NotFound => Some(lost(Action::Adopt, server_id)),
+        (Err(e), _) => Some(failed(cx, Action::Adopt, &e, None)),
+    }
+}
+
+/// What the answer to marking an attached server as the instance's own means: from then on
+/// the instance is managed like any other.
+pub fn claimed(
+    cx: &Context<'_>,
+    answer: Result<Accepted, ProviderError>,
+    server_id: &str,
+) -> Decision {
+    match answer {
+        Ok(accepted) => {
+            let mut t = cx.transition(Action::Adopt, Outcome::Succeeded);
+            t.details = json!({"server": server_id, "note": "marked as the instance's own"});
+            merge(&mut t.details, accepted.details);
+            Decision::new(
+                ObservedPatch {
+                    claim_pending: Some(false),
+                    status_reason: Some(None),
+                    attempts: Some(0),
+                    last_error: Some(None),
+                    ..ObservedPatch::default()
+                },
+                Some(t),
+                Next::Now,
+                "progressed",
+            )
+        }
+        Err(e) if e.class == ErrorClass::NotFound => lost(Action::Adopt, server_id),
+        Err(e) => failed(cx, Action::Adopt, &e, None),
+    }
+}
+
 /// The server is not the instance's own: refuse, and say why.
 fn foreign(cx: &Context<'_>, action: Action, server: &Server) -> Decision {
     let i = cx.instance;
@@ -603,9 +664,12 @@ pub fn looked(
         Err(e) if e.class == ErrorClass::NotFound => None,
         Err(e) => return decided(failed(cx, action, &e, None)),
     };
+    // A server attached by an admin carries no mark of the instance until it is claimed;
+    // looking at it is allowed meanwhile.
+    let attached = cx.instance.claim_pending && action == Action::Observe;
     if let Some(s) = server
         .as_ref()
-        .filter(|s| s.instance_id != Some(cx.instance.id))
+        .filter(|s| s.instance_id != Some(cx.instance.id) && !attached)
     {
         return decided(foreign(cx, action, s));
     }

@@ -191,6 +191,7 @@ impl Executor {
         let cx = self.context(claim, account.as_deref(), &product);
         let action = match step {
             Step::Create => return self.create(claim, &catalog, &product).await,
+            Step::Claim => return self.claim_server(claim, &cx, account).await,
             Step::Poll(action) => return self.poll(claim, &cx, account, action).await,
             Step::Suspend => Action::Suspend,
             Step::Unsuspend => Action::Unsuspend,
@@ -309,6 +310,54 @@ impl Executor {
             ..cx
         };
         self.apply(claim, decide::created(&cx, answer)).await
+    }
+
+    /// Marks a server an admin attached (import, adopt) as the instance's own, unless it
+    /// carries the mark of another live instance (never taken over).
+    async fn claim_server(
+        &self,
+        claim: &Claim,
+        cx: &Context<'_>,
+        account: Option<Arc<Account>>,
+    ) -> Result<StepResult, StoreError> {
+        let i = &claim.instance;
+        let (Some(server_id), Some(account)) = (i.provider_server_id.as_deref(), account) else {
+            let reason = format!(
+                "account `{}` is not in the catalog (or its module is not available): the server cannot be marked as ours",
+                i.provider_account.as_deref().unwrap_or("none")
+            );
+            return self.apply(claim, decide::wait(cx, reason)).await;
+        };
+        let call = Call {
+            instance: i,
+            lease: &claim.lease,
+        };
+        let p = &account.provider;
+        let looked = self.call(&account, "get", p.get(call, server_id)).await;
+        let marked_for = looked
+            .as_ref()
+            .ok()
+            .and_then(Option::as_ref)
+            .and_then(|s| s.instance_id)
+            .filter(|other| *other != i.id);
+        let rival = match marked_for {
+            Some(other) => self
+                .store
+                .instance(other)
+                .await?
+                .filter(|o| o.observed_status != crate::store::ObservedStatus::Terminated)
+                .map(|o| o.id),
+            None => None,
+        };
+        if let Some(d) = decide::claimable(cx, looked, rival, server_id) {
+            return self.apply(claim, d).await;
+        }
+        let paid = self.budget(&account).await;
+        let answer = self
+            .paid_call(&account, "claim", paid, p.claim(call, server_id))
+            .await;
+        self.apply(claim, decide::claimed(cx, answer, server_id))
+            .await
     }
 
     async fn poll(

@@ -1,6 +1,7 @@
 //! The reconciler: plan, decide, execute, converge. It names no provider module: each module
 //! states its [`Policy`](crate::provider::Policy) behind the provider seam.
 //!
+//! - [`attach`]: which servers belong to whom (imports, adoptions, orphans); pure;
 //! - [`plan`]: the first decision of a step (what to do), and whether an action in flight is
 //!   done by the server's power state; pure;
 //! - [`decide`]: everything decided after a provider answered (create answers, followed
@@ -10,6 +11,7 @@
 //! - [`daemon`]: work sources (due rows, NOTIFY, catalog reloads, resyncs), bounded workers,
 //!   graceful shutdown with a drain deadline, and the HTTP endpoints.
 
+pub mod attach;
 pub mod daemon;
 pub mod decide;
 pub mod execute;

@@ -97,6 +97,9 @@ pub enum Step {
     Resize,
     /// Reinstall the server's OS (billing incremented `reinstall_requested`).
     Reinstall,
+    /// Mark a server an admin attached (import, adopt) as the instance's own at the provider
+    /// (label, tag, pool allocation), before anything else is sent for it.
+    Claim,
 }
 
 impl Step {
@@ -116,6 +119,7 @@ impl Step {
             Step::Forget => "mark terminated: no server was ever created".into(),
             Step::Resize => "change the server to its new product's plan".into(),
             Step::Reinstall => "reinstall the server's OS".into(),
+            Step::Claim => "mark the server as the instance's own (label, tag or pool)".into(),
         }
     }
 
@@ -131,6 +135,7 @@ impl Step {
                 | Step::Terminate
                 | Step::Resize
                 | Step::Reinstall
+                | Step::Claim
         ) || matches!(self, Step::Poll(a) if *a != Action::Observe)
     }
 }
@@ -151,6 +156,7 @@ pub fn held_back(step: Step, account_problem: impl FnOnce() -> Option<String>) -
             | Step::Terminate
             | Step::Resize
             | Step::Reinstall
+            | Step::Claim
     );
     if !calls_provider {
         return step;
@@ -201,6 +207,12 @@ fn plan_managed(i: &Instance, product: &ProductCheck) -> Step {
         return Step::Poll(action);
     }
     let has_server = i.provider_server_id.is_some();
+    let stopped = matches!(i.observed_status, O::Failed | O::Lost);
+    if i.claim_pending && has_server && !stopped {
+        // Nothing is sent for a server before it carries the instance's mark: every other
+        // call first checks that the server is the instance's own.
+        return Step::Claim;
+    }
     if i.desired_status == D::Terminated {
         return if has_server {
             Step::Terminate
@@ -399,6 +411,7 @@ pub(crate) mod tests {
             reinstall_handled: 0,
             applied_product_id: None,
             observe_only: false,
+            claim_pending: false,
         }
     }
 
@@ -545,6 +558,93 @@ pub(crate) mod tests {
             i.observe_only = observe_only;
             assert_eq!(plan(&i, &product), want, "{says}");
         }
+    }
+
+    #[test]
+    fn attached_servers_are_marked_before_anything_else_is_sent() {
+        use DesiredStatus as D;
+        use ObservedStatus as O;
+        /// Sentence, desired, observed, observe-only, action in flight, expected.
+        type ClaimCase = (&'static str, D, O, bool, Option<Action>, fn(&Step) -> bool);
+        let cases: [ClaimCase; 7] = [
+            (
+                "An imported server is marked first.",
+                D::Active,
+                O::Active,
+                false,
+                None,
+                |s| *s == Step::Claim,
+            ),
+            (
+                "Before a suspension too: every call checks the mark.",
+                D::Suspended,
+                O::Active,
+                false,
+                None,
+                |s| *s == Step::Claim,
+            ),
+            (
+                "And before a termination.",
+                D::Terminated,
+                O::Active,
+                false,
+                None,
+                |s| *s == Step::Claim,
+            ),
+            (
+                "Observe-only: not even the mark is sent; the reason says how to let it act.",
+                D::Suspended,
+                O::Active,
+                true,
+                None,
+                |s| matches!(s, Step::Wait(r) if r.contains("observe-only") && r.contains("instances manage 7")),
+            ),
+            (
+                "Observe-only and as billing wants it: waits without a reason to act.",
+                D::Active,
+                O::Active,
+                true,
+                None,
+                |s| matches!(s, Step::Wait(r) if r.contains("mark the server")),
+            ),
+            (
+                "An action in flight is followed first.",
+                D::Active,
+                O::Rebooting,
+                false,
+                Some(Action::Reboot),
+                |s| *s == Step::Poll(Action::Reboot),
+            ),
+            (
+                "A lost instance stays for a person.",
+                D::Active,
+                O::Lost,
+                false,
+                None,
+                |s| matches!(s, Step::Idle(_)),
+            ),
+        ];
+        for (says, desired, observed, observe_only, pending, expect) in cases {
+            let mut i = instance(desired, observed);
+            i.provider_server_id = Some("42".into());
+            i.claim_pending = true;
+            i.observe_only = observe_only;
+            i.pending = pending.map(crate::store::Pending::new);
+            let step = plan(&i, &OK);
+            assert!(expect(&step), "{says} got {step:?}");
+        }
+        let mut i = instance(DesiredStatus::Active, ObservedStatus::Active);
+        i.provider_server_id = Some("42".into());
+        assert_eq!(
+            plan(&i, &OK),
+            Step::Converged,
+            "a marked server needs nothing"
+        );
+        assert!(Step::Claim.mutates());
+        assert_eq!(
+            held_back(Step::Claim, || Some("no credentials".into())),
+            Step::Wait("no credentials".into())
+        );
     }
 
     #[test]

@@ -188,6 +188,7 @@ impl Dialect {
 #[derive(Debug, Clone)]
 pub(crate) enum Arg {
     Int(i64),
+    OptInt(Option<i64>),
     Bool(bool),
     Float(f64),
     Text(Option<String>),
@@ -197,6 +198,12 @@ pub(crate) enum Arg {
 impl From<i64> for Arg {
     fn from(v: i64) -> Self {
         Arg::Int(v)
+    }
+}
+
+impl From<Option<i64>> for Arg {
+    fn from(v: Option<i64>) -> Self {
+        Arg::OptInt(v)
     }
 }
 
@@ -395,6 +402,7 @@ macro_rules! bind_all {
         for arg in $args {
             q = match arg {
                 Arg::Int(v) => q.bind(v),
+                Arg::OptInt(v) => q.bind(v),
                 Arg::Bool(v) => q.bind(v),
                 Arg::Float(v) => q.bind(v),
                 Arg::Text(v) => q.bind(v),
@@ -513,7 +521,7 @@ mod writer {
     /// The reconciler-owned columns guarded this way (the few that the database's own
     /// triggers update on billing's behalf, `desired_generation`, `desired_changed_at`,
     /// `next_check_at` and `updated_at`, are guarded by value rules instead).
-    pub(super) const OWNED: [&str; 25] = [
+    pub(super) const OWNED: [&str; 26] = [
         "observed_generation",
         "observed_status",
         "status_reason",
@@ -539,6 +547,7 @@ mod writer {
         "reinstall_handled",
         "applied_product_id",
         "observe_only",
+        "claim_pending",
     ];
 
     /// The reconciler's other tables, guarded the same way for every write.
@@ -883,6 +892,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "changes of plan, reinstalls and imported servers",
         include_str!("../../migrations/sqlite/0008_plan_changes_and_reinstalls.sql"),
     ),
+    (
+        9,
+        "imported and adopted servers",
+        include_str!("../../migrations/sqlite/0009_imported_servers.sql"),
+    ),
 ];
 
 /// The billing role and its grants, applied after the migrations by every migrate.
@@ -929,6 +943,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "changes of plan, reinstalls and imported servers",
         include_str!("../../migrations/postgres/0008_plan_changes_and_reinstalls.sql"),
     ),
+    (
+        9,
+        "imported and adopted servers",
+        include_str!("../../migrations/postgres/0009_imported_servers.sql"),
+    ),
 ];
 
 #[cfg(test)]
@@ -940,7 +959,8 @@ mod tests {
         let sql = concat!(
             include_str!("../../migrations/sqlite/0006_billing_boundary.sql"),
             include_str!("../../migrations/sqlite/0007_holds_and_refs.sql"),
-            include_str!("../../migrations/sqlite/0008_plan_changes_and_reinstalls.sql")
+            include_str!("../../migrations/sqlite/0008_plan_changes_and_reinstalls.sql"),
+            include_str!("../../migrations/sqlite/0009_imported_servers.sql")
         );
         for column in writer::OWNED {
             assert!(

@@ -5,8 +5,8 @@ use serde_json::json;
 
 use super::engine::Arg;
 use super::{
-    fence_args, fence_failure, insert_transition, instance_from, Action, Cause, Hold, Instance,
-    Lease, NewTransition, ObservedStatus, Outcome, Result, SqlStore, StoreError, FENCE,
+    commit_with, fence_args, fence_failure, insert_transition, instance_from, Action, Cause, Hold,
+    Instance, Lease, NewTransition, ObservedStatus, Outcome, Result, SqlStore, StoreError, FENCE,
 };
 
 fn hold_from(r: &super::engine::Row) -> Result<Hold> {
@@ -261,18 +261,8 @@ impl SqlStore {
                 "was": before.observed_status.as_str(),
             });
         }
-        insert_transition(
-            &mut tx,
-            id,
-            before.observed_status,
-            after.observed_status,
-            &t,
-            before.product_revision.clone(),
-            by,
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(after)
+        let revision = before.product_revision.clone();
+        commit_with(tx, before.observed_status, after, &t, revision, by).await
     }
 }
 

@@ -10,6 +10,7 @@
 //! - [`model`]: the rows and the vocabulary of their text columns;
 //! - [`SqlStore`]: the verbs, written once over both engines.
 
+mod attach;
 pub(crate) mod connect;
 pub(crate) mod engine;
 mod lifecycle;
@@ -21,6 +22,7 @@ use std::future::Future;
 
 use serde_json::Value;
 
+pub use attach::{adoptable, Attached, Holdings};
 pub use connect::ConnectOptions;
 pub use engine::{redact_url, Engine};
 pub use model::*;
@@ -513,6 +515,7 @@ fn instance_from(r: &Row) -> Result<Instance> {
         reinstall_handled: r.int("reinstall_handled")?,
         applied_product_id: r.opt_text("applied_product_id")?,
         observe_only: r.int("observe_only")? != 0,
+        claim_pending: r.int("claim_pending")? != 0,
     })
 }
 
@@ -691,6 +694,9 @@ fn patch_sql(patch: &ObservedPatch, lease: &Lease, args: &mut Vec<Arg>) -> Vec<S
     if let Some(v) = patch.observe_only {
         set("observe_only", Arg::Bool(v), args);
     }
+    if let Some(v) = patch.claim_pending {
+        set("claim_pending", Arg::Bool(v), args);
+    }
     if let Some(p) = &patch.pending {
         let started = p.is_some();
         set(
@@ -791,6 +797,60 @@ async fn insert_transition(
     Ok(())
 }
 
+/// The last writes of an admin's verb: the transition `t` from `from` to `after` by `by`, then
+/// the commit.
+async fn commit_with(
+    mut tx: Tx,
+    from: ObservedStatus,
+    after: Instance,
+    t: &NewTransition,
+    revision: Option<String>,
+    by: &str,
+) -> Result<Instance> {
+    insert_transition(
+        &mut tx,
+        after.id,
+        from,
+        after.observed_status,
+        t,
+        revision,
+        by,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(after)
+}
+
+/// Inserts an order's billing columns, as billing does.
+async fn insert_instance(tx: &mut Tx, new: &NewInstance) -> Result<Instance> {
+    let row = tx
+        .row(
+            "INSERT INTO instances (customer_id, order_id, product_id, location, os_image,
+                                    hostname, ssh_keys, desired_status, suspend_reason,
+                                    billing_ref)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             RETURNING *",
+            vec![
+                new.customer_id.as_str().into(),
+                new.order_id.clone().into(),
+                new.product_id.as_str().into(),
+                new.location.clone().into(),
+                new.os_image.clone().into(),
+                new.hostname.clone().into(),
+                new.ssh_keys.clone().into(),
+                new.desired_status
+                    .unwrap_or(DesiredStatus::Active)
+                    .as_str()
+                    .into(),
+                new.suspend_reason.clone().into(),
+                new.billing_ref.clone().into(),
+            ],
+        )
+        .await?
+        .ok_or_else(|| StoreError::Corrupt("INSERT … RETURNING returned no row".into()))?;
+    instance_from(&row)
+}
+
 impl Store for SqlStore {
     fn engine(&self) -> Engine {
         self.pool.engine()
@@ -798,32 +858,7 @@ impl Store for SqlStore {
 
     async fn create_instance(&self, new: &NewInstance) -> Result<Instance> {
         let mut tx = self.pool.write().await?;
-        let row = tx
-            .row(
-                "INSERT INTO instances (customer_id, order_id, product_id, location, os_image,
-                                        hostname, ssh_keys, desired_status, suspend_reason,
-                                        billing_ref)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-                 RETURNING *",
-                vec![
-                    new.customer_id.as_str().into(),
-                    new.order_id.clone().into(),
-                    new.product_id.as_str().into(),
-                    new.location.clone().into(),
-                    new.os_image.clone().into(),
-                    new.hostname.clone().into(),
-                    new.ssh_keys.clone().into(),
-                    new.desired_status
-                        .unwrap_or(DesiredStatus::Active)
-                        .as_str()
-                        .into(),
-                    new.suspend_reason.clone().into(),
-                    new.billing_ref.clone().into(),
-                ],
-            )
-            .await?
-            .ok_or_else(|| StoreError::Corrupt("INSERT … RETURNING returned no row".into()))?;
-        let instance = instance_from(&row)?;
+        let instance = insert_instance(&mut tx, new).await?;
         tx.commit().await?;
         Ok(instance)
     }

@@ -69,7 +69,8 @@ vocabulary! {
         Terminate => "terminate",
         /// Look at the server.
         Observe => "observe",
-        /// Take over a server found by its label after an uncertain create.
+        /// Take over a server: one found by its label after an uncertain create, or one an
+        /// admin attached (`instances adopt`, `instances import`), marked as ours.
         Adopt => "adopt",
         /// Wait (out of stock, unknown product, …) without calling the provider.
         Wait => "wait",
@@ -245,6 +246,9 @@ pub struct Instance {
     pub applied_product_id: Option<String>,
     /// Imported to be watched only: no mutating provider call until `instances manage`.
     pub observe_only: bool,
+    /// The server was attached by an admin (import, adopt) and is not yet marked as ours at
+    /// the provider (label, tag, pool allocation): the reconciler does that first.
+    pub claim_pending: bool,
 }
 
 impl Instance {
@@ -271,7 +275,8 @@ impl Instance {
     }
 
     /// Whether observed matches desired, every requested reboot and reinstall was carried
-    /// out, and the server is on the product billing wants.
+    /// out, the server is on the product billing wants, and an attached server is marked as
+    /// ours (unless the instance is observe-only: then it stays unmarked on purpose).
     pub fn is_converged(&self) -> bool {
         let status_matches = matches!(
             (self.effective_desired(), self.observed_status),
@@ -283,7 +288,9 @@ impl Instance {
         status_matches
             && self.reboot_handled == self.reboot_requested
             && (terminated
-                || (self.reinstall_handled == self.reinstall_requested && !self.plan_change_due()))
+                || (self.reinstall_handled == self.reinstall_requested
+                    && !self.plan_change_due()
+                    && (!self.claim_pending || self.observe_only)))
     }
 
     /// Whether billing moved the instance to another product than its server is on.
@@ -494,6 +501,8 @@ pub struct ObservedPatch {
     pub applied_product_id: Option<String>,
     /// Whether the instance is watched only.
     pub observe_only: Option<bool>,
+    /// Whether its server still waits to be marked as ours.
+    pub claim_pending: Option<bool>,
     /// Action in flight (`Some(None)` clears it); setting one also sets its start time.
     pub pending: Option<Option<Pending>>,
     /// Next check.

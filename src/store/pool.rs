@@ -94,7 +94,11 @@ impl SqlStore {
                     "UPDATE ovh_pool SET instance_id = $3, state = 'installing', boot = 'harddisk',
                             task_id = NULL, updated_at = {now}
                       WHERE account = $1 AND service_name = $2 AND state = 'free'
-                        AND instance_id IS NULL",
+                        AND instance_id IS NULL
+                        AND NOT EXISTS (SELECT 1 FROM instances i
+                                         WHERE i.provider_account = $1
+                                           AND i.provider_server_id = $2
+                                           AND i.observed_status <> 'terminated')",
                     vec![account.into(), (*name).into(), Arg::Int(instance_id)],
                 )
                 .await?;
@@ -160,5 +164,60 @@ impl SqlStore {
         )
         .await?;
         tx.commit().await
+    }
+
+    /// The instance `service_name` of `account`'s pool is allocated to, if any.
+    ///
+    /// # Errors
+    /// When the database cannot be read.
+    pub async fn pool_owner(&self, account: &str, service_name: &str) -> Result<Option<i64>> {
+        let mut tx = self.pool().read().await?;
+        let row = tx
+            .row(
+                "SELECT instance_id FROM ovh_pool
+                  WHERE account = $1 AND service_name = $2 AND instance_id IS NOT NULL",
+                vec![account.into(), service_name.into()],
+            )
+            .await?;
+        row.map(|r| r.int("instance_id")).transpose()
+    }
+
+    /// Allocates `service_name` to `instance_id` as an installed server (an imported or
+    /// adopted one), whether or not the catalog lists it in the pool; allocating it again is a
+    /// no-op. `false` when the server is another instance's, or another account's.
+    ///
+    /// # Errors
+    /// When the database cannot be written.
+    pub async fn pool_claim(
+        &self,
+        account: &str,
+        service_name: &str,
+        instance_id: i64,
+    ) -> Result<bool> {
+        let mut tx = self.pool().write().await?;
+        tx.execute(
+            "INSERT INTO ovh_pool (service_name, account) VALUES ($1, $2)
+             ON CONFLICT (service_name) DO NOTHING",
+            vec![service_name.into(), account.into()],
+        )
+        .await?;
+        tx.execute(
+            "UPDATE ovh_pool SET instance_id = $3, state = 'ready', boot = 'harddisk',
+                    task_id = NULL, updated_at = {now}
+              WHERE service_name = $1 AND account = $2 AND instance_id IS NULL AND state = 'free'",
+            vec![service_name.into(), account.into(), Arg::Int(instance_id)],
+        )
+        .await?;
+        let owner = tx
+            .row(
+                "SELECT instance_id FROM ovh_pool WHERE service_name = $1 AND account = $2",
+                vec![service_name.into(), account.into()],
+            )
+            .await?
+            .map(|r| r.opt_text("instance_id"))
+            .transpose()?
+            .flatten();
+        tx.commit().await?;
+        Ok(owner == Some(instance_id.to_string()))
     }
 }

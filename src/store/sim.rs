@@ -44,8 +44,9 @@ pub enum SimSelect {
 pub struct NewSimServer<'a> {
     /// The account.
     pub account: &'a str,
-    /// The instance of its label.
-    pub instance_id: i64,
+    /// The instance of its label (`None`: a server made by hand in the provider's console,
+    /// as the tests make servers to import).
+    pub instance_id: Option<i64>,
     /// Its name.
     pub name: &'a str,
     /// Its size, if the product names one.
@@ -87,9 +88,10 @@ pub struct Ledger {
     pub created: i64,
     /// Servers existing now.
     pub live: i64,
-    /// Instances that got more than one server over their life.
+    /// Instances that got more than one server made for them over their life (a server
+    /// adopted or imported later is not made for it).
     pub duplicated_instances: i64,
-    /// Live servers whose instance is terminated, or unknown to the store.
+    /// Live servers labelled for an instance that is terminated, or unknown to the store.
     pub orphans: i64,
     /// Changes of plan ever applied.
     pub resizes: i64,
@@ -208,12 +210,12 @@ impl SqlStore {
         }
         let id = tx
             .row(
-                "INSERT INTO sim_servers (account, instance_id, name, size, image, location, state, ready_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, 'creating', {later:$7})
+                "INSERT INTO sim_servers (account, instance_id, made_for, name, size, image, location, state, ready_at)
+                 VALUES ($1, $2, $2, $3, $4, $5, $6, 'creating', {later:$7})
                  RETURNING id",
                 vec![
                     new.account.into(),
-                    Arg::Int(new.instance_id),
+                    new.instance_id.into(),
                     new.name.into(),
                     new.size.map(str::to_owned).into(),
                     new.image.into(),
@@ -235,13 +237,31 @@ impl SqlStore {
         tx.commit().await?;
         Ok(SimCreated::Made(SimServer {
             id,
-            instance_id: Some(new.instance_id),
+            instance_id: new.instance_id,
             name: new.name.to_owned(),
             state: "creating".into(),
             size: new.size.map(str::to_owned),
             ipv4: Some(ipv4),
             ipv6: Some(ipv6),
         }))
+    }
+
+    /// Labels live server `id` of `account` for `instance_id`, in place of any other label;
+    /// `false` when there is no such live server.
+    ///
+    /// # Errors
+    /// When the database cannot be written.
+    pub async fn sim_label(&self, account: &str, id: i64, instance_id: i64) -> Result<bool> {
+        let mut tx = self.pool().write().await?;
+        let n = tx
+            .execute(
+                "UPDATE sim_servers SET instance_id = $3
+                  WHERE id = $1 AND account = $2 AND deleted_at IS NULL",
+                vec![Arg::Int(id), account.into(), Arg::Int(instance_id)],
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(n == 1)
     }
 
     /// Deletes server `id` of `account` (kept in the ledger); deleting it again is a no-op.
@@ -349,11 +369,11 @@ impl SqlStore {
             .row(
                 "SELECT (SELECT COUNT(*) FROM sim_servers) AS created,
                         (SELECT COUNT(*) FROM sim_servers WHERE deleted_at IS NULL) AS live,
-                        (SELECT COUNT(*) FROM (SELECT instance_id FROM sim_servers
-                                                WHERE instance_id IS NOT NULL
-                                                GROUP BY instance_id HAVING COUNT(*) > 1) AS d) AS duplicated,
+                        (SELECT COUNT(*) FROM (SELECT made_for FROM sim_servers
+                                                WHERE made_for IS NOT NULL
+                                                GROUP BY made_for HAVING COUNT(*) > 1) AS d) AS duplicated,
                         (SELECT COUNT(*) FROM sim_servers s
-                          WHERE s.deleted_at IS NULL
+                          WHERE s.deleted_at IS NULL AND s.instance_id IS NOT NULL
                             AND NOT EXISTS (SELECT 1 FROM instances i
                                              WHERE i.id = s.instance_id
                                                AND i.observed_status <> 'terminated')) AS orphans,

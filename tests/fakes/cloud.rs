@@ -5,13 +5,16 @@
 //! `meta.pagination`), `GET|DELETE /servers/{id}`, `POST /servers/{id}/actions/{cmd}` (power,
 //! `change_type` refused with `server_not_stopped` unless off, `rebuild` returning a new root
 //! password; 423 `locked` while one of those runs), `GET /servers/{id}/actions`,
-//! `GET /actions/{id}`, `RateLimit-*` headers, errors as `{"error": {"code", "message"}}`.
+//! `GET /actions/{id}`, `PUT /servers/{id}` (`labels` replace the whole set; keys and values
+//! checked against the documented rules → 400 `invalid_input`), `RateLimit-*` headers, errors
+//! as `{"error": {"code", "message"}}`.
 //! DigitalOcean: `POST /droplets` (202 + `links.actions`), `GET /droplets` (`tag_name`,
 //! `per_page` ≤ 200, `links.pages.next`), `GET|DELETE /droplets/{id}` (204),
 //! `POST /droplets/{id}/actions` (`resize` of a powered-off droplet, `rebuild`; 422 "pending
 //! event" while one runs, the droplet `locked`), `GET /droplets/{id}/actions`,
-//! `GET /actions/{id}`, `ratelimit-*` and `retry-after`, errors as
-//! `{"id", "message", "request_id"}`.
+//! `GET /actions/{id}`, `POST /tags` (201; name `^[a-zA-Z0-9_\-:]+$` else 422),
+//! `POST|DELETE /tags/{tag}/resources` (204; 404 for a tag that does not exist, as the
+//! document says), `ratelimit-*` and `retry-after`, errors as `{"id", "message", "request_id"}`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -81,6 +84,8 @@ struct FAction {
 
 struct Inner {
     cfg: CloudConfig,
+    /// DigitalOcean tags that exist (made by `POST /tags` or by a droplet created with them).
+    tag_names: std::collections::BTreeSet<String>,
     servers: BTreeMap<i64, FServer>,
     actions: HashMap<i64, FAction>,
     next_id: i64,
@@ -122,6 +127,7 @@ impl Cloud {
         let (cap, rate) = cfg.limit;
         let inner = Arc::new(Mutex::new(Inner {
             cfg,
+            tag_names: std::collections::BTreeSet::new(),
             servers: BTreeMap::new(),
             actions: HashMap::new(),
             next_id: 1000,
@@ -187,6 +193,55 @@ impl Cloud {
                 },
             );
         }
+    }
+
+    /// A server made by hand in the provider's console (running, on `plan`), with `labels`
+    /// (Hetzner) or `tags` (DigitalOcean) of its own; its id.
+    pub fn seed_unowned(&self, plan: &str, labels: &[(&str, &str)], tags: &[&str]) -> String {
+        let mut s = self.inner.lock().unwrap();
+        let running = if s.cfg.flavor == Flavor::Hetzner {
+            "running"
+        } else {
+            "active"
+        };
+        let id = s.next_id;
+        s.next_id += 1;
+        for t in tags {
+            s.tag_names.insert((*t).to_owned());
+        }
+        s.servers.insert(
+            id,
+            FServer {
+                id,
+                name: format!("by-hand-{id}"),
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+                tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+                status: running.into(),
+                next: None,
+                plan: plan.into(),
+                busy: None,
+            },
+        );
+        id.to_string()
+    }
+
+    /// A server's labels, tags and status; `None` when it does not exist.
+    pub fn marks(&self, id: &str) -> Option<(BTreeMap<String, String>, Vec<String>, String)> {
+        let s = self.inner.lock().unwrap();
+        let srv = s.servers.get(&id.parse().ok()?)?;
+        Some((srv.labels.clone(), srv.tags.clone(), srv.status.clone()))
+    }
+
+    /// Deletes a server behind our back.
+    pub fn remove(&self, id: &str) {
+        self.inner
+            .lock()
+            .unwrap()
+            .servers
+            .remove(&id.parse().unwrap());
     }
 
     pub fn reset_ledger(&self) {
@@ -396,6 +451,7 @@ impl Inner {
                     answer(StatusCode::OK, json!({"server": s.h_server(srv)}))
                 }),
             (Flavor::Hetzner, Method::DELETE, ["v1", "servers", id]) => self.delete(id),
+            (Flavor::Hetzner, Method::PUT, ["v1", "servers", id]) => self.h_update(id, &body),
             (Flavor::Hetzner, Method::POST, ["v1", "servers", id, "actions", cmd]) => {
                 self.act(id, cmd, &body)
             }
@@ -418,6 +474,17 @@ impl Inner {
                 self.actions_of(id, "actions")
             }
             (Flavor::DigitalOcean, Method::GET, ["v2", "actions", id]) => self.action(id),
+            (Flavor::DigitalOcean, Method::POST, ["v2", "tags"]) => self.d_tag_create(&body),
+            (
+                Flavor::DigitalOcean,
+                Method::POST | Method::DELETE,
+                ["v2", "tags", tag, "resources"],
+            ) => {
+                let tag = percent_encoding::percent_decode_str(tag)
+                    .decode_utf8_lossy()
+                    .into_owned();
+                self.d_tag_resources(&tag, &body, *method == Method::POST)
+            }
             _ => self.error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
         };
         if a.delay.is_zero() {
@@ -589,6 +656,7 @@ impl Inner {
             }
         }
         let tags: Vec<String> = serde_json::from_value(body["tags"].clone()).unwrap_or_default();
+        self.tag_names.extend(tags.iter().cloned());
         let id = self.next_id;
         self.next_id += 1;
         self.record_create(
@@ -619,6 +687,103 @@ impl Inner {
             a.delay = d;
         }
         a
+    }
+
+    /// `PUT /servers/{id}`: the labels sent replace the server's whole set.
+    fn h_update(&mut self, id: &str, body: &Value) -> Answer {
+        let Some(id) = id
+            .parse::<i64>()
+            .ok()
+            .filter(|id| self.servers.contains_key(id))
+        else {
+            return self.error(StatusCode::NOT_FOUND, "not_found", "server not found");
+        };
+        if let Some(labels) = body.get("labels") {
+            let Ok(labels) = serde_json::from_value::<BTreeMap<String, String>>(labels.clone())
+            else {
+                return self.error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_input",
+                    "labels must map strings to strings",
+                );
+            };
+            let word = |s: &str, empty: bool| {
+                (empty || !s.is_empty())
+                    && s.len() <= 63
+                    && s.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            };
+            if labels
+                .iter()
+                .any(|(k, v)| !word(k, false) || !word(v, true))
+            {
+                return self.error(StatusCode::BAD_REQUEST, "invalid_input", "invalid label");
+            }
+            self.servers.get_mut(&id).unwrap().labels = labels;
+        }
+        if let Some(name) = body.get("name").and_then(Value::as_str) {
+            self.servers.get_mut(&id).unwrap().name = name.into();
+        }
+        answer(
+            StatusCode::OK,
+            json!({"server": self.h_server(&self.servers[&id])}),
+        )
+    }
+
+    fn d_tag_create(&mut self, body: &Value) -> Answer {
+        let name = body["name"].as_str().unwrap_or("");
+        let valid = !name.is_empty()
+            && name.len() <= 255
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-:".contains(c));
+        if !valid {
+            return self.error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unprocessable_entity",
+                "invalid tag name",
+            );
+        }
+        self.tag_names.insert(name.into());
+        answer(
+            StatusCode::CREATED,
+            json!({"tag": {"name": name, "resources": {"count": 0}}}),
+        )
+    }
+
+    fn d_tag_resources(&mut self, tag: &str, body: &Value, add: bool) -> Answer {
+        if !self.tag_names.contains(tag) {
+            return self.error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "The resource you were accessing could not be found.",
+            );
+        }
+        let resources = body["resources"].as_array().cloned().unwrap_or_default();
+        for r in &resources {
+            let id = r["resource_id"]
+                .as_str()
+                .and_then(|id| id.parse::<i64>().ok());
+            let (Some(id), Some("droplet")) = (id, r["resource_type"].as_str()) else {
+                return self.error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "unprocessable_entity",
+                    "resource_id must be a string id of a droplet",
+                );
+            };
+            let Some(srv) = self.servers.get_mut(&id) else {
+                return self.error(StatusCode::NOT_FOUND, "not_found", "droplet not found");
+            };
+            srv.tags.retain(|t| t != tag);
+            if add {
+                srv.tags.push(tag.to_owned());
+            }
+        }
+        Answer {
+            status: StatusCode::NO_CONTENT,
+            body: None,
+            delay: Duration::ZERO,
+        }
     }
 
     fn delete(&mut self, id: &str) -> Answer {

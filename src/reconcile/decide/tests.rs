@@ -659,3 +659,67 @@ fn a_resync_records_drift_from_desired_not_from_the_last_observation() {
         assert_eq!(got, want, "{says}");
     }
 }
+
+#[test]
+fn attached_servers_are_marked_unless_another_live_instance_has_them() {
+    let i = {
+        let mut i = instance(D::Active, O::Active);
+        i.claim_pending = true;
+        i
+    };
+    let cx = cx(&i, t0());
+    let mut unmarked = server(PowerState::Running);
+    unmarked.instance_id = None;
+    assert_eq!(
+        claimable(&cx, Ok(Some(unmarked.clone())), None, "100"),
+        None,
+        "an unmarked server is marked"
+    );
+    let mut stale = unmarked.clone();
+    stale.instance_id = Some(7);
+    assert_eq!(
+        claimable(&cx, Ok(Some(stale.clone())), None, "100"),
+        None,
+        "a dead instance's mark is replaced"
+    );
+    let d = claimable(&cx, Ok(Some(stale)), Some(7), "100").expect("refused");
+    assert_eq!(d.patch.observed_status, Some(O::Failed));
+    let reason = d.patch.status_reason.clone().flatten().unwrap_or_default();
+    assert!(reason.contains("instance 7, which is live"), "{reason}");
+    assert_eq!(d.next, Next::Idle);
+    let d = claimable(&cx, Ok(None), None, "100").expect("gone");
+    assert_eq!(d.patch.observed_status, Some(O::Lost));
+    let e = ProviderError::new(ErrorClass::Transient, "503");
+    let d = claimable(&cx, Err(e.clone()), None, "100").expect("error");
+    assert_eq!((d.result, d.patch.attempts), ("error", Some(1)));
+
+    let d = claimed(&cx, Ok(Accepted::default()), "100");
+    assert_eq!(d.patch.claim_pending, Some(false));
+    assert_eq!(d.next, Next::Now, "the next step follows at once");
+    let t = d.transition.expect("recorded");
+    assert_eq!((t.action, t.outcome), (A::Adopt, Out::Succeeded));
+    let d = claimed(&cx, Err(e), "100");
+    assert_eq!(
+        d.patch.claim_pending, None,
+        "still to be marked after an error"
+    );
+    assert!(matches!(d.next, Next::Backoff(1)));
+}
+
+#[test]
+fn an_attached_server_is_looked_at_before_it_carries_the_mark() {
+    let mut unmarked = server(PowerState::Off);
+    unmarked.instance_id = None;
+    for (claim_pending, expect) in [(true, O::Suspended), (false, O::Failed)] {
+        let mut i = instance(D::Active, O::Active);
+        i.claim_pending = claim_pending;
+        match looked(&cx(&i, t0()), A::Observe, Ok(Some(unmarked.clone())), "100") {
+            Look::Decided(d) => assert_eq!(
+                d.patch.observed_status,
+                Some(expect),
+                "a marked instance's server must carry its mark; an attached one need not yet"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+}
