@@ -976,3 +976,98 @@ async fn hetzner_imports_and_adopts_servers() {
 async fn digitalocean_imports_and_adopts_servers() {
     servers_are_imported_and_adopted(Flavor::DigitalOcean, "FAKE_DO_TOKEN_ATTACH").await;
 }
+
+/// An OVH server is imported observe-only: no order is given it meanwhile (the next order gets
+/// another server, the one after waits), nothing is sent to OVH for it; managed, it is
+/// allocated to its instance in the pool; terminated, it is wiped and goes to the waiting order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ovh_servers_are_imported_into_the_pool() {
+    let pool = ["ns1.fake.eu", "ns2.fake.eu"];
+    let fake = OvhFake::start(&pool, Duration::from_millis(300)).await;
+    std::env::set_var("FAKE_OVH_AK", fakes::ovh::APP_KEY);
+    std::env::set_var("FAKE_OVH_AS", fakes::ovh::APP_SECRET);
+    std::env::set_var("FAKE_OVH_CK", fakes::ovh::CONSUMER_KEY);
+    let catalog = format!(
+        "apiVersion: provisioner/v1
+kind: ProviderAccount
+id: ovh-i
+module: ovh
+endpoint: {}
+credentials: {{application_key_env: FAKE_OVH_AK, application_secret_env: FAKE_OVH_AS, consumer_key_env: FAKE_OVH_CK}}
+poll_seconds: 0.1
+timeout_seconds: 2
+pool:
+  - {{service_name: ns1.fake.eu, hardware: adv-1, location: gra}}
+  - {{service_name: ns2.fake.eu, hardware: adv-1, location: gra}}
+---
+",
+        fake.url
+    ) + &product("ded", "ovh-i", "gra", "debian12_64", "{hardware: [adv-1]}")
+        .replace("type: vps", "type: dedicated");
+    let s = Setup::new(&catalog).await;
+    let imported = s
+        .instances(&[
+            "import",
+            "--account",
+            "ovh-i",
+            "--server-id",
+            "ns1.fake.eu",
+            "--customer",
+            "legacy",
+            "--product",
+            "ded",
+            "--observe-only",
+        ])
+        .unwrap();
+    let x = imported["id"].as_i64().unwrap();
+    let b = s.order("ded", None).await;
+    s.wait_all(&[b], "active", |i| {
+        i.observed_status == ObservedStatus::Active
+    })
+    .await;
+    let ib = s.store.instance(b).await.unwrap().unwrap();
+    assert_eq!(
+        ib.provider_server_id.as_deref(),
+        Some("ns2.fake.eu"),
+        "the imported server is never given to an order"
+    );
+    let c = s.order("ded", None).await;
+    s.wait_all(&[c], "waiting for capacity", |i| {
+        i.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("no free server"))
+    })
+    .await;
+    assert!(
+        fake.installs().iter().all(|(sn, _)| sn != "ns1.fake.eu"),
+        "nothing sent to OVH for the imported server: {:?}",
+        fake.installs()
+    );
+
+    s.instances(&["manage", &x.to_string()]).unwrap();
+    s.running.as_ref().unwrap().wake.notify_one();
+    s.wait_all(&[x], "managed", |i| i.is_converged()).await;
+    let slot = s
+        .store
+        .pool_slot("ovh-i", x)
+        .await
+        .unwrap()
+        .expect("allocated");
+    assert_eq!(
+        (slot.service_name.as_str(), slot.state.as_str()),
+        ("ns1.fake.eu", "ready")
+    );
+
+    s.store
+        .set_desired(x, DesiredStatus::Terminated, None)
+        .await
+        .unwrap();
+    s.running.as_ref().unwrap().wake.notify_one();
+    s.wait_all(&[c], "active on the imported server, wiped", |i| {
+        i.observed_status == ObservedStatus::Active
+    })
+    .await;
+    let ic = s.store.instance(c).await.unwrap().unwrap();
+    assert_eq!(ic.provider_server_id.as_deref(), Some("ns1.fake.eu"));
+    s.stop().await;
+}

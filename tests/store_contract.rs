@@ -368,8 +368,24 @@ async fn attached_servers_belong_to_one_instance(db: &Db) {
     assert!(err.to_string().contains("billing_ref"), "{err}");
     assert_eq!(db.scalar("SELECT COUNT(*) FROM instances").await, before);
 
-    // Managed: observe-only no more; a second time is refused.
+    // Managed: observe-only no more; a second time is refused. A step in flight, planned
+    // while it was observe-only, is fenced off (its later next check would delay the change).
+    let in_flight = db.claim(imported.id, "w").await;
     let managed = db.store.manage(imported.id, "ops").await.unwrap();
+    let err = db
+        .store
+        .record(
+            &in_flight,
+            &ObservedPatch {
+                next_check: Some(NextCheck::After(Duration::from_secs(60))),
+                release_lease: true,
+                ..ObservedPatch::default()
+            },
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::LeaseLost { .. }), "{err}");
     assert!(!managed.observe_only && managed.claim_pending);
     assert!(!managed.is_converged(), "its server is still to be marked");
     let err = db.store.manage(imported.id, "ops").await.unwrap_err();

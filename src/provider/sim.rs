@@ -272,11 +272,18 @@ impl Provider for SimCloud {
         // Look again after half the quickest simulated action; the pace stays steady.
         let quickest = self.settings.boot_seconds.min(self.settings.action_seconds);
         let poll = Duration::from_secs_f64((quickest / 2.0).clamp(0.05, 2.0));
+        // A simulated shutdown always takes `action_seconds`: one still running after twenty
+        // times that was never sent (a crash between the intent and the call), and waiting
+        // longer than the default would only slow the demo down.
+        let graceful = Duration::from_secs_f64(
+            (self.settings.action_seconds * 20.0)
+                .clamp(5.0, super::DEFAULT_GRACEFUL_TIMEOUT.as_secs_f64()),
+        );
         Policy {
             poll,
             poll_max: poll,
             create_grace: Duration::ZERO,
-            graceful_timeout: Some(super::DEFAULT_GRACEFUL_TIMEOUT),
+            graceful_timeout: Some(graceful),
             stuck_timeout: Some(super::DEFAULT_STUCK_TIMEOUT),
             meters_requests: false,
             withdraws_creates: false,

@@ -215,6 +215,8 @@ pub fn quiet(cx: &Context<'_>, step: &Step) -> Option<Decision> {
         Step::Converged => Decision::new(
             ObservedPatch {
                 observed_generation: Some(cx.generation),
+                // A reason for waiting no longer holds (billing took its change back).
+                status_reason: i.status_reason.is_some().then_some(None),
                 ..ObservedPatch::default()
             },
             None,

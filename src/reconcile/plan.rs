@@ -184,14 +184,26 @@ fn implied_action(status: ObservedStatus) -> Option<Action> {
 /// An instance imported observe-only waits where any other would call a mutating API.
 pub fn plan(i: &Instance, product: &ProductCheck) -> Step {
     let step = plan_managed(i, product);
-    if i.observe_only && step.mutates() {
-        return Step::Wait(format!(
-            "observe-only (imported): the reconciler would {}; `provisioner instances manage {}` lets it act",
-            step.describe(),
-            i.id
-        ));
+    if !i.observe_only || !step.mutates() {
+        return step;
     }
-    step
+    // The mark is only the first call a managed instance would make: what billing's change
+    // needs is what the admin wants to read (and with nothing to change, it is converged).
+    let wanted = if step == Step::Claim {
+        let mut marked = i.clone();
+        marked.claim_pending = false;
+        plan_managed(&marked, product)
+    } else {
+        step
+    };
+    if !wanted.mutates() {
+        return wanted;
+    }
+    Step::Wait(format!(
+        "observe-only (imported): the reconciler would {}; `provisioner instances manage {}` lets it act",
+        wanted.describe(),
+        i.id
+    ))
 }
 
 fn plan_managed(i: &Instance, product: &ProductCheck) -> Step {
@@ -592,20 +604,20 @@ pub(crate) mod tests {
                 |s| *s == Step::Claim,
             ),
             (
-                "Observe-only: not even the mark is sent; the reason says how to let it act.",
+                "Observe-only: not even the mark is sent; the reason says what billing's change needs and how to let it act.",
                 D::Suspended,
                 O::Active,
                 true,
                 None,
-                |s| matches!(s, Step::Wait(r) if r.contains("observe-only") && r.contains("instances manage 7")),
+                |s| matches!(s, Step::Wait(r) if r.contains("observe-only") && r.contains("power off") && r.contains("instances manage 7")),
             ),
             (
-                "Observe-only and as billing wants it: waits without a reason to act.",
+                "Observe-only and as billing wants it: converged, unmarked.",
                 D::Active,
                 O::Active,
                 true,
                 None,
-                |s| matches!(s, Step::Wait(r) if r.contains("mark the server")),
+                |s| *s == Step::Converged,
             ),
             (
                 "An action in flight is followed first.",

@@ -224,7 +224,9 @@ impl SqlStore {
     }
 
     /// Lets the reconciler act on an instance imported observe-only: from now on it is
-    /// managed like any other (its server is marked as ours first).
+    /// managed like any other (its server is marked as ours first). A step in flight, planned
+    /// while the instance was observe-only, is fenced off: its writes (a later next check)
+    /// would otherwise delay the change.
     ///
     /// # Errors
     /// [`StoreError::Rejected`] when the instance is not observe-only.
@@ -246,7 +248,8 @@ impl SqlStore {
             .row(
                 "UPDATE instances
                     SET observe_only = $2, status_reason = NULL, next_check_at = {now},
-                        updated_at = {now}
+                        lease_owner = NULL, lease_expires_at = NULL,
+                        lease_epoch = lease_epoch + 1, updated_at = {now}
                   WHERE id = $1 RETURNING *",
                 vec![Arg::Int(id), Arg::Bool(false)],
             )

@@ -723,3 +723,17 @@ fn an_attached_server_is_looked_at_before_it_carries_the_mark() {
         }
     }
 }
+
+#[test]
+fn a_converged_instance_drops_a_reason_that_no_longer_holds() {
+    let mut i = instance(D::Active, O::Active);
+    i.status_reason = Some("observe-only (imported): the reconciler would power off".into());
+    let d = quiet(&cx(&i, t0()), &Step::Converged).expect("calls nothing");
+    assert_eq!(d.patch.status_reason, Some(None));
+    i.status_reason = None;
+    let d = quiet(&cx(&i, t0()), &Step::Converged).expect("calls nothing");
+    assert_eq!(
+        d.patch.status_reason, None,
+        "nothing to clear: nothing written"
+    );
+}
