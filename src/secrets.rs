@@ -384,6 +384,29 @@ fn write_new_key_file(path: &Path) -> Result<(), SecretError> {
     file.sync_all().map_err(fail)
 }
 
+/// A new API token (`pvt_` and 43 characters of base64url over 32 random bytes) and the
+/// SHA-256 kept of it.
+pub fn new_api_token() -> (SecretString, String) {
+    use base64::Engine as _;
+    let bytes = XChaCha20Poly1305::generate_key(&mut OsRng);
+    let token = format!(
+        "pvt_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    );
+    let hash = api_token_hash(&token);
+    (SecretString::new(token), hash)
+}
+
+/// The SHA-256 (hex) under which an API token is stored and looked up. Tokens carry 256
+/// random bits, so a fast hash is enough: nothing is left to guess.
+pub fn api_token_hash(token: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -50,7 +50,7 @@ fn every_command_lists_the_environment_it_reads() {
     let reads_database = |c: &[String]| {
         matches!(
             c[0].as_str(),
-            "run" | "migrate" | "plan" | "tasks" | "instances" | "orphans"
+            "run" | "migrate" | "plan" | "tasks" | "instances" | "orphans" | "tokens"
         )
     };
     let reads_key = |c: &[String]| {

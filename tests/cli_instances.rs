@@ -577,3 +577,61 @@ fn plan_changes_reinstalls_and_imports_from_the_command_line() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(String::from_utf8_lossy(&o.stdout), "no orphan servers\n");
 }
+
+#[test]
+fn api_tokens_are_shown_once_listed_without_their_value_and_revoked() {
+    let dir = setup();
+    let d = dir.path();
+    let made = json(&provisioner(
+        d,
+        &[
+            "tokens", "create", "whmcs", "--scope", "billing", "--by", "ops", "--format", "json",
+        ],
+    ));
+    let token = made["token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("pvt_") && token.len() == 47, "{token}");
+    assert_eq!(made["scope"], "billing");
+    let listed = provisioner(d, &["tokens", "list"]);
+    let text = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(
+        text.contains("whmcs") && text.contains("billing") && text.contains("ops"),
+        "{text}"
+    );
+    assert!(!text.contains(&token), "the value is never shown again");
+    let db = std::fs::read(d.join("provisioner.db")).unwrap();
+    assert!(
+        !db.windows(token.len()).any(|w| w == token.as_bytes()),
+        "only a hash of the token is stored"
+    );
+    for (args, says) in [
+        (
+            vec!["tokens", "create", "whmcs", "--scope", "read"],
+            "exists already",
+        ),
+        (
+            vec!["tokens", "create", "Billing Panel", "--scope", "read"],
+            "not a word",
+        ),
+        (
+            vec!["tokens", "create", "x", "--scope", "root"],
+            "unknown scope `root`",
+        ),
+        (
+            vec!["tokens", "revoke", "nobody"],
+            "no live token named `nobody`",
+        ),
+    ] {
+        let o = provisioner(d, &args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{args:?}: {}", stderr(&o));
+    }
+    let revoked = json(&provisioner(
+        d,
+        &["tokens", "revoke", "whmcs", "--format", "json"],
+    ));
+    assert_eq!(revoked["revoked"], true);
+    let listed = json(&provisioner(d, &["tokens", "list", "--format", "json"]));
+    assert!(listed[0]["revoked_at"].is_string(), "{listed}");
+    let o = provisioner(d, &["tokens", "revoke", "whmcs"]);
+    assert_eq!(o.status.code(), Some(1), "revoked once");
+}

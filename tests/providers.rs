@@ -4,6 +4,7 @@
 //! answered after the client's timeout). Zero duplicates, zero servers left, every step in the
 //! transition log.
 
+mod common;
 mod fakes;
 
 use std::time::{Duration, Instant};
@@ -11,8 +12,7 @@ use std::time::{Duration, Instant};
 use fakes::cloud::{Cloud, CloudConfig, Flavor};
 use fakes::ovh::OvhFake;
 use fakes::Faults;
-use provisioner::catalog::watch::WatchOptions;
-use provisioner::reconcile::daemon::{start, DaemonConfig, Running};
+use provisioner::reconcile::daemon::{start, Running};
 use provisioner::store::{DesiredStatus, Instance, NewInstance, ObservedStatus, SqlStore, Store};
 use tokio_util::sync::CancellationToken;
 
@@ -48,19 +48,9 @@ impl Setup {
         std::fs::create_dir(&cat).unwrap();
         std::fs::write(cat.join("c.yaml"), catalog).unwrap();
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        let mut config = DaemonConfig::new(&url, cat.clone());
+        let mut config = common::quick_daemon(&url, cat.clone(), "test");
         config.workers = 16;
-        config.idle_poll = Duration::from_millis(20);
         config.resync_interval = Duration::from_millis(500);
-        config.owner = "test".into();
-        config.timing.waiting = Duration::from_millis(300);
-        config.timing.backoff_base = Duration::from_millis(100);
-        config.timing.backoff_cap = Duration::from_secs(1);
-        config.catalog_watch = WatchOptions {
-            debounce: Duration::from_millis(50),
-            rescan_interval: Duration::from_secs(5),
-            watch_events: false,
-        };
         let shutdown = CancellationToken::new();
         let running = start(config, shutdown.clone())
             .await

@@ -1520,7 +1520,10 @@ async fn billing_columns_are_typed_and_counters_bounded(db: &Db) {
 
 async fn migrations_are_idempotent(db: &Db) {
     assert!(db.store.migrate().await.unwrap().is_empty());
-    assert_eq!(db.scalar("SELECT COUNT(*) FROM schema_migrations").await, 9);
+    assert_eq!(
+        db.scalar("SELECT COUNT(*) FROM schema_migrations").await,
+        10
+    );
 }
 
 async fn missing_things_are_reported(db: &Db) {
@@ -1664,6 +1667,8 @@ async fn postgres_billing_role_holds_exactly_the_billing_columns() {
         "INSERT INTO product_revisions (product_id, revision, definition) VALUES ('p', 'r', '{}')".to_owned(),
         "UPDATE ovh_pool SET instance_id = NULL".to_owned(),
         "DELETE FROM schema_migrations".to_owned(),
+        "SELECT token_hash FROM api_tokens".to_owned(),
+        "INSERT INTO api_tokens (name, scope, token_hash, created_by) VALUES ('x', 'admin', 'h', 'me')".to_owned(),
     ];
     for sql in refused {
         let err = sqlx::raw_sql(&sql).execute(&billing).await.expect_err(&sql);
@@ -1761,6 +1766,7 @@ async fn sqlite_plain_clients_write_billing_columns_only() {
         ("INSERT INTO product_revisions (product_id, revision, definition, loaded_at) VALUES ('p', 'r', '{}', 'x')".into(), "provisioner_owns_product_revisions"),
         ("DELETE FROM schema_migrations".into(), "provisioner_owns_schema_migrations"),
         ("UPDATE ovh_pool SET instance_id = NULL".into(), "provisioner_owns_ovh_pool"),
+        ("INSERT INTO api_tokens (name, scope, token_hash, created_by) VALUES ('x', 'admin', 'h', 'me')".into(), "provisioner_owns_api_tokens"),
     ];
     for (sql, says) in refused {
         let err = run(sql.clone()).await.expect_err(&sql);

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use super::output;
 use super::{Format, InstancesCommand, EXIT_INVALID, EXIT_OK};
+use crate::api::instances::{actor, InstanceView, TransitionView};
 use crate::catalog;
 use crate::secrets::Keyring;
 use crate::store::{
@@ -544,50 +545,13 @@ fn or_dash(s: Option<&str>) -> &str {
 }
 
 /// An instance as JSON, the same document in every command.
+/// An instance as JSON: the API's view, and its root password when `--show-secrets` asked.
 pub(super) fn instance_json(i: &Instance, secret: Option<&str>) -> Value {
-    json!({
-        "id": i.id,
-        "customer_id": i.customer_id,
-        "order_id": i.order_id,
-        "billing_ref": i.billing_ref,
-        "product_id": i.product_id,
-        "location": i.location,
-        "os_image": i.os_image,
-        "hostname": i.hostname,
-        "desired_status": i.desired_status.as_str(),
-        "suspend_reason": i.suspend_reason,
-        "reboot_requested": i.reboot_requested,
-        "reinstall_requested": i.reinstall_requested,
-        "desired_generation": i.desired_generation,
-        "desired_changed_at": output::ts(i.desired_changed_at),
-        "observed_status": i.observed_status.as_str(),
-        "observed_generation": i.observed_generation,
-        "status_reason": i.status_reason,
-        "converged": i.is_converged(),
-        "provider_account": i.provider_account,
-        "provider_server_id": i.provider_server_id,
-        "ipv4": i.ipv4,
-        "ipv6": i.ipv6,
-        "product_revision": i.product_revision,
-        "reboot_handled": i.reboot_handled,
-        "reinstall_handled": i.reinstall_handled,
-        "applied_product_id": i.applied_product_id,
-        "observe_only": i.observe_only,
-        "claim_pending": i.claim_pending,
-        "credentials": i.credentials.as_ref().map(|c| json!({"sealed_with_key": c.key_id})),
-        "root_password": secret,
-        "last_error": i.last_error,
-        "attempts": i.attempts,
-        "pending_action": i.pending.as_ref().map(|p| p.action.as_str()),
-        "pending_action_id": i.pending.as_ref().and_then(|p| p.action_id.as_deref()),
-        "pending_hard": i.pending.as_ref().map(|p| p.hard),
-        "pending_since": output::ts_json(i.pending_since),
-        "next_check_at": output::ts_json(i.next_check_at),
-        "lease_owner": i.lease_owner,
-        "holds": i.holds,
-        "created_at": output::ts(i.created_at),
-        "updated_at": output::ts(i.updated_at),
-    })
+    let mut v = serde_json::to_value(InstanceView::from(i)).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut v {
+        map.insert("root_password".into(), json!(secret));
+    }
+    v
 }
 
 fn print_instance(
@@ -807,38 +771,8 @@ fn print_list(
     Ok(())
 }
 
-/// Who made a transition: billing (what it asked for and why), the admin named with `--by`
-/// or who completed a manual task, or the reconciler itself.
-fn actor(t: &Transition) -> String {
-    let detail = |k: &str| t.details.get(k).and_then(Value::as_str);
-    match t.cause.as_str() {
-        "desired_change" => match detail("reason") {
-            Some(r) => format!("billing ({r})"),
-            None => "billing".to_owned(),
-        },
-        "manual" => detail("completed_by")
-            .or(detail("by"))
-            .unwrap_or("admin")
-            .to_owned(),
-        _ => "reconciler".to_owned(),
-    }
-}
-
 fn transition_json(t: &Transition) -> Value {
-    json!({
-        "id": t.id,
-        "instance_id": t.instance_id,
-        "at": output::ts(t.at),
-        "from_status": t.from_status,
-        "to_status": t.to_status,
-        "action": t.action,
-        "cause": t.cause,
-        "outcome": t.outcome,
-        "actor": actor(t),
-        "error": t.error,
-        "details": t.details,
-        "product_revision": t.product_revision,
-    })
+    serde_json::to_value(TransitionView::from(t)).unwrap_or(Value::Null)
 }
 
 fn print_history(id: i64, history: &[Transition], format: Format) -> anyhow::Result<()> {

@@ -8,6 +8,7 @@ mod instances;
 pub mod output;
 mod service;
 mod tasks;
+mod tokens;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -287,6 +288,12 @@ pub enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// The HTTP API's tokens: made (printed once), listed, revoked.
+    #[command(
+        subcommand,
+        after_help = concat!("Environment:\n", env_database!(), env_logging!())
+    )]
+    Tokens(TokensCommand),
     /// Servers carrying our mark that no live instance has, per account (what the daemon
     /// counts as `provisioner_orphan_servers`), each with the command that imports it.
     #[command(after_help = concat!("Environment:\n", env_database!(), env_key!(), env_providers!(), env_logging!()))]
@@ -315,7 +322,7 @@ pub struct RunArgs {
     /// The catalog directory (hot-reloaded).
     #[arg(long, default_value = "catalog")]
     pub catalog: PathBuf,
-    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    /// Address of `/healthz`, `/readyz`, `/metrics` and the billing API (`/v1`).
     #[arg(long, default_value = "127.0.0.1:9464")]
     pub listen: std::net::SocketAddr,
     /// Most reconcile steps running at once.
@@ -337,6 +344,40 @@ pub struct RunArgs {
     /// abandoned (their intent is recorded; the next daemon resolves them).
     #[arg(long, default_value_t = 5.0)]
     pub drain_seconds: f64,
+}
+
+/// `provisioner tokens …`
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Make a token for the HTTP API; it is printed once (only its SHA-256 is kept).
+    Create {
+        /// Its name (lower-case letters, digits, `-`, `_`), shown in every record it makes.
+        name: String,
+        /// What it may do: read (read), billing (also order and change desired state), admin
+        /// (also credentials, tasks, recovery).
+        #[arg(long)]
+        scope: String,
+        /// Who makes it (default: $USER).
+        #[arg(long)]
+        by: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// List tokens (never their values).
+    List {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Revoke a token: it authenticates nothing from then on.
+    Revoke {
+        /// Its name.
+        name: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
 }
 
 /// `provisioner tasks …`
@@ -839,6 +880,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Man { dir } => man(dir.as_deref()),
         Command::Migrate { format } => block_on(instances::migrate(&cli.database_url, format)),
         Command::Instances(c) => block_on(instances::run(&cli.database_url, c)),
+        Command::Tokens(c) => block_on(tokens::run(&cli.database_url, c)),
         Command::Orphans {
             catalog,
             account,

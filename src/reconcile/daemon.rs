@@ -185,6 +185,10 @@ pub async fn start(config: DaemonConfig, shutdown: CancellationToken) -> anyhow:
                 listener,
                 metrics.clone(),
                 ready.clone(),
+                Some(api::V1 {
+                    store: store.clone(),
+                    catalog: catalog_rx.clone(),
+                }),
                 api::Limits::default(),
                 shutdown.clone(),
             ));

@@ -551,13 +551,14 @@ mod writer {
     ];
 
     /// The reconciler's other tables, guarded the same way for every write.
-    pub(super) const TABLES: [&str; 6] = [
+    pub(super) const TABLES: [&str; 7] = [
         "instance_transitions",
         "product_revisions",
         "manual_tasks",
         "ovh_pool",
         "sim_servers",
         "schema_migrations",
+        "api_tokens",
     ];
 
     unsafe extern "C" fn allowed(
@@ -897,6 +898,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "imported and adopted servers",
         include_str!("../../migrations/sqlite/0009_imported_servers.sql"),
     ),
+    (
+        10,
+        "API tokens",
+        include_str!("../../migrations/sqlite/0010_api_tokens.sql"),
+    ),
 ];
 
 /// The billing role and its grants, applied after the migrations by every migrate.
@@ -948,6 +954,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "imported and adopted servers",
         include_str!("../../migrations/postgres/0009_imported_servers.sql"),
     ),
+    (
+        10,
+        "API tokens",
+        include_str!("../../migrations/postgres/0010_api_tokens.sql"),
+    ),
 ];
 
 #[cfg(test)]
@@ -960,7 +971,8 @@ mod tests {
             include_str!("../../migrations/sqlite/0006_billing_boundary.sql"),
             include_str!("../../migrations/sqlite/0007_holds_and_refs.sql"),
             include_str!("../../migrations/sqlite/0008_plan_changes_and_reinstalls.sql"),
-            include_str!("../../migrations/sqlite/0009_imported_servers.sql")
+            include_str!("../../migrations/sqlite/0009_imported_servers.sql"),
+            include_str!("../../migrations/sqlite/0010_api_tokens.sql")
         );
         for column in writer::OWNED {
             assert!(

@@ -17,6 +17,7 @@ mod lifecycle;
 pub mod model;
 pub mod pool;
 pub mod sim;
+mod tokens;
 
 use std::future::Future;
 
@@ -26,6 +27,7 @@ pub use attach::{adoptable, Attached, Holdings};
 pub use connect::ConnectOptions;
 pub use engine::{redact_url, Engine};
 pub use model::*;
+pub use tokens::{ApiToken, Scope};
 
 use crate::catalog::revision::normalized;
 use crate::catalog::Catalog;
@@ -586,6 +588,25 @@ async fn reread(tx: &mut Tx, updated: &Row) -> Result<Instance> {
     instance_from(&row)
 }
 
+/// The servers of product `$1` that count against its stock, instance `$2` left out: every
+/// instance that has or is getting a server.
+const STOCK_USED: &str = "SELECT COUNT(*) AS n FROM instances
+                            WHERE product_id = $1 AND id <> $2
+                              AND observed_status NOT IN ('pending', 'terminated', 'lost', 'failed')";
+
+impl SqlStore {
+    /// How many servers of `product_id` count against its stock now.
+    ///
+    /// # Errors
+    /// When the database cannot be read.
+    pub async fn stock_used(&self, product_id: &str) -> Result<i64> {
+        let mut tx = self.pool.read().await?;
+        tx.row(STOCK_USED, vec![product_id.into(), Arg::Int(0)])
+            .await?
+            .map_or(Ok(0), |r| r.int("n"))
+    }
+}
+
 /// `WHERE` clause fencing a write by its lease: `$1` id, `$2` owner, `$3` epoch.
 const FENCE: &str = "id = $1 AND lease_owner = $2 AND lease_epoch = $3";
 
@@ -1049,9 +1070,7 @@ impl Store for SqlStore {
             }
             let used = tx
                 .row(
-                    "SELECT COUNT(*) AS n FROM instances
-                      WHERE product_id = $1 AND id <> $2
-                        AND observed_status NOT IN ('pending', 'terminated', 'lost', 'failed')",
+                    STOCK_USED,
                     vec![product_id.as_str().into(), Arg::Int(lease.instance_id)],
                 )
                 .await?

@@ -145,3 +145,25 @@ pub async fn fresh_postgres_url() -> Option<String> {
     admin.close().await;
     Some(with_database(&admin_url, &name))
 }
+
+/// A daemon configuration for in-process tests: `catalog` watched without file events, work
+/// looked for every 20 ms, waits and retries in fractions of a second, named `owner`.
+pub fn quick_daemon(
+    url: &str,
+    catalog: std::path::PathBuf,
+    owner: &str,
+) -> provisioner::reconcile::daemon::DaemonConfig {
+    use std::time::Duration;
+    let mut config = provisioner::reconcile::daemon::DaemonConfig::new(url, catalog);
+    config.idle_poll = Duration::from_millis(20);
+    config.owner = owner.into();
+    config.timing.waiting = Duration::from_millis(300);
+    config.timing.backoff_base = Duration::from_millis(100);
+    config.timing.backoff_cap = Duration::from_secs(1);
+    config.catalog_watch = provisioner::catalog::watch::WatchOptions {
+        debounce: Duration::from_millis(50),
+        rescan_interval: Duration::from_secs(5),
+        watch_events: false,
+    };
+    config
+}

@@ -1,5 +1,13 @@
 //! The daemon's HTTP endpoints: `/healthz` (the process is alive), `/readyz` (it can reach
-//! its database) and `/metrics` (Prometheus). The billing HTTP API will live here too.
+//! its database), `/metrics` (Prometheus), and the billing API under `/v1` (a file per
+//! resource). The API sits above the store and the catalog and calls the same store verbs the
+//! CLI calls; nothing below imports it.
+
+pub mod auth;
+pub mod instances;
+pub mod openapi;
+pub mod problem;
+pub mod products;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,7 +20,23 @@ use axum::Router;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::catalog::Catalog;
 use crate::metrics::Metrics;
+use crate::store::SqlStore;
+
+/// What the `/v1` routes work with.
+#[derive(Clone)]
+pub struct V1 {
+    /// The store, as the CLI uses it.
+    pub store: SqlStore,
+    /// The catalog the daemon runs (hot-reloaded).
+    pub catalog: tokio::sync::watch::Receiver<Arc<Catalog>>,
+}
+
+/// Requests to `/v1` carry at most this much body.
+pub const MAX_BODY: usize = 64 * 1024;
+/// A `/v1` request that takes longer is answered 408 (its database work is abandoned).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What `/readyz` reports.
 #[derive(Debug, Default)]
@@ -78,13 +102,36 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// The router of the daemon's endpoints.
-pub fn router(metrics: Arc<Metrics>, ready: Arc<Readiness>) -> Router {
-    Router::new()
+/// The router of the daemon's endpoints; `/v1` only with `v1`.
+pub fn router(metrics: Arc<Metrics>, ready: Arc<Readiness>, v1: Option<V1>) -> Router {
+    let base = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(self::metrics))
-        .with_state(AppState { metrics, ready })
+        .with_state(AppState { metrics, ready });
+    let Some(v1) = v1 else { return base };
+    let api = Router::new()
+        .route("/v1/openapi.json", get(openapi::serve))
+        .route("/v1/products", get(products::list))
+        .route("/v1/products/{id}", get(products::get_one))
+        .route("/v1/instances", get(instances::list))
+        .route("/v1/instances/{id}", get(instances::get_one))
+        .route("/v1/instances/{id}/history", get(instances::history))
+        .fallback(no_such_route)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .with_state(v1);
+    base.merge(api)
+}
+
+async fn no_such_route(uri: axum::http::Uri) -> problem::Problem {
+    problem::Problem::not_found(
+        "no_such_route",
+        format!("no route `{}`: see /v1/openapi.json", uri.path()),
+    )
 }
 
 /// Bounds on the daemon's listener, so that slow or half-open clients cannot hold it.
@@ -107,15 +154,15 @@ impl Default for Limits {
 }
 
 /// Serves the endpoints on `listener` until `shutdown` is cancelled, within `limits`.
-/// (The endpoints read no request body.)
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     ready: Arc<Readiness>,
+    v1: Option<V1>,
     limits: Limits,
     shutdown: CancellationToken,
 ) {
-    let app = router(metrics, ready);
+    let app = router(metrics, ready, v1);
     let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     loop {
         let permit = tokio::select! {
@@ -175,6 +222,7 @@ mod tests {
             listener,
             Arc::new(Metrics::default()),
             Arc::new(Readiness::default()),
+            None,
             limits,
             shutdown.clone(),
         ));

@@ -1,0 +1,48 @@
+//! `GET /v1/openapi.json`: the OpenAPI 3.1 document, derived from the handlers and their types
+//! (never kept by hand), served without authentication.
+
+use axum::Json;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+struct Bearer;
+
+impl Modify for Bearer {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// The document.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "provisioner",
+        description = "The billing front door: products, instances and their history. Tokens come from `provisioner tokens create NAME --scope read|billing|admin`; errors are RFC 9457 problem details with a stable `code`."
+    ),
+    paths(
+        super::products::list,
+        super::products::get_one,
+        super::instances::list,
+        super::instances::get_one,
+        super::instances::history,
+    ),
+    components(schemas(super::problem::Problem)),
+    modifiers(&Bearer),
+    tags(
+        (name = "products", description = "The catalog as customers may order it"),
+        (name = "instances", description = "Customers' servers: what billing wants, what is"),
+    )
+)]
+pub struct Document;
+
+/// The document as JSON.
+pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
+    let mut doc = Document::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    Json(doc)
+}

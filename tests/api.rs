@@ -1,0 +1,346 @@
+//! The billing API through real HTTP against a running daemon, on SQLite and PostgreSQL:
+//! tokens and scopes, problem details, products, instances with filters and pages, history,
+//! and the OpenAPI document describing what the tests receive.
+
+mod common;
+
+use std::time::Duration;
+
+use provisioner::reconcile::daemon::{start, Running};
+use provisioner::store::{NewInstance, Scope, SqlStore, Store};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+const CATALOG: &str = "apiVersion: provisioner/v1
+kind: ProviderAccount
+id: sim-api
+module: sim
+simulation: {boot_seconds: 0.2, action_seconds: 0.1}
+---
+apiVersion: provisioner/v1
+kind: Product
+id: vps-s
+name: VPS S
+type: vps
+specs: {cpu_cores: 1, ram_gb: 0.5, storage_gb: 10}
+pricing: {currency: EUR, monthly: \"3.49\", setup_fee: \"1.00\"}
+locations: [sim-1, sim-2]
+os_images: [debian-12, ubuntu-24.04]
+stock: 10
+provisioning: {account: sim-api}
+";
+
+struct Api {
+    _dir: tempfile::TempDir,
+    running: Option<Running>,
+    shutdown: CancellationToken,
+    store: SqlStore,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    async fn start(url: Option<String>) -> Api {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = dir.path().join("catalog");
+        std::fs::create_dir(&cat).unwrap();
+        std::fs::write(cat.join("c.yaml"), CATALOG).unwrap();
+        let url =
+            url.unwrap_or_else(|| format!("sqlite://{}", dir.path().join("api.db").display()));
+        if url.starts_with("postgres") {
+            std::env::set_var(
+                "PROVISIONER_SECRET_KEY",
+                "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+            );
+        }
+        let mut config = common::quick_daemon(&url, cat, "api-test");
+        config.listen = Some("127.0.0.1:0".parse().unwrap());
+        let shutdown = CancellationToken::new();
+        let running = start(config, shutdown.clone())
+            .await
+            .expect("daemon starts");
+        let base = format!("http://{}", running.http.expect("listening"));
+        let store = running.store.clone();
+        Api {
+            _dir: dir,
+            running: Some(running),
+            shutdown,
+            store,
+            base,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn token(&self, name: &str, scope: Scope) -> String {
+        let (token, hash) = provisioner::secrets::new_api_token();
+        self.store
+            .create_token(name, scope, &hash, "test")
+            .await
+            .unwrap();
+        token.expose().to_owned()
+    }
+
+    /// GET `path` with `token`: status, content type, body.
+    async fn get(&self, path: &str, token: Option<&str>) -> (u16, String, Value) {
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let kind = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let body = resp.bytes().await.unwrap();
+        let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        (status, kind, json)
+    }
+
+    async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(r) = self.running.take() {
+            tokio::time::timeout(Duration::from_secs(30), r.wait())
+                .await
+                .expect("stops");
+        }
+    }
+}
+
+/// A problem body of `status` and `code`, as RFC 9457 shapes it.
+fn is_problem(got: &(u16, String, Value), status: u16, code: &str) {
+    let (s, kind, body) = got;
+    assert_eq!(*s, status, "{body}");
+    assert_eq!(kind, "application/problem+json", "{body}");
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["status"], status, "{body}");
+    assert_eq!(body["type"], format!("urn:provisioner:problem:{code}"));
+    assert!(
+        body["title"].is_string() && body["detail"].is_string(),
+        "{body}"
+    );
+}
+
+/// Every member of `value` is a property of the schema `name` of the document, and every
+/// required property is present: the document describes what the API sends.
+fn matches_schema(doc: &Value, name: &str, value: &Value) {
+    let schema = &doc["components"]["schemas"][name];
+    let properties = schema["properties"]
+        .as_object()
+        .unwrap_or_else(|| panic!("schema {name} in the document: {schema}"));
+    for key in value.as_object().unwrap().keys() {
+        assert!(
+            properties.contains_key(key),
+            "{name}.{key} is not in the document"
+        );
+    }
+    for required in schema["required"].as_array().into_iter().flatten() {
+        assert!(
+            value.get(required.as_str().unwrap()).is_some(),
+            "{name}.{required} is required but missing from {value}"
+        );
+    }
+}
+
+async fn the_front_door(url: Option<String>) {
+    let api = Api::start(url).await;
+    let read = api.token("dashboard", Scope::Read).await;
+
+    // The document is public and describes every route.
+    let (status, _, doc) = api.get("/v1/openapi.json", None).await;
+    assert_eq!(status, 200);
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
+    for path in [
+        "/v1/products",
+        "/v1/products/{id}",
+        "/v1/instances",
+        "/v1/instances/{id}",
+        "/v1/instances/{id}/history",
+    ] {
+        let route = &doc["paths"][path]["get"];
+        assert!(route.is_object(), "{path} is in the document");
+        assert!(
+            route["responses"]["401"].is_object(),
+            "{path} documents its 401"
+        );
+    }
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+
+    // No token, a wrong one, a revoked one: 401 with the challenge.
+    is_problem(&api.get("/v1/products", None).await, 401, "unauthorized");
+    is_problem(
+        &api.get("/v1/products", Some("pvt_nope")).await,
+        401,
+        "unauthorized",
+    );
+    let old = api.token("old", Scope::Admin).await;
+    assert_eq!(api.get("/v1/products", Some(&old)).await.0, 200);
+    assert!(api.store.revoke_token("old").await.unwrap());
+    is_problem(
+        &api.get("/v1/products", Some(&old)).await,
+        401,
+        "unauthorized",
+    );
+    let resp = api
+        .http
+        .get(format!("{}/v1/products", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers().get("www-authenticate").unwrap(),
+        "Bearer realm=\"provisioner\""
+    );
+
+    // Products as customers may order them; stock left counts live servers.
+    let (status, _, products) = api.get("/v1/products", Some(&read)).await;
+    assert_eq!(status, 200);
+    let p = &products[0];
+    matches_schema(&doc, "ProductView", p);
+    assert_eq!(p["id"], "vps-s");
+    assert_eq!(p["specs"]["ram_gb"], "0.5");
+    assert_eq!(p["pricing"]["monthly"], "3.49");
+    assert_eq!(
+        p["os_images"],
+        serde_json::json!(["debian-12", "ubuntu-24.04"])
+    );
+    assert_eq!(
+        (p["stock"].as_i64(), p["stock_left"].as_i64()),
+        (Some(10), Some(10))
+    );
+    assert!(
+        p.get("provisioning").is_none(),
+        "how it is provisioned is not shown"
+    );
+    is_problem(
+        &api.get("/v1/products/nope", Some(&read)).await,
+        404,
+        "unknown_product",
+    );
+
+    // Instances: filters, pages, one, its history.
+    let mut ids = Vec::new();
+    for k in 0..7 {
+        let i = api
+            .store
+            .create_instance(&NewInstance {
+                customer_id: format!("cust-{}", k % 2),
+                product_id: "vps-s".into(),
+                billing_ref: Some(format!("whmcs-{k}")),
+                ..NewInstance::default()
+            })
+            .await
+            .unwrap();
+        ids.push(i.id);
+    }
+    let mut seen = Vec::new();
+    let mut path = "/v1/instances?limit=3".to_owned();
+    loop {
+        let (status, _, page) = api.get(&path, Some(&read)).await;
+        assert_eq!(status, 200, "{page}");
+        matches_schema(&doc, "InstancePage", &page);
+        for i in page["instances"].as_array().unwrap() {
+            matches_schema(&doc, "InstanceView", i);
+            seen.push(i["id"].as_i64().unwrap());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => path = format!("/v1/instances?limit=3&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids, "every instance once, in order, across pages");
+    let (_, _, page) = api
+        .get("/v1/instances?customer_id=cust-1", Some(&read))
+        .await;
+    assert_eq!(page["instances"].as_array().unwrap().len(), 3);
+    let (_, _, page) = api
+        .get("/v1/instances?billing_ref=whmcs-4", Some(&read))
+        .await;
+    assert_eq!(page["instances"][0]["id"], ids[4]);
+    assert_eq!(page["instances"].as_array().unwrap().len(), 1);
+    for bad in [
+        "/v1/instances?status=sleeping",
+        "/v1/instances?desired_status=gone",
+        "/v1/instances?limit=0",
+        "/v1/instances?limit=many",
+    ] {
+        is_problem(&api.get(bad, Some(&read)).await, 400, "invalid_parameter");
+    }
+    is_problem(
+        &api.get("/v1/instances?cursor=xyz", Some(&read)).await,
+        400,
+        "invalid_cursor",
+    );
+    let (status, _, one) = api
+        .get(&format!("/v1/instances/{}", ids[0]), Some(&read))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(one["billing_ref"], "whmcs-0");
+    assert!(
+        one.get("root_password").is_none(),
+        "never a secret in a view"
+    );
+    is_problem(
+        &api.get("/v1/instances/999999", Some(&read)).await,
+        404,
+        "unknown_instance",
+    );
+    is_problem(
+        &api.get("/v1/instances/abc", Some(&read)).await,
+        404,
+        "unknown_instance",
+    );
+    is_problem(
+        &api.get("/v1/nothing", Some(&read)).await,
+        404,
+        "no_such_route",
+    );
+    // The daemon provisions them meanwhile: the history shows it, and the stock left shrinks.
+    let start = std::time::Instant::now();
+    loop {
+        let (_, _, h) = api
+            .get(&format!("/v1/instances/{}/history", ids[0]), Some(&read))
+            .await;
+        let done = h
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["action"] == "create" && t["outcome"] == "succeeded");
+        if done {
+            for t in h.as_array().unwrap() {
+                matches_schema(&doc, "TransitionView", t);
+            }
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "never provisioned: {h}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, _, p) = api.get("/v1/products/vps-s", Some(&read)).await;
+    assert!(p["stock_left"].as_i64().unwrap() < 10, "{p}");
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_front_door_on_sqlite() {
+    the_front_door(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_front_door_on_postgres() {
+    let Some(url) = common::fresh_postgres_url().await else {
+        return;
+    };
+    the_front_door(Some(url)).await;
+}
