@@ -99,6 +99,35 @@ impl Api {
         (status, kind, json)
     }
 
+    /// POST `body` to `path` with `token` and an optional idempotency key: status, headers,
+    /// body.
+    async fn post(
+        &self,
+        path: &str,
+        token: &str,
+        key: Option<&str>,
+        body: &str,
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+        if let Some(k) = key {
+            req = req.header("idempotency-key", format!("\"{k}\""));
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.bytes().await.unwrap();
+        (
+            status,
+            headers,
+            serde_json::from_slice(&body).unwrap_or(Value::Null),
+        )
+    }
+
     async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(r) = self.running.take() {
@@ -330,6 +359,300 @@ async fn the_front_door(url: Option<String>) {
     let (_, _, p) = api.get("/v1/products/vps-s", Some(&read)).await;
     assert!(p["stock_left"].as_i64().unwrap() < 10, "{p}");
     api.stop().await;
+}
+
+/// Billing's whole life of a server over HTTP: order (once per key and per `billing_ref`),
+/// suspend with a hold that billing's unsuspend does not lift, reboot, reinstall, change of
+/// product, credentials for the welcome e-mail (recorded), terminate; scopes and refusals.
+async fn billing_over_http(url: Option<String>) {
+    let api = Api::start(url).await;
+    let read = api.token("ro", Scope::Read).await;
+    let billing = api.token("whmcs", Scope::Billing).await;
+    let admin = api.token("ops", Scope::Admin).await;
+    let (_, _, doc) = api.get("/v1/openapi.json", None).await;
+    for (path, method) in [
+        ("/v1/instances", "post"),
+        ("/v1/instances/{id}/suspend", "post"),
+        ("/v1/instances/{id}/unsuspend", "post"),
+        ("/v1/instances/{id}/terminate", "post"),
+        ("/v1/instances/{id}/reboot", "post"),
+        ("/v1/instances/{id}/reinstall", "post"),
+        ("/v1/instances/{id}/change-product", "post"),
+        ("/v1/instances/{id}/credentials", "get"),
+    ] {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} is in the document"
+        );
+    }
+    let order = r#"{"customer_id": "cust-7", "product_id": "vps-s", "os_image": "ubuntu-24.04",
+                    "billing_ref": "whmcs-77", "ssh_keys": ["ssh-ed25519 AAAAC3Nz a@b"]}"#;
+
+    // A read token cannot order.
+    let (status, _, body) = api.post("/v1/instances", &read, None, order).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (403, Some("forbidden")),
+        "{body}"
+    );
+
+    // Ordered once; the retry with the same key gets the same answer, marked as replayed.
+    let (status, headers, created) = api
+        .post("/v1/instances", &billing, Some("k-1"), order)
+        .await;
+    assert_eq!(status, 201, "{created}");
+    matches_schema(&doc, "InstanceView", &created);
+    let id = created["id"].as_i64().unwrap();
+    assert_eq!(headers["location"], format!("/v1/instances/{id}"));
+    let (status, headers, again) = api
+        .post("/v1/instances", &billing, Some("k-1"), order)
+        .await;
+    assert_eq!((status, &again), (201, &created));
+    assert_eq!(headers["idempotent-replayed"], "true");
+    // The same key with another body is refused; the key of another token is its own.
+    let other = order.replace("cust-7", "cust-8");
+    let (status, _, body) = api
+        .post("/v1/instances", &billing, Some("k-1"), &other)
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("idempotency_key_reused")),
+        "{body}"
+    );
+    // A key whose first request is still running: 409.
+    let fingerprint = provisioner::secrets::api_token_hash(&format!("POST /v1/instances\n{other}"));
+    api.store
+        .begin_key("whmcs", "k-busy", &fingerprint)
+        .await
+        .unwrap();
+    let (status, _, body) = api
+        .post("/v1/instances", &billing, Some("k-busy"), &other)
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("idempotency_key_in_use")),
+        "{body}"
+    );
+    // The same order under a new key: its billing_ref is taken, and the answer says where.
+    let (status, headers, body) = api
+        .post("/v1/instances", &billing, Some("k-2"), order)
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("billing_ref_taken")),
+        "{body}"
+    );
+    assert_eq!(headers["location"], format!("/v1/instances/{id}"));
+    let (_, _, page) = api
+        .get("/v1/instances?customer_id=cust-7", Some(&read))
+        .await;
+    assert_eq!(
+        page["instances"].as_array().unwrap().len(),
+        1,
+        "one order, one instance"
+    );
+    for (bad, code) in [
+        (
+            r#"{"customer_id": "c", "product_id": "nope"}"#,
+            "unknown_product",
+        ),
+        (
+            r#"{"customer_id": "c", "product_id": "vps-s", "location": "mars"}"#,
+            "location_not_offered",
+        ),
+        (
+            r#"{"customer_id": "c", "product_id": "vps-s", "os_image": "dos-6"}"#,
+            "os_not_offered",
+        ),
+    ] {
+        let (status, _, body) = api.post("/v1/instances", &billing, None, bad).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (422, Some(code)),
+            "{bad}: {body}"
+        );
+    }
+    for bad in [
+        r#"{"customer_id": "c"}"#,
+        "not json",
+        r#"{"customer_id": "c", "product_id": "vps-s", "colour": "red"}"#,
+    ] {
+        let (status, _, body) = api.post("/v1/instances", &billing, None, bad).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (400, Some("invalid_body")),
+            "{bad}: {body}"
+        );
+    }
+    let (status, _, body) = api
+        .post("/v1/instances", &billing, None, &"x".repeat(100 * 1024))
+        .await;
+    assert_eq!(status, 413, "a body over the cap is refused: {body}");
+
+    // Wait for the server, then read its credentials as admin (not as billing).
+    let start = std::time::Instant::now();
+    loop {
+        let (_, _, i) = api.get(&format!("/v1/instances/{id}"), Some(&read)).await;
+        if i["observed_status"] == "active" {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "never active: {i}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let creds = format!("/v1/instances/{id}/credentials");
+    assert_eq!(api.get(&creds, Some(&billing)).await.0, 403);
+    let (status, _, c) = api.get(&creds, Some(&admin)).await;
+    assert_eq!(status, 200, "{c}");
+    assert!(
+        c["root_password"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("sim-")),
+        "{c}"
+    );
+    assert!(c["ipv4"].is_string(), "{c}");
+    let (_, _, h) = api
+        .get(&format!("/v1/instances/{id}/history"), Some(&read))
+        .await;
+    assert!(
+        h.as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["action"] == "reveal" && t["actor"] == "token:ops"),
+        "the read is in the history: {h}"
+    );
+
+    // An abuse hold outlives billing's unsuspend; lifting it lets the server run.
+    let path = |what: &str| format!("/v1/instances/{id}/{what}");
+    let (status, _, i) = api
+        .post(
+            &path("suspend"),
+            &billing,
+            None,
+            r#"{"hold": "abuse", "reason": "phishing"}"#,
+        )
+        .await;
+    assert_eq!(
+        (status, &i["holds"]),
+        (202, &serde_json::json!(["abuse"])),
+        "{i}"
+    );
+    let (status, _, i) = api.post(&path("unsuspend"), &billing, None, "").await;
+    assert_eq!(
+        (status, &i["desired_status"], &i["holds"]),
+        (202, &Value::from("active"), &serde_json::json!(["abuse"]))
+    );
+    let (status, _, body) = api
+        .post(&path("unsuspend"), &billing, None, r#"{"hold": "billing"}"#)
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("unknown_hold")),
+        "{body}"
+    );
+    let (status, _, i) = api
+        .post(&path("unsuspend"), &billing, None, r#"{"hold": "abuse"}"#)
+        .await;
+    assert_eq!((status, &i["holds"]), (202, &serde_json::json!([])));
+    let (status, _, body) = api
+        .post(&path("suspend"), &billing, None, r#"{"hold": "Two Words"}"#)
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("refused")),
+        "{body}"
+    );
+
+    // Reboot, reinstall, change of product: counters and product move; refusals say why.
+    let (_, _, i) = api.post(&path("reboot"), &billing, Some("r-1"), "").await;
+    assert_eq!(i["reboot_requested"], 1);
+    let (_, _, i) = api.post(&path("reboot"), &billing, Some("r-1"), "").await;
+    assert_eq!(i["reboot_requested"], 1, "a retried reboot is one reboot");
+    let (status, _, body) = api
+        .post(
+            &path("reinstall"),
+            &billing,
+            None,
+            r#"{"os_image": "dos-6"}"#,
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("os_not_offered")),
+        "{body}"
+    );
+    let (_, _, i) = api
+        .post(
+            &path("reinstall"),
+            &billing,
+            None,
+            r#"{"os_image": "debian-12"}"#,
+        )
+        .await;
+    assert_eq!(
+        (&i["reinstall_requested"], &i["os_image"]),
+        (&Value::from(1), &Value::from("debian-12"))
+    );
+    let (status, _, body) = api
+        .post(
+            &path("change-product"),
+            &billing,
+            None,
+            r#"{"product_id": "nope"}"#,
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("unknown_product")),
+        "{body}"
+    );
+    is_problem(
+        &(
+            404,
+            "application/problem+json".into(),
+            api.post("/v1/instances/999999/reboot", &billing, None, "")
+                .await
+                .2,
+        ),
+        404,
+        "unknown_instance",
+    );
+
+    // Terminated: final.
+    let (status, _, i) = api
+        .post(
+            &path("terminate"),
+            &billing,
+            None,
+            r#"{"reason": "cancelled"}"#,
+        )
+        .await;
+    assert_eq!(
+        (status, &i["desired_status"]),
+        (202, &Value::from("terminated"))
+    );
+    let (status, _, body) = api.post(&path("reboot"), &billing, None, "").await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("instance_terminated")),
+        "{body}"
+    );
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn billing_over_http_on_sqlite() {
+    billing_over_http(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn billing_over_http_on_postgres() {
+    let Some(url) = common::fresh_postgres_url().await else {
+        return;
+    };
+    billing_over_http(Some(url)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

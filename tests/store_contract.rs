@@ -1522,7 +1522,7 @@ async fn migrations_are_idempotent(db: &Db) {
     assert!(db.store.migrate().await.unwrap().is_empty());
     assert_eq!(
         db.scalar("SELECT COUNT(*) FROM schema_migrations").await,
-        10
+        11
     );
 }
 
@@ -1668,6 +1668,7 @@ async fn postgres_billing_role_holds_exactly_the_billing_columns() {
         "UPDATE ovh_pool SET instance_id = NULL".to_owned(),
         "DELETE FROM schema_migrations".to_owned(),
         "SELECT token_hash FROM api_tokens".to_owned(),
+        "SELECT response FROM idempotency_keys".to_owned(),
         "INSERT INTO api_tokens (name, scope, token_hash, created_by) VALUES ('x', 'admin', 'h', 'me')".to_owned(),
     ];
     for sql in refused {
@@ -1767,6 +1768,7 @@ async fn sqlite_plain_clients_write_billing_columns_only() {
         ("DELETE FROM schema_migrations".into(), "provisioner_owns_schema_migrations"),
         ("UPDATE ovh_pool SET instance_id = NULL".into(), "provisioner_owns_ovh_pool"),
         ("INSERT INTO api_tokens (name, scope, token_hash, created_by) VALUES ('x', 'admin', 'h', 'me')".into(), "provisioner_owns_api_tokens"),
+        ("DELETE FROM idempotency_keys".into(), "provisioner_owns_idempotency_keys"),
     ];
     for (sql, says) in refused {
         let err = run(sql.clone()).await.expect_err(&sql);

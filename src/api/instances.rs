@@ -223,7 +223,7 @@ fn parse<T: std::str::FromStr>(
 }
 
 /// An instance id from a path: a positive integer, or 404 (no instance has any other id).
-fn instance_id(segment: &str) -> Result<i64, Problem> {
+pub(super) fn instance_id(segment: &str) -> Result<i64, Problem> {
     segment
         .parse::<i64>()
         .ok()

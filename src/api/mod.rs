@@ -4,8 +4,10 @@
 //! CLI calls; nothing below imports it.
 
 pub mod auth;
+pub mod idempotent;
 pub mod instances;
 pub mod openapi;
+pub mod orders;
 pub mod problem;
 pub mod products;
 
@@ -15,7 +17,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +33,8 @@ pub struct V1 {
     pub store: SqlStore,
     /// The catalog the daemon runs (hot-reloaded).
     pub catalog: tokio::sync::watch::Receiver<Arc<Catalog>>,
+    /// Opens sealed root passwords for the admin's credentials call.
+    pub keyring: Arc<crate::secrets::Keyring>,
 }
 
 /// Requests to `/v1` carry at most this much body.
@@ -114,9 +118,19 @@ pub fn router(metrics: Arc<Metrics>, ready: Arc<Readiness>, v1: Option<V1>) -> R
         .route("/v1/openapi.json", get(openapi::serve))
         .route("/v1/products", get(products::list))
         .route("/v1/products/{id}", get(products::get_one))
-        .route("/v1/instances", get(instances::list))
+        .route("/v1/instances", get(instances::list).post(orders::create))
         .route("/v1/instances/{id}", get(instances::get_one))
         .route("/v1/instances/{id}/history", get(instances::history))
+        .route("/v1/instances/{id}/credentials", get(orders::credentials))
+        .route("/v1/instances/{id}/suspend", post(orders::suspend))
+        .route("/v1/instances/{id}/unsuspend", post(orders::unsuspend))
+        .route("/v1/instances/{id}/terminate", post(orders::terminate))
+        .route("/v1/instances/{id}/reboot", post(orders::reboot))
+        .route("/v1/instances/{id}/reinstall", post(orders::reinstall))
+        .route(
+            "/v1/instances/{id}/change-product",
+            post(orders::change_product),
+        )
         .fallback(no_such_route)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(

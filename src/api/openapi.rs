@@ -22,7 +22,7 @@ impl Modify for Bearer {
 #[openapi(
     info(
         title = "provisioner",
-        description = "The billing front door: products, instances and their history. Tokens come from `provisioner tokens create NAME --scope read|billing|admin`; errors are RFC 9457 problem details with a stable `code`."
+        description = "The billing front door: products, orders, changes of desired state, instances and their history, credentials. Tokens come from `provisioner tokens create NAME --scope read|billing|admin`; errors are RFC 9457 problem details with a stable `code`."
     ),
     paths(
         super::products::list,
@@ -30,6 +30,14 @@ impl Modify for Bearer {
         super::instances::list,
         super::instances::get_one,
         super::instances::history,
+        super::orders::create,
+        super::orders::suspend,
+        super::orders::unsuspend,
+        super::orders::terminate,
+        super::orders::reboot,
+        super::orders::reinstall,
+        super::orders::change_product,
+        super::orders::credentials,
     ),
     components(schemas(super::problem::Problem)),
     modifiers(&Bearer),

@@ -15,24 +15,33 @@ pub struct Problem {
     #[serde(rename = "type")]
     pub kind: String,
     /// A short summary of the kind; the same for every occurrence.
-    pub title: String,
+    pub title: &'static str,
     /// The HTTP status.
     pub status: u16,
     /// What happened this time.
     pub detail: String,
     /// The stable machine code (`unauthorized`, `unknown_instance`, …).
-    pub code: String,
+    pub code: &'static str,
+    /// The resource that already exists (a duplicate `billing_ref`); also the `Location`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub existing: Option<String>,
 }
 
 impl Problem {
     /// A problem of `status`, `code` and `title`, saying `detail`.
-    pub fn new(status: StatusCode, code: &str, title: &str, detail: impl Into<String>) -> Problem {
+    pub fn new(
+        status: StatusCode,
+        code: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Problem {
         Problem {
             kind: format!("urn:provisioner:problem:{code}"),
-            title: title.to_owned(),
+            title,
             status: status.as_u16(),
             detail: detail.into(),
-            code: code.to_owned(),
+            code,
+            existing: None,
         }
     }
 
@@ -57,12 +66,12 @@ impl Problem {
     }
 
     /// A parameter, path segment or body member is wrong.
-    pub fn invalid(code: &str, detail: impl Into<String>) -> Problem {
+    pub fn invalid(code: &'static str, detail: impl Into<String>) -> Problem {
         Problem::new(StatusCode::BAD_REQUEST, code, "Invalid request", detail)
     }
 
     /// Nothing of that kind has that id.
-    pub fn not_found(code: &str, detail: impl Into<String>) -> Problem {
+    pub fn not_found(code: &'static str, detail: impl Into<String>) -> Problem {
         Problem::new(StatusCode::NOT_FOUND, code, "Not found", detail)
     }
 
@@ -85,7 +94,7 @@ impl From<StoreError> for Problem {
                 Problem::not_found("unknown_instance", format!("instance {id} does not exist"))
             }
             StoreError::Rejected(reason) => Problem::new(
-                StatusCode::CONFLICT,
+                StatusCode::UNPROCESSABLE_ENTITY,
                 "refused",
                 "Refused by the billing contract",
                 reason,
@@ -99,8 +108,12 @@ impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let unauthorized = status == StatusCode::UNAUTHORIZED;
+        let existing = self.existing.clone();
         let mut response = (status, axum::Json(self)).into_response();
         let headers = response.headers_mut();
+        if let Some(l) = existing.and_then(|l| HeaderValue::from_str(&l).ok()) {
+            headers.insert(header::LOCATION, l);
+        }
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),

@@ -25,9 +25,9 @@ use std::path::Path;
 
 pub use diag::{Diagnostic, Severity};
 pub use model::{
-    AccountSettings, Catalog, Credential, GitInfo, Module, Origin, OsImage, PoolServer, Pricing,
-    Product, ProductConfig, ProductType, ProviderAccount, Provisioning, RateLimit, Revision,
-    SimSettings, SourceInfo, Specs, StorageType,
+    AccountSettings, Catalog, Credential, GitInfo, Module, OrderRefusal, Origin, OsImage,
+    PoolServer, Pricing, Product, ProductConfig, ProductType, ProviderAccount, Provisioning,
+    RateLimit, Revision, SimSettings, SourceInfo, Specs, StorageType,
 };
 pub use parse::{SourceFile, API_VERSION};
 pub use source::SourceError;

@@ -407,4 +407,71 @@ impl Catalog {
     pub fn account_of(&self, product: &Product) -> Option<&ProviderAccount> {
         self.accounts.get(&product.provisioning.account)
     }
+
+    /// Checks an order (or a change to it) against the catalog, as a person typing it would
+    /// want: the product exists and is sold, and offers the location and OS asked for.
+    ///
+    /// # Errors
+    /// Why not, as an [`OrderRefusal`].
+    pub fn check_order(
+        &self,
+        product: &str,
+        location: Option<&str>,
+        os: Option<&str>,
+    ) -> Result<&Product, OrderRefusal> {
+        let Some(p) = self.product(product) else {
+            let known: Vec<&str> = self.products.keys().map(String::as_str).collect();
+            return Err(OrderRefusal::UnknownProduct(format!(
+                "unknown product `{product}`; known products: {}",
+                known.join(", ")
+            )));
+        };
+        if !p.active {
+            return Err(OrderRefusal::Inactive(format!(
+                "product `{product}` is not active: it is not sold any more"
+            )));
+        }
+        if let Some(l) = location.filter(|l| !p.locations.iter().any(|x| x == l)) {
+            return Err(OrderRefusal::Location(format!(
+                "product `{product}` is not sold in `{l}`; its locations: {}",
+                p.locations.join(", ")
+            )));
+        }
+        if let Some(o) = os.filter(|o| p.os_image(o).is_none()) {
+            return Err(OrderRefusal::Os(format!(
+                "product `{product}` does not offer `{o}`; its OS images: {}",
+                p.os_names().join(", ")
+            )));
+        }
+        Ok(p)
+    }
+}
+
+/// Why the catalog refuses an order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OrderRefusal {
+    /// No such product.
+    #[error("{0}")]
+    UnknownProduct(String),
+    /// The product is not sold any more.
+    #[error("{0}")]
+    Inactive(String),
+    /// The location is not offered.
+    #[error("{0}")]
+    Location(String),
+    /// The OS is not offered.
+    #[error("{0}")]
+    Os(String),
+}
+
+impl OrderRefusal {
+    /// A stable machine word for the refusal (the API's problem `code`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            OrderRefusal::UnknownProduct(_) => "unknown_product",
+            OrderRefusal::Inactive(_) => "product_inactive",
+            OrderRefusal::Location(_) => "location_not_offered",
+            OrderRefusal::Os(_) => "os_not_offered",
+        }
+    }
 }

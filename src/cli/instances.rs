@@ -490,7 +490,7 @@ async fn dispatch(
     }
 }
 
-/// Checks an order against the catalog, as a person typing it would want.
+/// Checks an order against the catalog in `dir`, as a person typing it would want.
 fn check_order(
     dir: &Path,
     product: &str,
@@ -499,36 +499,13 @@ fn check_order(
 ) -> Result<(), String> {
     let catalog = catalog::load(dir)
         .map_err(|e| format!("{e}\n(use --catalog DIR, or --no-catalog-check to insert anyway)"))?;
-    let Some(p) = catalog.product(product) else {
-        let known: Vec<&str> = catalog.products.keys().map(String::as_str).collect();
-        return Err(format!(
-            "unknown product `{product}` in catalog {}; known products: {}",
-            dir.display(),
-            known.join(", ")
-        ));
-    };
-    if !p.active {
-        return Err(format!(
-            "product `{product}` is not active: it is not sold any more"
-        ));
-    }
-    if let Some(l) = location {
-        if !p.locations.iter().any(|x| x == l) {
-            return Err(format!(
-                "product `{product}` is not sold in `{l}`; its locations: {}",
-                p.locations.join(", ")
-            ));
-        }
-    }
-    if let Some(o) = os {
-        if p.os_image(o).is_none() {
-            return Err(format!(
-                "product `{product}` does not offer `{o}`; its OS images: {}",
-                p.os_names().join(", ")
-            ));
-        }
-    }
-    Ok(())
+    catalog
+        .check_order(product, location, os)
+        .map(drop)
+        .map_err(|e| match e {
+            catalog::OrderRefusal::UnknownProduct(m) => format!("{m} (catalog {})", dir.display()),
+            other => other.to_string(),
+        })
 }
 
 /// The instance after a change: a line for people, or the instance as JSON.

@@ -188,6 +188,7 @@ pub async fn start(config: DaemonConfig, shutdown: CancellationToken) -> anyhow:
                 Some(api::V1 {
                     store: store.clone(),
                     catalog: catalog_rx.clone(),
+                    keyring: keyring.clone(),
                 }),
                 api::Limits::default(),
                 shutdown.clone(),

@@ -551,7 +551,7 @@ mod writer {
     ];
 
     /// The reconciler's other tables, guarded the same way for every write.
-    pub(super) const TABLES: [&str; 7] = [
+    pub(super) const TABLES: [&str; 8] = [
         "instance_transitions",
         "product_revisions",
         "manual_tasks",
@@ -559,6 +559,7 @@ mod writer {
         "sim_servers",
         "schema_migrations",
         "api_tokens",
+        "idempotency_keys",
     ];
 
     unsafe extern "C" fn allowed(
@@ -903,6 +904,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "API tokens",
         include_str!("../../migrations/sqlite/0010_api_tokens.sql"),
     ),
+    (
+        11,
+        "idempotency keys",
+        include_str!("../../migrations/sqlite/0011_idempotency_keys.sql"),
+    ),
 ];
 
 /// The billing role and its grants, applied after the migrations by every migrate.
@@ -959,6 +965,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "API tokens",
         include_str!("../../migrations/postgres/0010_api_tokens.sql"),
     ),
+    (
+        11,
+        "idempotency keys",
+        include_str!("../../migrations/postgres/0011_idempotency_keys.sql"),
+    ),
 ];
 
 #[cfg(test)]
@@ -972,7 +983,8 @@ mod tests {
             include_str!("../../migrations/sqlite/0007_holds_and_refs.sql"),
             include_str!("../../migrations/sqlite/0008_plan_changes_and_reinstalls.sql"),
             include_str!("../../migrations/sqlite/0009_imported_servers.sql"),
-            include_str!("../../migrations/sqlite/0010_api_tokens.sql")
+            include_str!("../../migrations/sqlite/0010_api_tokens.sql"),
+            include_str!("../../migrations/sqlite/0011_idempotency_keys.sql")
         );
         for column in writer::OWNED {
             assert!(

@@ -176,6 +176,26 @@ impl SqlStore {
         Ok(after)
     }
 
+    /// Records that `by` read the instance's credentials (a transition of its own, so that
+    /// every reading is in the history).
+    ///
+    /// # Errors
+    /// [`StoreError::InstanceNotFound`], or when the database cannot be written.
+    pub async fn record_reveal(&self, id: i64, by: &str) -> Result<()> {
+        let mut tx = self.pool.write().await?;
+        let Some(row) = tx
+            .row("SELECT * FROM instances WHERE id = $1", vec![Arg::Int(id)])
+            .await?
+        else {
+            return Err(StoreError::InstanceNotFound(id));
+        };
+        let i = instance_from(&row)?;
+        let t = NewTransition::new(Action::Reveal, Cause::Manual, Outcome::Succeeded);
+        commit_with(tx, i.observed_status, i.clone(), &t, i.product_revision, by)
+            .await
+            .map(drop)
+    }
+
     /// Moves an instance to `product` (billing's change of plan, as `UPDATE instances SET
     /// product_id = …` does).
     ///

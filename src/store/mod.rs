@@ -13,6 +13,7 @@
 mod attach;
 pub(crate) mod connect;
 pub(crate) mod engine;
+pub mod idempotency;
 mod lifecycle;
 pub mod model;
 pub mod pool;

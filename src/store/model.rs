@@ -94,6 +94,8 @@ vocabulary! {
         Import => "import",
         /// A person let the reconciler act on an instance imported observe-only.
         Manage => "manage",
+        /// Someone read the instance's root password (through the API).
+        Reveal => "reveal",
     }
 }
 
