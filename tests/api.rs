@@ -28,6 +28,22 @@ locations: [sim-1, sim-2]
 os_images: [debian-12, ubuntu-24.04]
 stock: 10
 provisioning: {account: sim-api}
+---
+apiVersion: provisioner/v1
+kind: ProviderAccount
+id: rack
+module: manual
+---
+apiVersion: provisioner/v1
+kind: Product
+id: box
+name: Box
+type: dedicated
+specs: {cpu_cores: 8, ram_gb: 64, storage_gb: 1000}
+pricing: {currency: EUR, monthly: \"99.00\"}
+locations: [dc-1]
+os_images: [debian-12]
+provisioning: {account: rack}
 ";
 
 struct Api {
@@ -233,7 +249,12 @@ async fn the_front_door(url: Option<String>) {
     // Products as customers may order them; stock left counts live servers.
     let (status, _, products) = api.get("/v1/products", Some(&read)).await;
     assert_eq!(status, 200);
-    let p = &products[0];
+    let p = products
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == "vps-s")
+        .expect("vps-s is listed");
     matches_schema(&doc, "ProductView", p);
     assert_eq!(p["id"], "vps-s");
     assert_eq!(p["specs"]["ram_gb"], "0.5");
@@ -640,6 +661,131 @@ async fn billing_over_http(url: Option<String>) {
         "{body}"
     );
     api.stop().await;
+}
+
+/// A dedicated server from the manual inbox, over HTTP: ordered, its provision task listed and
+/// completed by an admin (with the CLI's checks), the instance active with the password the
+/// admin recorded.
+async fn the_manual_inbox_over_http(url: Option<String>) {
+    let api = Api::start(url).await;
+    let billing = api.token("whmcs", Scope::Billing).await;
+    let admin = api.token("ops", Scope::Admin).await;
+    let (status, _, i) = api
+        .post(
+            "/v1/instances",
+            &billing,
+            None,
+            r#"{"customer_id": "c", "product_id": "box"}"#,
+        )
+        .await;
+    assert_eq!(status, 201, "{i}");
+    let id = i["id"].as_i64().unwrap();
+    let start = std::time::Instant::now();
+    let task = loop {
+        let (status, _, tasks) = api.get("/v1/tasks?state=open", Some(&admin)).await;
+        assert_eq!(status, 200, "{tasks}");
+        if let Some(t) = tasks
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["instance_id"] == id)
+        {
+            break t.clone();
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "no task opened");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        (&task["kind"], &task["state"]),
+        (&Value::from("provision"), &Value::from("open"))
+    );
+    let (_, _, doc) = api.get("/v1/openapi.json", None).await;
+    matches_schema(&doc, "TaskView", &task);
+    is_problem(
+        &(
+            400,
+            "application/problem+json".into(),
+            api.get("/v1/tasks?state=later", Some(&admin)).await.2,
+        ),
+        400,
+        "invalid_parameter",
+    );
+    let complete = format!("/v1/tasks/{}/complete", task["id"]);
+    let (status, _, body) = api
+        .post(&complete, &billing, None, r#"{"ip": "192.0.2.10"}"#)
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (403, Some("forbidden")),
+        "{body}"
+    );
+    for bad in [r#"{"ip": "300.1.2.3"}"#, r#"{"note": "racked"}"#] {
+        let (status, _, body) = api.post(&complete, &admin, None, bad).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (422, Some("invalid_completion")),
+            "{bad}: {body}"
+        );
+    }
+    let done = r#"{"ip": "192.0.2.10", "password": "hunter2-but-longer", "note": "rack 4"}"#;
+    let (status, _, t) = api.post(&complete, &admin, Some("c-1"), done).await;
+    assert_eq!(
+        (status, &t["state"], &t["has_password"]),
+        (200, &Value::from("done"), &Value::from(true)),
+        "{t}"
+    );
+    assert!(
+        !t.to_string().contains("hunter2"),
+        "the password is never shown: {t}"
+    );
+    let (status, headers, again) = api.post(&complete, &admin, Some("c-1"), done).await;
+    assert_eq!((status, &again), (200, &t));
+    assert_eq!(headers["idempotent-replayed"], "true");
+    let (status, _, body) = api.post(&complete, &admin, None, done).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("task_not_open")),
+        "{body}"
+    );
+    let (status, _, body) = api
+        .post("/v1/tasks/999999/complete", &admin, None, done)
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("unknown_task")),
+        "{body}"
+    );
+    let start = std::time::Instant::now();
+    loop {
+        let (_, _, i) = api.get(&format!("/v1/instances/{id}"), Some(&admin)).await;
+        if i["observed_status"] == "active" {
+            assert_eq!(i["ipv4"], "192.0.2.10");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "never active: {i}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, _, c) = api
+        .get(&format!("/v1/instances/{id}/credentials"), Some(&admin))
+        .await;
+    assert_eq!(c["root_password"], "hunter2-but-longer");
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_manual_inbox_over_http_on_sqlite() {
+    the_manual_inbox_over_http(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_manual_inbox_over_http_on_postgres() {
+    let Some(url) = common::fresh_postgres_url().await else {
+        return;
+    };
+    the_manual_inbox_over_http(Some(url)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,7 @@ pub mod openapi;
 pub mod orders;
 pub mod problem;
 pub mod products;
+pub mod tasks;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -131,6 +132,8 @@ pub fn router(metrics: Arc<Metrics>, ready: Arc<Readiness>, v1: Option<V1>) -> R
             "/v1/instances/{id}/change-product",
             post(orders::change_product),
         )
+        .route("/v1/tasks", get(tasks::list))
+        .route("/v1/tasks/{id}/complete", post(tasks::complete))
         .fallback(no_such_route)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(

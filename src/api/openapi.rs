@@ -38,12 +38,15 @@ impl Modify for Bearer {
         super::orders::reinstall,
         super::orders::change_product,
         super::orders::credentials,
+        super::tasks::list,
+        super::tasks::complete,
     ),
     components(schemas(super::problem::Problem)),
     modifiers(&Bearer),
     tags(
         (name = "products", description = "The catalog as customers may order it"),
         (name = "instances", description = "Customers' servers: what billing wants, what is"),
+        (name = "tasks", description = "The manual module's inbox"),
     )
 )]
 pub struct Document;

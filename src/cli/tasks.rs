@@ -3,14 +3,14 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use super::output;
 use super::{Format, TasksCommand, EXIT_INVALID, EXIT_OK};
 use crate::secrets::SecretString;
 use crate::store::{
-    ConnectOptions, SqlStore, Store, StoreError, Task, TaskCompletion, TaskFilter, TaskKind,
-    TaskState,
+    completion_addresses, ConnectOptions, SqlStore, Store, StoreError, Task, TaskCompletion,
+    TaskFilter, TaskKind, TaskState,
 };
 
 pub(super) async fn run(url: &str, command: TasksCommand) -> anyhow::Result<ExitCode> {
@@ -22,55 +22,18 @@ pub(super) async fn run(url: &str, command: TasksCommand) -> anyhow::Result<Exit
     result
 }
 
-/// A task as JSON, the same document in every command.
+/// A task as JSON, the same document in every command and in the API.
 fn task_json(t: &Task) -> Value {
-    json!({
-        "id": t.id, "instance_id": t.instance_id, "kind": t.kind.as_str(),
-        "state": t.state.as_str(), "created_at": output::ts(t.created_at),
-        "completed_at": output::ts_json(t.completed_at), "completed_by": t.completed_by,
-        "details": t.details, "has_password": t.secret.is_some(),
-    })
+    serde_json::to_value(crate::api::tasks::TaskView::from(t)).unwrap_or(Value::Null)
 }
 
-/// What an admin typed for a completion, checked: addresses that parse, and an address for a
-/// provision task (the customer's server must be reachable).
+/// What an admin typed for a completion, checked (see [`completion_addresses`]).
 fn check_completion(
     kind: TaskKind,
     ip: Option<&str>,
     ipv6: Option<&str>,
 ) -> Result<(Option<String>, Option<String>), String> {
-    let v4 = ip
-        .map(|a| {
-            a.trim()
-                .parse::<std::net::Ipv4Addr>()
-                .map(|a| a.to_string())
-                .map_err(|_| {
-                    format!(
-                        "--ip `{}` is not an IPv4 address (e.g. 192.0.2.10)",
-                        a.escape_default()
-                    )
-                })
-        })
-        .transpose()?;
-    let v6 = ipv6
-        .map(|a| {
-            a.trim()
-                .parse::<std::net::Ipv6Addr>()
-                .map(|a| a.to_string())
-                .map_err(|_| {
-                    format!(
-                        "--ipv6 `{}` is not an IPv6 address (e.g. 2001:db8::10)",
-                        a.escape_default()
-                    )
-                })
-        })
-        .transpose()?;
-    if kind == TaskKind::Provision && v4.is_none() && v6.is_none() {
-        return Err(
-            "a provision task needs the server's address: give --ip (and/or --ipv6)".to_owned(),
-        );
-    }
-    Ok((v4, v6))
+    completion_addresses(kind, ip, ipv6, ["--ip", "--ipv6"])
 }
 
 async fn dispatch(url: &str, store: &SqlStore, command: TasksCommand) -> anyhow::Result<ExitCode> {

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::engine::{Arg, Tx};
 use super::{
-    commit_with, insert_instance, instance_from, Action, Cause, Instance, NewInstance,
+    commit_with, insert_instance, instance_from, instance_in, Action, Cause, Instance, NewInstance,
     NewTransition, ObservedStatus, Outcome, Result, SqlStore, StoreError,
 };
 
@@ -195,13 +195,7 @@ impl SqlStore {
     /// another live instance has.
     pub async fn adopt(&self, id: i64, server: &Attached, by: &str) -> Result<Instance> {
         let mut tx = self.pool.write().await?;
-        let Some(row) = tx
-            .row("SELECT * FROM instances WHERE id = $1", vec![Arg::Int(id)])
-            .await?
-        else {
-            return Err(StoreError::InstanceNotFound(id));
-        };
-        let before = instance_from(&row)?;
+        let before = instance_in(&mut tx, id).await?;
         adoptable(&before).map_err(StoreError::Rejected)?;
         if let Some(other) = holder(&mut tx, &server.account, &server.server_id)
             .await?
@@ -232,13 +226,7 @@ impl SqlStore {
     /// [`StoreError::Rejected`] when the instance is not observe-only.
     pub async fn manage(&self, id: i64, by: &str) -> Result<Instance> {
         let mut tx = self.pool.write().await?;
-        let Some(row) = tx
-            .row("SELECT * FROM instances WHERE id = $1", vec![Arg::Int(id)])
-            .await?
-        else {
-            return Err(StoreError::InstanceNotFound(id));
-        };
-        let before = instance_from(&row)?;
+        let before = instance_in(&mut tx, id).await?;
         if !before.observe_only {
             return Err(StoreError::Rejected(format!(
                 "instance {id} is managed already: only instances imported with --observe-only are let go"

@@ -5,8 +5,9 @@ use serde_json::json;
 
 use super::engine::Arg;
 use super::{
-    commit_with, fence_args, fence_failure, insert_transition, instance_from, Action, Cause, Hold,
-    Instance, Lease, NewTransition, ObservedStatus, Outcome, Result, SqlStore, StoreError, FENCE,
+    commit_with, fence_args, fence_failure, insert_transition, instance_from, instance_in, Action,
+    Cause, Hold, Instance, Lease, NewTransition, ObservedStatus, Outcome, Result, SqlStore,
+    StoreError, FENCE,
 };
 
 fn hold_from(r: &super::engine::Row) -> Result<Hold> {
@@ -183,13 +184,7 @@ impl SqlStore {
     /// [`StoreError::InstanceNotFound`], or when the database cannot be written.
     pub async fn record_reveal(&self, id: i64, by: &str) -> Result<()> {
         let mut tx = self.pool.write().await?;
-        let Some(row) = tx
-            .row("SELECT * FROM instances WHERE id = $1", vec![Arg::Int(id)])
-            .await?
-        else {
-            return Err(StoreError::InstanceNotFound(id));
-        };
-        let i = instance_from(&row)?;
+        let i = instance_in(&mut tx, id).await?;
         let t = NewTransition::new(Action::Reveal, Cause::Manual, Outcome::Succeeded);
         commit_with(tx, i.observed_status, i.clone(), &t, i.product_revision, by)
             .await
@@ -260,13 +255,7 @@ impl SqlStore {
     /// `recreate` or `forget` (lost or failed), one transaction with its transition.
     pub(super) async fn recover(&self, id: i64, by: &str, action: Action) -> Result<Instance> {
         let mut tx = self.pool.write().await?;
-        let Some(row) = tx
-            .row("SELECT * FROM instances WHERE id = $1", vec![Arg::Int(id)])
-            .await?
-        else {
-            return Err(StoreError::InstanceNotFound(id));
-        };
-        let before = instance_from(&row)?;
+        let before = instance_in(&mut tx, id).await?;
         let (sql, args) = recovery(&before, action)?;
         let row = tx
             .row(sql, args)

@@ -581,12 +581,7 @@ fn claim_from(r: &Row, owner: &str) -> Result<Claim> {
 /// Reads an updated instance again inside the transaction: SQLite's `RETURNING` shows the row
 /// before its AFTER triggers ran (the desired generation bump), PostgreSQL's after them.
 async fn reread(tx: &mut Tx, updated: &Row) -> Result<Instance> {
-    let id = updated.int("id")?;
-    let row = tx
-        .row("SELECT * FROM instances WHERE id = $1", vec![Arg::Int(id)])
-        .await?
-        .ok_or(StoreError::InstanceNotFound(id))?;
-    instance_from(&row)
+    instance_in(tx, updated.int("id")?).await
 }
 
 /// The servers of product `$1` that count against its stock, instance `$2` left out: every
@@ -817,6 +812,15 @@ async fn insert_transition(
     )
     .await?;
     Ok(())
+}
+
+/// Instance `id`, read in `tx`.
+async fn instance_in(tx: &mut Tx, id: i64) -> Result<Instance> {
+    let row = tx
+        .row("SELECT * FROM instances WHERE id = $1", vec![Arg::Int(id)])
+        .await?
+        .ok_or(StoreError::InstanceNotFound(id))?;
+    instance_from(&row)
 }
 
 /// The last writes of an admin's verb: the transition `t` from `from` to `after` by `by`, then

@@ -558,6 +558,55 @@ impl Task {
     }
 }
 
+/// The addresses an admin gave for completing a task of `kind`, checked: addresses that
+/// parse, and an address for a provision task (the customer's server must be reachable).
+/// `names` are what the caller calls the two fields (`--ip`, or `ip` in a JSON body).
+///
+/// # Errors
+/// What is wrong, naming the field.
+pub fn completion_addresses(
+    kind: TaskKind,
+    ip: Option<&str>,
+    ipv6: Option<&str>,
+    names: [&str; 2],
+) -> Result<(Option<String>, Option<String>), String> {
+    let v4 = ip
+        .map(|a| {
+            a.trim()
+                .parse::<std::net::Ipv4Addr>()
+                .map(|a| a.to_string())
+                .map_err(|_| {
+                    format!(
+                        "{} `{}` is not an IPv4 address (e.g. 192.0.2.10)",
+                        names[0],
+                        a.escape_default()
+                    )
+                })
+        })
+        .transpose()?;
+    let v6 = ipv6
+        .map(|a| {
+            a.trim()
+                .parse::<std::net::Ipv6Addr>()
+                .map(|a| a.to_string())
+                .map_err(|_| {
+                    format!(
+                        "{} `{}` is not an IPv6 address (e.g. 2001:db8::10)",
+                        names[1],
+                        a.escape_default()
+                    )
+                })
+        })
+        .transpose()?;
+    if kind == TaskKind::Provision && v4.is_none() && v6.is_none() {
+        return Err(format!(
+            "a provision task needs the server's address: give {} (and/or {})",
+            names[0], names[1]
+        ));
+    }
+    Ok((v4, v6))
+}
+
 /// What an admin recorded when completing a task.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct TaskCompletion {
