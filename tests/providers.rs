@@ -543,30 +543,47 @@ async fn missing_credentials_make_orders_wait_with_the_variable_named() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn ovh_pool_servers_are_allocated_once_wiped_and_freed() {
-    let pool = ["ns1.fake.eu", "ns2.fake.eu", "ns3.fake.eu"];
-    let fake = OvhFake::start(&pool, Duration::from_millis(300)).await;
+/// A fake OVH API with `pool` (service name, hardware) in location `gra`, and the catalog of
+/// account `account` on it with one dedicated product `ded` on hardware `adv-1`.
+async fn ovh_with_catalog(account: &str, pool: &[(&str, &str)]) -> (OvhFake, String) {
+    let names: Vec<&str> = pool.iter().map(|(n, _)| *n).collect();
+    let fake = OvhFake::start(&names, Duration::from_millis(300)).await;
     std::env::set_var("FAKE_OVH_AK", fakes::ovh::APP_KEY);
     std::env::set_var("FAKE_OVH_AS", fakes::ovh::APP_SECRET);
     std::env::set_var("FAKE_OVH_CK", fakes::ovh::CONSUMER_KEY);
+    let servers: String = pool
+        .iter()
+        .map(|(n, h)| format!("  - {{service_name: {n}, hardware: {h}, location: gra}}\n"))
+        .collect();
     let catalog = format!(
         "apiVersion: provisioner/v1
 kind: ProviderAccount
-id: ovh-t
+id: {account}
 module: ovh
 endpoint: {}
 credentials: {{application_key_env: FAKE_OVH_AK, application_secret_env: FAKE_OVH_AS, consumer_key_env: FAKE_OVH_CK}}
 poll_seconds: 0.1
 timeout_seconds: 2
 pool:
-  - {{service_name: ns1.fake.eu, hardware: adv-1, location: gra}}
-  - {{service_name: ns2.fake.eu, hardware: adv-1, location: gra}}
-  - {{service_name: ns3.fake.eu, hardware: rise-2, location: gra}}
----
+{servers}---
 ",
         fake.url
-    ) + &product("ded", "ovh-t", "gra", "debian12_64", "{hardware: [adv-1]}").replace("type: vps", "type: dedicated");
+    ) + &product("ded", account, "gra", "debian12_64", "{hardware: [adv-1]}")
+        .replace("type: vps", "type: dedicated");
+    (fake, catalog)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ovh_pool_servers_are_allocated_once_wiped_and_freed() {
+    let (fake, catalog) = ovh_with_catalog(
+        "ovh-t",
+        &[
+            ("ns1.fake.eu", "adv-1"),
+            ("ns2.fake.eu", "adv-1"),
+            ("ns3.fake.eu", "rise-2"),
+        ],
+    )
+    .await;
     let s = Setup::new(&catalog).await;
     let a = s.order("ded", Some("ssh-ed25519 AAAAC3Nza a@b")).await;
     let b = s.order("ded", None).await;
@@ -972,28 +989,11 @@ async fn digitalocean_imports_and_adopts_servers() {
 /// allocated to its instance in the pool; terminated, it is wiped and goes to the waiting order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ovh_servers_are_imported_into_the_pool() {
-    let pool = ["ns1.fake.eu", "ns2.fake.eu"];
-    let fake = OvhFake::start(&pool, Duration::from_millis(300)).await;
-    std::env::set_var("FAKE_OVH_AK", fakes::ovh::APP_KEY);
-    std::env::set_var("FAKE_OVH_AS", fakes::ovh::APP_SECRET);
-    std::env::set_var("FAKE_OVH_CK", fakes::ovh::CONSUMER_KEY);
-    let catalog = format!(
-        "apiVersion: provisioner/v1
-kind: ProviderAccount
-id: ovh-i
-module: ovh
-endpoint: {}
-credentials: {{application_key_env: FAKE_OVH_AK, application_secret_env: FAKE_OVH_AS, consumer_key_env: FAKE_OVH_CK}}
-poll_seconds: 0.1
-timeout_seconds: 2
-pool:
-  - {{service_name: ns1.fake.eu, hardware: adv-1, location: gra}}
-  - {{service_name: ns2.fake.eu, hardware: adv-1, location: gra}}
----
-",
-        fake.url
-    ) + &product("ded", "ovh-i", "gra", "debian12_64", "{hardware: [adv-1]}")
-        .replace("type: vps", "type: dedicated");
+    let (fake, catalog) = ovh_with_catalog(
+        "ovh-i",
+        &[("ns1.fake.eu", "adv-1"), ("ns2.fake.eu", "adv-1")],
+    )
+    .await;
     let s = Setup::new(&catalog).await;
     let imported = s
         .instances(&[
