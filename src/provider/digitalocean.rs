@@ -259,15 +259,11 @@ impl DigitalOcean {
     async fn fetch(&self, server_id: &str) -> Result<Option<Droplet>> {
         let id = numeric_id("digitalocean", "droplet", server_id)?;
         let path = format!("/droplets/{id}");
-        match self
+        let read = self
             .api
             .json::<OneDroplet>(Method::GET, &path, &[], None)
-            .await
-        {
-            Ok((d, _)) => Ok(Some(d.droplet)),
-            Err(e) if e.class == ErrorClass::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+            .await;
+        Ok(super::found(read)?.map(|(d, _)| d.droplet))
     }
 
     /// Tags (or, with `add` false, untags) a droplet. A tag that does not exist yet is made

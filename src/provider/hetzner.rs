@@ -261,15 +261,11 @@ impl HetznerCloud {
     async fn fetch(&self, server_id: &str) -> Result<Option<HServer>> {
         let id = numeric_id("hetzner", "server", server_id)?;
         let path = format!("/servers/{id}");
-        match self
+        let read = self
             .api
             .json::<OneServer>(Method::GET, &path, &[], None)
-            .await
-        {
-            Ok((s, _)) => Ok(Some(s.server)),
-            Err(e) if e.class == ErrorClass::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+            .await;
+        Ok(super::found(read)?.map(|(s, _)| s.server))
     }
 
     async fn action(&self, server_id: &str, command: &str) -> Result<Accepted> {

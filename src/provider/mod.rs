@@ -197,6 +197,18 @@ impl ProviderError {
 /// Result of provider calls.
 pub type Result<T> = std::result::Result<T, ProviderError>;
 
+/// A read whose "not found" is an answer: nothing there.
+///
+/// # Errors
+/// Any other failure of `read`.
+pub fn found<T>(read: Result<T>) -> Result<Option<T>> {
+    match read {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.class == ErrorClass::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// What to create.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CreateRequest {

@@ -539,19 +539,8 @@ impl Ovh {
 
     /// `GET /dedicated/server/{name}`; `None` when the account has no such server.
     async fn dedicated(&self, server: &str) -> Result<Option<Dedicated>> {
-        match self
-            .call(
-                Method::GET,
-                &format!("/dedicated/server/{}", service(server)?),
-                &[],
-                None,
-            )
-            .await
-        {
-            Ok(d) => Ok(Some(d)),
-            Err(e) if e.class == ErrorClass::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        let path = format!("/dedicated/server/{}", service(server)?);
+        super::found(self.call(Method::GET, &path, &[], None).await)
     }
 
     /// A dedicated server of the account as OVH shows it, and the instance its pool
