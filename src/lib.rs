@@ -14,13 +14,17 @@
 //! | [`reconcile`] | the planner and the decisions after a provider's answer (both pure), the executor that records them, the daemon's work loop, resyncs and shutdown |
 //! | [`metrics`] | the daemon's figures, rendered for Prometheus |
 //! | [`secrets`] | root passwords and panel credentials sealed at rest; keys, the key file beside a SQLite database, rotation |
-//! | [`api`] | the daemon's HTTP endpoints: `/healthz`, `/readyz`, `/metrics` |
+//! | [`api`] | the daemon's HTTP endpoints: `/healthz`, `/readyz`, `/metrics`, and the billing API under `/v1` with its OpenAPI document |
+//! | [`events`] | the event types billing hears of, which change causes which, and what an event carries (pure) |
+//! | [`notify`] | webhook deliveries (Standard Webhooks) and admin e-mail, read from the event outbox |
 //! | [`cli`] | the `provisioner` command line: arguments, output formats, exit codes |
 
 pub mod api;
 pub mod catalog;
 pub mod cli;
+pub mod events;
 pub mod metrics;
+pub mod notify;
 pub mod provider;
 pub mod reconcile;
 pub mod secrets;

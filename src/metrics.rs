@@ -48,6 +48,16 @@ const HELP: &[(&str, &str, &str)] = &[
         "counter",
         "Drift found by resyncs, by kind.",
     ),
+    (
+        "provisioner_webhook_attempts_total",
+        "counter",
+        "Webhook delivery attempts by endpoint and what followed (delivered, retry, failed, disabled).",
+    ),
+    (
+        "provisioner_emails_total",
+        "counter",
+        "Admin e-mails by notifier and result (sent, failed).",
+    ),
 ];
 
 fn escape(v: &str) -> String {
@@ -99,6 +109,30 @@ impl Metrics {
         self.add(
             "provisioner_drift_total",
             format!("kind=\"{}\"", escape(kind)),
+        );
+    }
+
+    /// Counts a webhook attempt of `endpoint` and what followed it.
+    pub fn webhook_attempt(&self, endpoint: &str, result: &str) {
+        self.add(
+            "provisioner_webhook_attempts_total",
+            format!(
+                "endpoint=\"{}\",result=\"{}\"",
+                escape(endpoint),
+                escape(result)
+            ),
+        );
+    }
+
+    /// Counts an admin e-mail of `notifier`.
+    pub fn email(&self, notifier: &str, result: &str) {
+        self.add(
+            "provisioner_emails_total",
+            format!(
+                "notifier=\"{}\",result=\"{}\"",
+                escape(notifier),
+                escape(result)
+            ),
         );
     }
 

@@ -57,10 +57,18 @@ struct Api {
 
 impl Api {
     async fn start(url: Option<String>) -> Api {
+        Api::start_with(url, "").await
+    }
+
+    /// Starts the daemon on the test catalog and `more` documents.
+    async fn start_with(url: Option<String>, more: &str) -> Api {
         let dir = tempfile::tempdir().unwrap();
         let cat = dir.path().join("catalog");
         std::fs::create_dir(&cat).unwrap();
         std::fs::write(cat.join("c.yaml"), CATALOG).unwrap();
+        if !more.is_empty() {
+            std::fs::write(cat.join("notify.yaml"), more).unwrap();
+        }
         let url =
             url.unwrap_or_else(|| format!("sqlite://{}", dir.path().join("api.db").display()));
         if url.starts_with("postgres") {
@@ -142,6 +150,60 @@ impl Api {
             headers,
             serde_json::from_slice(&body).unwrap_or(Value::Null),
         )
+    }
+
+    /// Reads the event feed from `after` until an event of `kind` about `instance` comes;
+    /// every event read on the way.
+    async fn events_until(
+        &self,
+        token: &str,
+        after: &mut String,
+        kind: &str,
+        instance: i64,
+    ) -> Vec<Value> {
+        let mut read = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, _, page) = self
+                .get(&format!("/v1/events?after={after}&wait=5"), Some(token))
+                .await;
+            assert_eq!(status, 200, "{page}");
+            *after = page["next_cursor"].as_str().unwrap().to_owned();
+            for e in page["events"].as_array().unwrap() {
+                read.push(e.clone());
+                if e["type"] == kind && e["data"]["instance_id"] == instance {
+                    return read;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {kind} for {instance}; read {read:#?}"
+            );
+        }
+    }
+
+    /// Waits until `/metrics` shows `line` (counters move just after what they count).
+    async fn metrics_show(&self, line: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let metrics = self
+                .http
+                .get(format!("{}/metrics", self.base))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if metrics.contains(line) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{line} never in:\n{metrics}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn stop(mut self) {
@@ -812,4 +874,292 @@ async fn the_front_door_on_postgres() {
         return;
     };
     the_front_door(Some(url)).await;
+}
+
+const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+
+/// Waits until `check` holds, for up to a minute; what it returned.
+async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(t) = check() {
+            return t;
+        }
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn events_webhooks_and_mail(url: Option<String>, env: &str) {
+    // The billing receiver fails an event's first delivery with a 500; the other endpoint is
+    // gone for good.
+    let receiver = common::receiver::Receiver::start(|path, _, before| match path {
+        "/billing" if before == 0 => 500,
+        "/billing" => 204,
+        _ => 410,
+    })
+    .await;
+    let smtp = common::smtp::Smtp::start().await;
+    std::env::set_var(env, SECRET);
+    let more = format!(
+        "apiVersion: provisioner/v1
+kind: WebhookEndpoint
+id: billing
+url: {billing}
+secret_env: {env}
+---
+apiVersion: provisioner/v1
+kind: WebhookEndpoint
+id: old-panel
+url: {gone}
+secret_env: {env}
+events: [instance.provisioned]
+timeout_seconds: 5
+---
+apiVersion: provisioner/v1
+kind: EmailNotifier
+id: ops
+smtp: {{host: 127.0.0.1, port: {port}, tls: none}}
+from: provisioner <provisioner@example.test>
+to: [ops@example.test]
+",
+        billing = receiver.url("/billing"),
+        gone = receiver.url("/gone"),
+        port = smtp.port,
+    );
+    let api = Api::start_with(url, &more).await;
+    let read = api.token("feed", Scope::Read).await;
+    let billing = api.token("panel", Scope::Billing).await;
+
+    // The feed: no token, a strange cursor, a wait too long.
+    is_problem(&api.get("/v1/events", None).await, 401, "unauthorized");
+    is_problem(
+        &api.get("/v1/events?after=bogus", Some(&read)).await,
+        400,
+        "invalid_cursor",
+    );
+    is_problem(
+        &api.get("/v1/events?wait=3600", Some(&read)).await,
+        400,
+        "invalid_parameter",
+    );
+    let (_, _, doc) = api.get("/v1/openapi.json", None).await;
+    assert!(
+        doc["paths"]["/v1/events"]["get"].is_object(),
+        "the feed is documented"
+    );
+
+    // An order becomes a server: the feed says so, with its address and no secret.
+    let (status, _, created) = api
+        .post(
+            "/v1/instances",
+            &billing,
+            Some("o-1"),
+            r#"{"customer_id": "cust-1", "product_id": "vps-s", "billing_ref": "inv-1"}"#,
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_i64().unwrap();
+    let mut cursor = "0".to_owned();
+    let seen = api
+        .events_until(&read, &mut cursor, "instance.provisioned", id)
+        .await;
+    let provisioned = seen.last().unwrap().clone();
+    matches_schema(&doc, "EventView", &provisioned);
+    assert!(provisioned["id"].as_str().unwrap().starts_with("evt_"));
+    assert_eq!(provisioned["data"]["billing_ref"], "inv-1");
+    assert!(provisioned["data"]["ipv4"].is_string(), "{provisioned}");
+    assert_eq!(provisioned["data"]["observed_status"], "active");
+    let text = provisioned.to_string();
+    assert!(
+        !text.contains("password") && !text.contains("ssh"),
+        "{text}"
+    );
+
+    // A long poll ends when the next event comes.
+    let waiting = {
+        let http = api.http.clone();
+        let url = format!("{}/v1/events?after={cursor}&wait=20", api.base);
+        let read = read.clone();
+        tokio::spawn(async move {
+            http.get(url)
+                .bearer_auth(read)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _, body) = api
+        .post(
+            &format!("/v1/instances/{id}/suspend"),
+            &billing,
+            None,
+            r#"{"reason": "non-payment"}"#,
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let page = waiting.await.unwrap();
+    let first = &page["events"][0];
+    assert_eq!(first["type"], "instance.suspended", "{page}");
+    assert_eq!(first["data"]["instance_id"], id);
+    // Nothing new: an empty page, and the same cursor to ask again with.
+    let after = page["next_cursor"].as_str().unwrap().to_owned();
+    let (_, _, empty) = api
+        .get(&format!("/v1/events?after={after}&wait=1"), Some(&read))
+        .await;
+    assert_eq!(empty["events"], Value::Array(vec![]), "{empty}");
+    assert_eq!(empty["next_cursor"], after.as_str());
+
+    // The webhook: signed, the first attempt answered 500, retried about 5 s later with the
+    // same id and a new signature, then delivered.
+    let event_id = provisioned["id"].as_str().unwrap().to_owned();
+    let tries = eventually("the provisioned event delivered after a 500", || {
+        let tries: Vec<_> = receiver
+            .seen()
+            .into_iter()
+            .filter(|r| r.path == "/billing" && r.id == event_id)
+            .collect();
+        (tries.len() >= 2).then_some(tries)
+    })
+    .await;
+    assert_eq!((tries[0].answered, tries[1].answered), (500, 204));
+    let gap = tries[1].at - tries[0].at;
+    assert!(gap >= Duration::from_millis(4400), "retried after {gap:?}");
+    for t in &tries {
+        assert!(common::receiver::verify(SECRET, t), "signature of {t:?}");
+        let body: Value = serde_json::from_str(&t.body).unwrap();
+        assert_eq!(body["type"], "instance.provisioned");
+        assert_eq!(body["data"], provisioned["data"]);
+        let ts: i64 = t.timestamp.parse().unwrap();
+        assert!((chrono::Utc::now().timestamp() - ts).abs() < 120, "{ts}");
+    }
+    // The log records the answer once the daemon has it (just after the receiver sent it).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let delivery = loop {
+        let log = api
+            .store
+            .deliveries(&provisioner::store::events::DeliveryFilter {
+                endpoint_id: Some("billing".into()),
+                state: None,
+                limit: 100,
+            })
+            .await
+            .unwrap();
+        let d = log.into_iter().find(|d| d.event_id == event_id).unwrap();
+        if d.state != provisioner::store::events::DeliveryState::Pending
+            || std::time::Instant::now() > deadline
+        {
+            break d;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (delivery.state, delivery.attempts, delivery.last_status),
+        (
+            provisioner::store::events::DeliveryState::Delivered,
+            2,
+            Some(204)
+        )
+    );
+    let (_, attempts) = api.store.delivery(delivery.id).await.unwrap().unwrap();
+    assert_eq!(
+        attempts.iter().map(|a| a.status).collect::<Vec<_>>(),
+        vec![Some(500), Some(204)]
+    );
+
+    // The endpoint that answered 410 is disabled after one attempt, and hears nothing more.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let old = loop {
+        let consumers = api.store.consumers().await.unwrap();
+        let c = consumers
+            .into_iter()
+            .find(|c| c.name == "webhook:old-panel")
+            .unwrap();
+        if c.disabled_at.is_some() || std::time::Instant::now() > deadline {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(old.disabled_at.is_some(), "{old:?}");
+    assert!(
+        old.disabled_reason.as_deref().unwrap_or("").contains("410"),
+        "{old:?}"
+    );
+    assert_eq!(
+        receiver.seen().iter().filter(|r| r.path == "/gone").count(),
+        1
+    );
+
+    api.metrics_show(
+        "provisioner_webhook_attempts_total{endpoint=\"old-panel\",result=\"disabled\"} 1",
+    )
+    .await;
+    api.metrics_show("provisioner_webhook_attempts_total{endpoint=\"billing\",result=\"retry\"}")
+        .await;
+
+    // Redelivery: the same id, signed again.
+    let again = api.store.redeliver(delivery.id).await.unwrap();
+    assert_eq!(again.event_id, event_id);
+    eventually("the redelivery", || {
+        (receiver
+            .seen()
+            .iter()
+            .filter(|r| r.path == "/billing" && r.id == event_id)
+            .count()
+            >= 3)
+            .then_some(())
+    })
+    .await;
+
+    // A manual server: the admin is e-mailed the task.
+    let (status, _, boxed) = api
+        .post(
+            "/v1/instances",
+            &billing,
+            None,
+            r#"{"customer_id": "cust-2", "product_id": "box"}"#,
+        )
+        .await;
+    assert_eq!(status, 201, "{boxed}");
+    let box_id = boxed["id"].as_i64().unwrap();
+    let mail = eventually("the task e-mail", || {
+        smtp.messages()
+            .into_iter()
+            .find(|m| m.contains(&format!("instance {box_id}")))
+    })
+    .await;
+    assert!(
+        mail.contains("Subject: [provisioner] Manual task"),
+        "{mail}"
+    );
+    assert!(mail.contains("To: ops@example.test"), "{mail}");
+    assert!(mail.contains("provisioner tasks complete"), "{mail}");
+    api.metrics_show("provisioner_emails_total{notifier=\"ops\",result=\"sent\"}")
+        .await;
+    // Only the events it asked for (the default: tasks, failures, losses).
+    assert!(
+        smtp.messages()
+            .iter()
+            .all(|m| !m.contains("instance.provisioned")),
+        "{:?}",
+        smtp.messages()
+    );
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_webhooks_and_mail_on_sqlite() {
+    events_webhooks_and_mail(None, "API_TEST_WEBHOOK_SECRET_SQLITE").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_webhooks_and_mail_on_postgres() {
+    let Some(url) = common::fresh_postgres_url().await else {
+        return;
+    };
+    events_webhooks_and_mail(Some(url), "API_TEST_WEBHOOK_SECRET_PG").await;
 }

@@ -95,7 +95,7 @@ fn unknown_api_version_and_kind() {
     product_errors(
         &kind,
         &[format!(
-            "p.yaml:{}: error: unknown kind `Prodcut`; expected `Product` or `ProviderAccount` (did you mean `Product`?)",
+            "p.yaml:{}: error: unknown kind `Prodcut`; expected `Product`, `ProviderAccount`, `WebhookEndpoint` or `EmailNotifier` (did you mean `Product`?)",
             at(&kind, 2, "Prodcut")
         )],
     );
@@ -710,5 +710,103 @@ f: [*e, *e, *e, *e]
         got.iter()
             .any(|d| d.contains("50 more unknown fields in Product `vps-starter`")),
         "{got:?}"
+    );
+}
+
+const HOOK: &str = "apiVersion: provisioner/v1
+kind: WebhookEndpoint
+id: whmcs
+url: https://billing.example.com/hooks
+secret_env: WHMCS_WEBHOOK_SECRET
+events: [instance.provisioned, instance.suspended]
+";
+
+const MAIL: &str = "apiVersion: provisioner/v1
+kind: EmailNotifier
+id: ops
+smtp: {host: smtp.example.com, username: provisioner, password_env: SMTP_PASSWORD}
+from: provisioner <provisioner@example.com>
+to: [ops@example.com, Night Shift <night@example.com>]
+";
+
+#[test]
+fn webhook_endpoints_and_notifiers_are_read_with_their_defaults() {
+    let (catalog, warnings) = check(&[
+        ("a.yaml", ACCOUNT),
+        ("p.yaml", PRODUCT),
+        ("n.yaml", &format!("{HOOK}---\n{MAIL}")),
+    ]);
+    let catalog = catalog.expect("valid");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let hook = &catalog.webhooks["whmcs"];
+    assert_eq!(hook.url, "https://billing.example.com/hooks");
+    assert_eq!(hook.secret_env, "WHMCS_WEBHOOK_SECRET");
+    assert_eq!(
+        hook.events.iter().map(|e| e.as_str()).collect::<Vec<_>>(),
+        ["instance.provisioned", "instance.suspended"]
+    );
+    assert_eq!(hook.timeout, std::time::Duration::from_secs(15));
+    let mail = &catalog.notifiers["ops"];
+    assert_eq!((mail.smtp.port, mail.smtp.tls.as_str()), (587, "starttls"));
+    assert_eq!(
+        mail.events.iter().map(|e| e.as_str()).collect::<Vec<_>>(),
+        ["instance.failed", "instance.lost", "task.opened"]
+    );
+    assert_eq!(mail.to.len(), 2);
+    // Unset secrets are warnings, as for accounts.
+    let (catalog, warnings) = check_with_env(
+        &[
+            ("a.yaml", ACCOUNT),
+            ("n.yaml", &format!("{HOOK}---\n{MAIL}")),
+        ],
+        &|name| name == "HCLOUD_TOKEN",
+    );
+    assert!(catalog.is_some());
+    assert_eq!(
+        warnings,
+        [
+            format!(
+                "n.yaml:{}: warning: environment variable `WHMCS_WEBHOOK_SECRET` (`secret_env` of webhook endpoint `whmcs`) is not set",
+                at(HOOK, 5, "WHMCS")
+            ),
+            "n.yaml:11:69: warning: environment variable `SMTP_PASSWORD` (`smtp.password_env` of e-mail notifier `ops`) is not set".to_owned(),
+        ]
+    );
+}
+
+#[test]
+fn webhook_endpoints_and_notifiers_say_what_is_wrong_and_where() {
+    let bad_hook = HOOK
+        .replace(
+            "https://billing.example.com/hooks",
+            "https://user:hunter2@billing.example.com/",
+        )
+        .replace("WHMCS_WEBHOOK_SECRET", "whsec_C2FVsBQIhrscChlQIMV")
+        .replace("instance.suspended", "instance.suspend")
+        + "timeout_seconds: 90\n";
+    let bad_mail = MAIL
+        .replace(
+            "smtp: {host: smtp.example.com,",
+            "smtp: {host: smtp.example.com, tls: none,",
+        )
+        .replace("ops@example.com,", "not an address,");
+    let (catalog, got) = check(&[("n.yaml", &format!("{bad_hook}---\n{bad_mail}"))]);
+    assert!(catalog.is_none());
+    let text = got.join("\n");
+    for expected in [
+        "n.yaml:4:6: error: `url` must not carry credentials: webhooks are authenticated by their signature",
+        "n.yaml:5:13: error: `secret_env` must name an environment variable",
+        "n.yaml:6:32: error: `events`: unknown event type `instance.suspend`; known: instance.provisioned,",
+        "did you mean `instance.suspended`?",
+        "n.yaml:7:18: error: `timeout_seconds` must be from 1 to 30",
+        "n.yaml:12:66: error: a password is never sent over an unencrypted connection",
+        "n.yaml:14:6: error: `to[0]` must be an e-mail address, found `not an address`",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    // Neither the password in the URL nor the pasted secret is repeated.
+    assert!(
+        !text.contains("hunter2") && !text.contains("C2FVsBQ"),
+        "{text}"
     );
 }

@@ -644,3 +644,129 @@ fn api_tokens_are_shown_once_listed_without_their_value_and_revoked() {
     let o = provisioner(d, &["tokens", "revoke", "whmcs"]);
     assert_eq!(o.status.code(), Some(1), "revoked once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_delivery_log_is_read_and_worked_from_the_cli() {
+    use provisioner::store::events::{AfterAttempt, Attempt};
+    use provisioner::store::{
+        Action, Cause, ConnectOptions, NewTransition, NextCheck, ObservedPatch, ObservedStatus,
+        Outcome, SqlStore, Store,
+    };
+    let dir = setup();
+    let db = format!("sqlite://{}", dir.path().join("provisioner.db").display());
+    let store = SqlStore::open_existing(&db, &ConnectOptions::default())
+        .await
+        .unwrap();
+    store.consumer("webhook:whmcs").await.unwrap();
+    let created = json(&provisioner(
+        dir.path(),
+        &[
+            "instances",
+            "create",
+            "--customer",
+            "c-1",
+            "--product",
+            "vps-starter",
+            "--format",
+            "json",
+        ],
+    ));
+    assert!(created["id"].as_i64().is_some(), "{created}");
+    // The reconciler's side, as the daemon writes it: the instance becomes active.
+    let claim = store.claim_due("test", 10, 30.0).await.unwrap().remove(0);
+    store
+        .record(
+            &claim.lease,
+            &ObservedPatch {
+                observed_status: Some(ObservedStatus::Active),
+                ipv4: Some(Some("192.0.2.7".into())),
+                ..ObservedPatch::default()
+            },
+            Some(&NewTransition::new(
+                Action::Create,
+                Cause::DesiredChange,
+                Outcome::Succeeded,
+            )),
+        )
+        .await
+        .unwrap();
+    store.release(&claim.lease, NextCheck::Now).await.unwrap();
+    store
+        .queue_deliveries("whmcs", &|_: &str| true, 10)
+        .await
+        .unwrap();
+    let job = store.claim_deliveries(10).await.unwrap().remove(0);
+    store
+        .record_attempt(
+            job.delivery_id,
+            &Attempt {
+                at: chrono::Utc::now(),
+                status: Some(410),
+                error: Some("HTTP 410: \u{1b}[31mgone".into()),
+                duration_ms: 12,
+            },
+            &AfterAttempt::Disable("https://billing.example/h answered 410 Gone".into()),
+        )
+        .await
+        .unwrap();
+    store.close().await;
+
+    let log = json(&provisioner(
+        dir.path(),
+        &["webhooks", "deliveries", "--format", "json"],
+    ));
+    assert_eq!(log[0]["event_type"], "instance.provisioned");
+    assert_eq!(log[0]["state"], "failed");
+    assert_eq!(log[0]["last_status"], 410);
+    let delivery = log[0]["id"].as_i64().unwrap().to_string();
+    let text = provisioner(dir.path(), &["webhooks", "deliveries", "--state", "failed"]);
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(
+        text.contains("instance.provisioned") && !text.contains('\u{1b}'),
+        "{text}"
+    );
+    let shown = json(&provisioner(
+        dir.path(),
+        &["webhooks", "show", &delivery, "--format", "json"],
+    ));
+    assert_eq!(shown["attempt_log"][0]["status"], 410);
+    assert_eq!(shown["attempt_log"][0]["duration_ms"], 12);
+    assert_eq!(shown["event_id"], log[0]["event_id"]);
+
+    let endpoints = json(&provisioner(
+        dir.path(),
+        &["webhooks", "endpoints", "--format", "json"],
+    ));
+    assert_eq!(endpoints[0]["name"], "webhook:whmcs");
+    assert!(endpoints[0]["disabled_reason"]
+        .as_str()
+        .unwrap()
+        .contains("410"));
+    let again = json(&provisioner(
+        dir.path(),
+        &["webhooks", "redeliver", &delivery, "--format", "json"],
+    ));
+    assert_eq!(again["state"], "pending");
+    let enabled = provisioner(dir.path(), &["webhooks", "enable", "whmcs"]);
+    assert_eq!(enabled.status.code(), Some(0), "{}", stderr(&enabled));
+    // Bad input: exit 1 with the reason.
+    for (args, says) in [
+        (vec!["webhooks", "enable", "whmcs"], "is not disabled"),
+        (
+            vec!["webhooks", "redeliver", "99999"],
+            "there is no delivery 99999",
+        ),
+        (
+            vec!["webhooks", "show", "99999"],
+            "there is no delivery 99999",
+        ),
+        (
+            vec!["webhooks", "deliveries", "--state", "lost"],
+            "pending, delivered or failed",
+        ),
+    ] {
+        let o = provisioner(dir.path(), &args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{args:?}: {}", stderr(&o));
+    }
+}

@@ -16,9 +16,11 @@ use provisioner::store::{
 
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const PATIENCE: Duration = Duration::from_secs(120);
+const HOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
-/// A catalog with one fast, slightly faulty simulated account.
-fn write_catalog(dir: &Path) -> PathBuf {
+/// A catalog with one fast, slightly faulty simulated account, and billing's webhook
+/// endpoint at `hook` if given.
+fn write_catalog(dir: &Path, hook: Option<&str>) -> PathBuf {
     let catalog = dir.join("catalog");
     std::fs::create_dir_all(&catalog).unwrap();
     std::fs::write(
@@ -53,6 +55,20 @@ provisioning: {account: sim-e2e, config: {size: large}}
 ",
     )
     .unwrap();
+    if let Some(hook) = hook {
+        std::fs::write(
+            catalog.join("hooks.yaml"),
+            format!(
+                "apiVersion: provisioner/v1
+kind: WebhookEndpoint
+id: billing
+url: {hook}
+secret_env: E2E_WEBHOOK_SECRET
+"
+            ),
+        )
+        .unwrap();
+    }
     catalog
 }
 
@@ -88,6 +104,7 @@ impl Daemon {
             .arg(catalog)
             .args(["--owner", owner])
             .env("PROVISIONER_SECRET_KEY", KEY)
+            .env("E2E_WEBHOOK_SECRET", HOOK_SECRET)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -302,8 +319,71 @@ async fn every_step_is_logged(store: &SqlStore, ids: &[i64]) {
     }
 }
 
+/// Waits until `receiver` has been sent every event of the outbox, each signed.
+async fn every_event_is_delivered(
+    store: &SqlStore,
+    receiver: &common::receiver::Receiver,
+    daemon: &Daemon,
+) {
+    let mut events = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.events_after(after, 1000).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        events.extend(page);
+    }
+    // 200 servers made, suspended, unsuspended, resized, reinstalled, rebooted, terminated.
+    for kind in [
+        "instance.provisioned",
+        "instance.suspended",
+        "instance.unsuspended",
+        "instance.resized",
+        "instance.reinstalled",
+        "instance.rebooted",
+        "instance.terminated",
+    ] {
+        let n = events.iter().filter(|e| e.kind == kind).count();
+        assert!(n >= 200, "{n} {kind} events");
+    }
+    // Deliveries held by a killed daemon wait for their claim to run out (45 s).
+    let start = Instant::now();
+    loop {
+        let seen = receiver.seen();
+        let got: std::collections::HashSet<&str> = seen.iter().map(|r| r.id.as_str()).collect();
+        let missing: Vec<&str> = events
+            .iter()
+            .map(|e| e.event_id.as_str())
+            .filter(|id| !got.contains(id))
+            .collect();
+        if missing.is_empty() {
+            assert!(
+                seen.iter()
+                    .all(|r| common::receiver::verify(HOOK_SECRET, r)),
+                "every delivery is signed"
+            );
+            return;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "{} events never delivered across the SIGKILLs, e.g. {:?}:\n{}",
+            missing.len(),
+            &missing[..missing.len().min(5)],
+            daemon
+                .log()
+                .lines()
+                .rev()
+                .take(20)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn lifecycle(url: &str, dir: &Path) {
-    let catalog = write_catalog(dir);
+    let receiver = common::receiver::Receiver::start(|_, _, _| 204).await;
+    let catalog = write_catalog(dir, Some(&receiver.url("/hooks/provisioner")));
     let mut first = Daemon::start(url, &catalog, dir, "daemon-a");
     let store = SqlStore::open(url, &ConnectOptions::default())
         .await
@@ -420,6 +500,7 @@ async fn lifecycle(url: &str, dir: &Path) {
             .unwrap();
     }
     converge(&store, "termination", &[&second]).await;
+    every_event_is_delivered(&store, &receiver, &second).await;
 
     assert_eq!(
         second.terminate().await,
@@ -548,7 +629,7 @@ async fn wait_for(store: &SqlStore, ids: &[i64], what: &str, done: impl Fn(&Inst
 /// a SIGKILL in the middle; lost instances adopt other servers, again across a SIGKILL; the
 /// orphan report offers the command that imports a left-behind server. The refusals hold.
 async fn imports_and_adoptions(url: &str, dir: &Path) {
-    let catalog = write_catalog(dir);
+    let catalog = write_catalog(dir, None);
     let cat = catalog.to_str().unwrap();
     let store = SqlStore::open(url, &ConnectOptions::default())
         .await
@@ -837,7 +918,7 @@ async fn two_daemons_share_one_postgres_without_overlap() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let catalog = write_catalog(dir.path());
+    let catalog = write_catalog(dir.path(), None);
     let a = Daemon::start(&url, &catalog, dir.path(), "daemon-a");
     let b = Daemon::start(&url, &catalog, dir.path(), "daemon-b");
     let store = SqlStore::open(&url, &ConnectOptions::default())
@@ -894,7 +975,7 @@ async fn billing_writes_to_a_shared_sqlite_never_fail_with_a_busy_timeout() {
     use std::str::FromStr;
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("shared.db").display());
-    let catalog = write_catalog(dir.path());
+    let catalog = write_catalog(dir.path(), None);
     let store = SqlStore::open(&url, &ConnectOptions::default())
         .await
         .unwrap();

@@ -164,6 +164,7 @@ contract!(
     recovery_takes_lost_instances_only,
     reinstalls_are_counted_like_reboots,
     attached_servers_belong_to_one_instance,
+    events_are_written_with_their_transition_and_delivered_once_each,
 );
 
 async fn a_billing_ref_is_inserted_once(db: &Db) {
@@ -986,6 +987,205 @@ async fn records_write_state_and_transition_together(db: &Db) {
     );
 }
 
+/// Provisions `id` through the store as the reconciler does: the `instance.provisioned`
+/// event is written with the transition.
+async fn provision(db: &Db, id: i64) {
+    let lease = db.claim(id, "w1").await;
+    let done = NewTransition::new(Action::Create, Cause::DesiredChange, Outcome::Succeeded);
+    db.store
+        .record(
+            &lease,
+            &ObservedPatch {
+                observed_status: Some(ObservedStatus::Active),
+                provider_server_id: Some(Some(format!("srv-{id}"))),
+                ipv4: Some(Some("192.0.2.10".into())),
+                ..ObservedPatch::default()
+            },
+            Some(&done),
+        )
+        .await
+        .unwrap();
+    db.store.release(&lease, NextCheck::Now).await.unwrap();
+}
+
+async fn events_are_written_with_their_transition_and_delivered_once_each(db: &Db) {
+    use provisioner::store::events::{AfterAttempt, Attempt, DeliveryFilter, DeliveryState};
+    // An endpoint registered before anything happens hears of everything.
+    db.store.consumer("webhook:hook").await.unwrap();
+    let a = db.insert("c", "vps-starter").await;
+    let b = db.insert("c", "vps-starter").await;
+    provision(db, a).await;
+    provision(db, b).await;
+    let events = db.store.events_after(0, 100).await.unwrap();
+    let kinds: Vec<(&str, Option<i64>)> = events
+        .iter()
+        .map(|e| (e.kind.as_str(), e.instance_id))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("instance.provisioned", Some(a)),
+            ("instance.provisioned", Some(b))
+        ]
+    );
+    assert!(events[0].seq < events[1].seq);
+    assert_ne!(events[0].event_id, events[1].event_id);
+    let body: serde_json::Value = serde_json::from_str(&events[0].body).unwrap();
+    assert_eq!(body["data"]["ipv4"], "192.0.2.10");
+    assert_eq!(
+        db.store
+            .events_after(events[0].seq, 100)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // What was said stays said: events are never rewritten.
+    let refused = db
+        .billing("UPDATE events SET type = 'instance.lost'")
+        .await
+        .unwrap_err();
+    assert!(refused.contains("append-only"), "{refused}");
+
+    // Queued once, however often the endpoint's position is looked at.
+    let all = |_: &str| true;
+    assert_eq!(
+        db.store.queue_deliveries("hook", &all, 100).await.unwrap(),
+        2
+    );
+    assert_eq!(
+        db.store.queue_deliveries("hook", &all, 100).await.unwrap(),
+        0
+    );
+    let jobs = db.store.claim_deliveries(10).await.unwrap();
+    assert_eq!(jobs.len(), 2);
+    assert_eq!(jobs[0].event_id, events[0].event_id);
+    assert_eq!(jobs[0].body, events[0].body);
+    // Claimed: not handed out twice.
+    assert!(db.store.claim_deliveries(10).await.unwrap().is_empty());
+    let attempt = |status| Attempt {
+        at: chrono::Utc::now(),
+        status: Some(status),
+        error: None,
+        duration_ms: 3,
+    };
+    db.store
+        .record_attempt(jobs[0].delivery_id, &attempt(204), &AfterAttempt::Delivered)
+        .await
+        .unwrap();
+    db.store
+        .record_attempt(
+            jobs[1].delivery_id,
+            &attempt(500),
+            &AfterAttempt::RetryIn(0.0),
+        )
+        .await
+        .unwrap();
+    let retry = db.store.claim_deliveries(10).await.unwrap();
+    assert_eq!(retry.len(), 1);
+    assert_eq!(
+        (retry[0].delivery_id, retry[0].attempts),
+        (jobs[1].delivery_id, 1)
+    );
+    db.store
+        .record_attempt(
+            retry[0].delivery_id,
+            &attempt(410),
+            &AfterAttempt::Disable("answered 410 Gone".into()),
+        )
+        .await
+        .unwrap();
+    let log = db
+        .store
+        .deliveries(&DeliveryFilter {
+            endpoint_id: Some("hook".into()),
+            state: None,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    let states: Vec<(DeliveryState, i64, Option<i64>)> = log
+        .iter()
+        .map(|d| (d.state, d.attempts, d.last_status))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            (DeliveryState::Failed, 2, Some(410)),
+            (DeliveryState::Delivered, 1, Some(204)),
+        ]
+    );
+    let (_, attempts) = db.store.delivery(log[0].id).await.unwrap().unwrap();
+    assert_eq!(attempts.len(), 2);
+    // Disabled: new events wait, redeliveries are not sent, until it is enabled again.
+    let consumer = db.store.consumer("webhook:hook").await.unwrap();
+    assert_eq!(
+        consumer.disabled_reason.as_deref(),
+        Some("answered 410 Gone")
+    );
+    db.store.redeliver(log[0].id).await.unwrap();
+    assert!(db.store.claim_deliveries(10).await.unwrap().is_empty());
+    let c = db.insert("c", "vps-starter").await;
+    provision(db, c).await;
+    assert_eq!(
+        db.store.queue_deliveries("hook", &all, 100).await.unwrap(),
+        0
+    );
+    assert!(db.store.enable_consumer("webhook:hook").await.unwrap());
+    assert!(!db.store.enable_consumer("webhook:hook").await.unwrap());
+    assert_eq!(
+        db.store.queue_deliveries("hook", &all, 100).await.unwrap(),
+        1
+    );
+    assert_eq!(db.store.claim_deliveries(10).await.unwrap().len(), 2);
+    assert!(matches!(
+        db.store.redeliver(999_999).await,
+        Err(StoreError::Rejected(_))
+    ));
+
+    // A mail consumer takes a batch under a lease, moves on, lets go.
+    let new = db
+        .store
+        .take_events("email:ops", 10)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(new.is_empty(), "a new consumer starts at the newest event");
+    db.store
+        .advance_consumer("email:ops", 0, true)
+        .await
+        .unwrap();
+    let d = db.insert("c", "vps-starter").await;
+    provision(db, d).await;
+    let taken = db
+        .store
+        .take_events("email:ops", 10)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].instance_id, Some(d));
+    assert!(
+        db.store
+            .take_events("email:ops", 10)
+            .await
+            .unwrap()
+            .is_none(),
+        "held by the first taker"
+    );
+    db.store
+        .advance_consumer("email:ops", taken[0].seq, true)
+        .await
+        .unwrap();
+    assert!(db
+        .store
+        .take_events("email:ops", 10)
+        .await
+        .unwrap()
+        .unwrap()
+        .is_empty());
+}
+
 async fn release_schedules_the_next_check(db: &Db) {
     let id = db.insert("c", "vps-starter").await;
     let lease = db.claim(id, "w1").await;
@@ -1405,6 +1605,12 @@ async fn one_bad_row_never_blocks_the_others(db: &Db) {
         ))
             .await;
         assert_eq!(history, 1, "the quarantine is in the instance's history");
+        let failed = db
+            .scalar(&format!(
+                "SELECT COUNT(*) FROM events WHERE instance_id = {id} AND type = 'instance.failed'"
+            ))
+            .await;
+        assert_eq!(failed, 1, "billing and the admin hear of it");
     }
     // The next claim finds nothing more: the bad rows are not retried in a loop.
     assert!(db.store.claim_due("w", 100, 30.0).await.unwrap().is_empty());
@@ -1522,7 +1728,7 @@ async fn migrations_are_idempotent(db: &Db) {
     assert!(db.store.migrate().await.unwrap().is_empty());
     assert_eq!(
         db.scalar("SELECT COUNT(*) FROM schema_migrations").await,
-        11
+        12
     );
 }
 

@@ -19,9 +19,12 @@ BEGIN
         END;
     END IF;
     REVOKE ALL ON instances, instance_transitions, product_revisions, manual_tasks, ovh_pool,
-                  sim_servers, schema_migrations, instance_holds
+                  sim_servers, schema_migrations, instance_holds, events, event_consumers,
+                  webhook_deliveries, webhook_attempts
         FROM provisioner_billing;
-    GRANT SELECT ON instances, instance_transitions, product_revisions TO provisioner_billing;
+    -- The event outbox is billing's to read, as the feed `GET /v1/events` serves it.
+    GRANT SELECT ON instances, instance_transitions, product_revisions, events
+        TO provisioner_billing;
     GRANT INSERT (customer_id, order_id, billing_ref, product_id, location, os_image, hostname,
                   ssh_keys, desired_status, suspend_reason, reboot_requested,
                   reinstall_requested)

@@ -4,6 +4,7 @@
 //! CLI calls; nothing below imports it.
 
 pub mod auth;
+pub mod events;
 pub mod idempotent;
 pub mod instances;
 pub mod openapi;
@@ -36,6 +37,8 @@ pub struct V1 {
     pub catalog: tokio::sync::watch::Receiver<Arc<Catalog>>,
     /// Opens sealed root passwords for the admin's credentials call.
     pub keyring: Arc<crate::secrets::Keyring>,
+    /// The newest event, for the feed's long polls.
+    pub feed: events::FeedHead,
 }
 
 /// Requests to `/v1` carry at most this much body.
@@ -134,6 +137,7 @@ pub fn router(metrics: Arc<Metrics>, ready: Arc<Readiness>, v1: Option<V1>) -> R
         )
         .route("/v1/tasks", get(tasks::list))
         .route("/v1/tasks/{id}/complete", post(tasks::complete))
+        .route("/v1/events", get(events::feed))
         .fallback(no_such_route)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(

@@ -22,7 +22,7 @@ impl Modify for Bearer {
 #[openapi(
     info(
         title = "provisioner",
-        description = "The billing front door: products, orders, changes of desired state, instances and their history, credentials. Tokens come from `provisioner tokens create NAME --scope read|billing|admin`; errors are RFC 9457 problem details with a stable `code`."
+        description = "The billing front door: products, orders, changes of desired state, instances and their history, credentials. Tokens come from `provisioner tokens create NAME --scope read|billing|admin`; errors are RFC 9457 problem details with a stable `code`. Events are delivered as Standard Webhooks to the endpoints the catalog declares, and served as a feed."
     ),
     paths(
         super::products::list,
@@ -40,6 +40,7 @@ impl Modify for Bearer {
         super::orders::credentials,
         super::tasks::list,
         super::tasks::complete,
+        super::events::feed,
     ),
     components(schemas(super::problem::Problem)),
     modifiers(&Bearer),
@@ -47,6 +48,7 @@ impl Modify for Bearer {
         (name = "products", description = "The catalog as customers may order it"),
         (name = "instances", description = "Customers' servers: what billing wants, what is"),
         (name = "tasks", description = "The manual module's inbox"),
+        (name = "events", description = "What happened, in order: the feed webhooks deliver"),
     )
 )]
 pub struct Document;

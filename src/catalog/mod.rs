@@ -14,6 +14,7 @@ pub mod example;
 mod fields;
 pub mod model;
 pub mod module;
+pub mod notify;
 pub mod parse;
 pub mod revision;
 pub mod source;
@@ -158,6 +159,8 @@ pub fn from_files(
     Ok(Catalog {
         products: checked.products,
         accounts: checked.accounts,
+        webhooks: checked.webhooks,
+        notifiers: checked.notifiers,
         source: SourceInfo {
             dir: dir.to_owned(),
             files: files.len(),

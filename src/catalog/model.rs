@@ -386,6 +386,10 @@ pub struct Catalog {
     pub products: BTreeMap<String, Product>,
     /// Accounts by id.
     pub accounts: BTreeMap<String, ProviderAccount>,
+    /// Webhook endpoints by id.
+    pub webhooks: BTreeMap<String, super::notify::WebhookEndpoint>,
+    /// E-mail notifiers by id.
+    pub notifiers: BTreeMap<String, super::notify::EmailNotifier>,
     /// Where it came from.
     pub source: SourceInfo,
     /// Warnings found while loading (a valid catalog has no errors).

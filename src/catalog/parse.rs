@@ -17,13 +17,19 @@ use super::model::{
     Revision, Specs, StorageType,
 };
 use super::module;
+use super::notify::{self, EmailNotifier, WebhookEndpoint};
 use super::revision;
 use super::yaml::{self, shorten, Node, Pos};
 
 /// The only `apiVersion` this version of provisioner reads.
 pub const API_VERSION: &str = "provisioner/v1";
 
-const KINDS: &[&str] = &["Product", "ProviderAccount"];
+const KINDS: &[&str] = &[
+    "Product",
+    "ProviderAccount",
+    "WebhookEndpoint",
+    "EmailNotifier",
+];
 
 const MONEY: DecimalRule = DecimalRule {
     max_scale: 2,
@@ -46,6 +52,10 @@ pub struct Checked {
     pub products: BTreeMap<String, Product>,
     /// Accounts by id; empty when there were errors.
     pub accounts: BTreeMap<String, ProviderAccount>,
+    /// Webhook endpoints by id; empty when there were errors.
+    pub webhooks: BTreeMap<String, WebhookEndpoint>,
+    /// E-mail notifiers by id; empty when there were errors.
+    pub notifiers: BTreeMap<String, EmailNotifier>,
     /// Every error and warning.
     pub diagnostics: Vec<Diagnostic>,
 }
@@ -86,6 +96,10 @@ enum Definition {
     },
     /// `None` when the document had errors.
     Account(Option<Box<ProviderAccount>>),
+    /// `None` when the document had errors.
+    Webhook(Option<Box<WebhookEndpoint>>),
+    /// `None` when the document had errors.
+    Notifier(Option<Box<EmailNotifier>>),
 }
 
 /// Checks every document of every file. `env_is_set` tells whether an environment variable is
@@ -141,6 +155,8 @@ pub fn check(files: &[SourceFile], env_is_set: &(dyn Fn(&str) -> bool + Sync)) -
     }
 
     let mut accounts: BTreeMap<String, ProviderAccount> = BTreeMap::new();
+    let mut webhooks = BTreeMap::new();
+    let mut notifiers = BTreeMap::new();
     let mut links = Vec::new();
     for (file, pos, definition) in definitions {
         if duplicated.contains(&(file, pos)) {
@@ -150,7 +166,13 @@ pub fn check(files: &[SourceFile], env_is_set: &(dyn Fn(&str) -> bool + Sync)) -
             Definition::Account(Some(a)) => {
                 accounts.insert(a.id.clone(), *a);
             }
-            Definition::Account(None) => {}
+            Definition::Webhook(Some(w)) => {
+                webhooks.insert(w.id.clone(), *w);
+            }
+            Definition::Notifier(Some(n)) => {
+                notifiers.insert(n.id.clone(), *n);
+            }
+            Definition::Account(None) | Definition::Webhook(None) | Definition::Notifier(None) => {}
             Definition::Product { draft, link } => {
                 if let Some(link) = link {
                     links.push((file, draft, link));
@@ -222,10 +244,14 @@ pub fn check(files: &[SourceFile], env_is_set: &(dyn Fn(&str) -> bool + Sync)) -
     if diagnostics.iter().any(Diagnostic::is_error) {
         products.clear();
         accounts.clear();
+        webhooks.clear();
+        notifiers.clear();
     }
     Checked {
         products,
         accounts,
+        webhooks,
+        notifiers,
         diagnostics,
     }
 }
@@ -395,7 +421,7 @@ fn document(
             return Some(s);
         }
         let mut message = format!(
-            "unknown kind `{}`; expected `Product` or `ProviderAccount`",
+            "unknown kind `{}`; expected `Product`, `ProviderAccount`, `WebhookEndpoint` or `EmailNotifier`",
             shorten(&s)
         );
         if let Some(close) = did_you_mean(&s, KINDS) {
@@ -414,6 +440,22 @@ fn document(
         let ok = !has_errors_since(cx, mark);
         let account = account.filter(|_| ok).map(Box::new);
         (id, Some(Definition::Account(account)))
+    } else if kind == "WebhookEndpoint" {
+        let (id, endpoint) = notify::webhook(&mut f, origin, cx, env_is_set);
+        f.finish(cx);
+        let ok = !has_errors_since(cx, mark);
+        (
+            id,
+            Some(Definition::Webhook(endpoint.filter(|_| ok).map(Box::new))),
+        )
+    } else if kind == "EmailNotifier" {
+        let (id, notifier) = notify::email(&mut f, origin, cx, env_is_set);
+        f.finish(cx);
+        let ok = !has_errors_since(cx, mark);
+        (
+            id,
+            Some(Definition::Notifier(notifier.filter(|_| ok).map(Box::new))),
+        )
     } else {
         let (id, draft, link) = product(&mut f, origin, cx);
         f.finish(cx);

@@ -9,6 +9,7 @@ pub mod output;
 mod service;
 mod tasks;
 mod tokens;
+mod webhooks;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -294,6 +295,13 @@ pub enum Command {
         after_help = concat!("Environment:\n", env_database!(), env_logging!())
     )]
     Tokens(TokensCommand),
+    /// Webhook deliveries (Standard Webhooks, to the catalog's `WebhookEndpoint`s): the log
+    /// with every attempt, redelivery, and endpoints turned back on after a `410 Gone`.
+    #[command(
+        subcommand,
+        after_help = concat!("Environment:\n", env_database!(), env_logging!())
+    )]
+    Webhooks(WebhooksCommand),
     /// Servers carrying our mark that no live instance has, per account (what the daemon
     /// counts as `provisioner_orphan_servers`), each with the command that imports it.
     #[command(after_help = concat!("Environment:\n", env_database!(), env_key!(), env_providers!(), env_logging!()))]
@@ -344,6 +352,58 @@ pub struct RunArgs {
     /// abandoned (their intent is recorded; the next daemon resolves them).
     #[arg(long, default_value_t = 5.0)]
     pub drain_seconds: f64,
+}
+
+/// `provisioner webhooks …`
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCommand {
+    /// List deliveries, newest first: event, endpoint, state, attempts, last answer.
+    Deliveries {
+        /// Only this endpoint's (its catalog id).
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Only deliveries in this state: pending, delivered, failed.
+        #[arg(long)]
+        state: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Show one delivery with every attempt (when, HTTP status, error, duration).
+    Show {
+        /// The delivery's id.
+        id: i64,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Send a delivery again now, whatever its state: the same event id (the receiver's
+    /// idempotency key), signed with the endpoint's current secret by the daemon.
+    Redeliver {
+        /// The delivery's id.
+        id: i64,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// The endpoints and notifiers reading the event feed: where each stands, and whether it
+    /// is disabled (and why).
+    Endpoints {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Turn an endpoint disabled by a `410 Gone` back on: the events since are delivered.
+    Enable {
+        /// The endpoint's catalog id.
+        endpoint: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
 }
 
 /// `provisioner tokens …`
@@ -881,6 +941,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate { format } => block_on(instances::migrate(&cli.database_url, format)),
         Command::Instances(c) => block_on(instances::run(&cli.database_url, c)),
         Command::Tokens(c) => block_on(tokens::run(&cli.database_url, c)),
+        Command::Webhooks(c) => block_on(webhooks::run(&cli.database_url, c)),
         Command::Orphans {
             catalog,
             account,

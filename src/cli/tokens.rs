@@ -9,11 +9,20 @@ use super::{output, Format, TokensCommand, EXIT_OK};
 use crate::store::{redact_url, ConnectOptions, Scope, SqlStore, StoreError};
 
 pub(super) async fn run(url: &str, command: TokensCommand) -> anyhow::Result<ExitCode> {
+    with_store(url, async |store| dispatch(store, command).await).await
+}
+
+/// Runs `f` on the existing database at `url`, closing it after; a refusal of the store's
+/// ([`StoreError::Rejected`]) is bad input (exit 2), not a failure.
+pub(super) async fn with_store(
+    url: &str,
+    f: impl AsyncFnOnce(&SqlStore) -> anyhow::Result<ExitCode>,
+) -> anyhow::Result<ExitCode> {
     use anyhow::Context;
     let store = SqlStore::open_existing(url, &ConnectOptions::default())
         .await
         .with_context(|| format!("cannot use database {}", redact_url(url)))?;
-    let result = dispatch(&store, command).await;
+    let result = f(&store).await;
     store.close().await;
     match result {
         Err(e)

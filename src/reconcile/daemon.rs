@@ -172,6 +172,7 @@ pub async fn start(config: DaemonConfig, shutdown: CancellationToken) -> anyhow:
         config.timing,
         wake.clone(),
     ));
+    crate::notify::prepare(&store, &initial).await?;
     let tracker = TaskTracker::new();
     let ready = Arc::new(api::Readiness::default());
 
@@ -181,6 +182,8 @@ pub async fn start(config: DaemonConfig, shutdown: CancellationToken) -> anyhow:
                 .await
                 .with_context(|| format!("cannot listen on {addr}"))?;
             let bound = listener.local_addr()?;
+            let (feed, keep_feed) = api::events::FeedHead::new(store.clone(), shutdown.clone());
+            tracker.spawn(keep_feed);
             tracker.spawn(api::serve(
                 listener,
                 metrics.clone(),
@@ -189,6 +192,7 @@ pub async fn start(config: DaemonConfig, shutdown: CancellationToken) -> anyhow:
                     store: store.clone(),
                     catalog: catalog_rx.clone(),
                     keyring: keyring.clone(),
+                    feed,
                 }),
                 api::Limits::default(),
                 shutdown.clone(),
@@ -236,6 +240,12 @@ pub async fn start(config: DaemonConfig, shutdown: CancellationToken) -> anyhow:
         shutdown.clone(),
     ));
     tracker.spawn(listen_loop(store.clone(), wake.clone(), shutdown.clone()));
+    tracker.spawn(crate::notify::run(
+        store.clone(),
+        catalog_rx.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     tracker.spawn(async move { watcher.join().await });
     Ok(Running {
         store,

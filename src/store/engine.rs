@@ -278,6 +278,13 @@ impl Row {
         }
     }
 
+    pub(crate) fn opt_int(&self, name: &str) -> Result<Option<i64>, StoreError> {
+        match self.get(name)? {
+            Val::Null => Ok(None),
+            _ => self.int(name).map(Some),
+        }
+    }
+
     pub(crate) fn opt_text(&self, name: &str) -> Result<Option<String>, StoreError> {
         match self.get(name)? {
             Val::Null => Ok(None),
@@ -551,7 +558,7 @@ mod writer {
     ];
 
     /// The reconciler's other tables, guarded the same way for every write.
-    pub(super) const TABLES: [&str; 8] = [
+    pub(super) const TABLES: [&str; 12] = [
         "instance_transitions",
         "product_revisions",
         "manual_tasks",
@@ -560,6 +567,10 @@ mod writer {
         "schema_migrations",
         "api_tokens",
         "idempotency_keys",
+        "events",
+        "event_consumers",
+        "webhook_deliveries",
+        "webhook_attempts",
     ];
 
     unsafe extern "C" fn allowed(
@@ -909,6 +920,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "idempotency keys",
         include_str!("../../migrations/sqlite/0011_idempotency_keys.sql"),
     ),
+    (
+        12,
+        "events and webhook deliveries",
+        include_str!("../../migrations/sqlite/0012_events.sql"),
+    ),
 ];
 
 /// The billing role and its grants, applied after the migrations by every migrate.
@@ -970,6 +986,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "idempotency keys",
         include_str!("../../migrations/postgres/0011_idempotency_keys.sql"),
     ),
+    (
+        12,
+        "events and webhook deliveries",
+        include_str!("../../migrations/postgres/0012_events.sql"),
+    ),
 ];
 
 #[cfg(test)]
@@ -984,7 +1005,8 @@ mod tests {
             include_str!("../../migrations/sqlite/0008_plan_changes_and_reinstalls.sql"),
             include_str!("../../migrations/sqlite/0009_imported_servers.sql"),
             include_str!("../../migrations/sqlite/0010_api_tokens.sql"),
-            include_str!("../../migrations/sqlite/0011_idempotency_keys.sql")
+            include_str!("../../migrations/sqlite/0011_idempotency_keys.sql"),
+            include_str!("../../migrations/sqlite/0012_events.sql")
         );
         for column in writer::OWNED {
             assert!(

@@ -13,6 +13,7 @@
 mod attach;
 pub(crate) mod connect;
 pub(crate) mod engine;
+pub mod events;
 pub mod idempotency;
 mod lifecycle;
 pub mod model;
@@ -811,7 +812,7 @@ async fn insert_transition(
         ],
     )
     .await?;
-    Ok(())
+    events::on_transition(tx, instance_id, from, to).await
 }
 
 /// Instance `id`, read in `tx`.
@@ -1252,17 +1253,19 @@ impl Store for SqlStore {
         if tx.row(&fenced, fence_args(lease)).await?.is_none() {
             return Err(fence_failure(&mut tx, lease).await);
         }
-        tx.execute(
-            "INSERT INTO manual_tasks (instance_id, kind, state, created_at, details)
-             VALUES ($1, $2, 'open', {now}, $3)
-             ON CONFLICT (instance_id, kind) WHERE state = 'open' DO NOTHING",
-            vec![
-                Arg::Int(lease.instance_id),
-                kind.as_str().into(),
-                Arg::Json(details.clone()),
-            ],
-        )
-        .await?;
+        let opened = tx
+            .execute(
+                "INSERT INTO manual_tasks (instance_id, kind, state, created_at, details)
+                 VALUES ($1, $2, 'open', {now}, $3)
+                 ON CONFLICT (instance_id, kind) WHERE state = 'open' DO NOTHING",
+                vec![
+                    Arg::Int(lease.instance_id),
+                    kind.as_str().into(),
+                    Arg::Json(details.clone()),
+                ],
+            )
+            .await?
+            == 1;
         let row = tx
             .row(
                 "SELECT * FROM manual_tasks WHERE instance_id = $1 AND kind = $2 AND state = 'open'",
@@ -1271,6 +1274,9 @@ impl Store for SqlStore {
             .await?
             .ok_or_else(|| StoreError::Corrupt("the open task vanished".into()))?;
         let task = task_from(&row)?;
+        if opened {
+            events::on_task(&mut tx, crate::events::EventType::TaskOpened, &task).await?;
+        }
         tx.commit().await?;
         Ok(task)
     }
@@ -1344,6 +1350,7 @@ impl Store for SqlStore {
             .await?
             .ok_or_else(|| StoreError::Corrupt("the open task vanished".into()))?;
         let task = task_from(&row)?;
+        events::on_task(&mut tx, crate::events::EventType::TaskCompleted, &task).await?;
         // The reconciler observes manual work through the task: look at the instance now.
         tx.execute(
             "UPDATE instances SET next_check_at = {now}

@@ -2,6 +2,9 @@
 
 #![allow(dead_code)]
 
+pub mod receiver;
+pub mod smtp;
+
 use std::path::Path;
 
 use tempfile::TempDir;
