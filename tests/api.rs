@@ -1163,3 +1163,21 @@ async fn events_webhooks_and_mail_on_postgres() {
     };
     events_webhooks_and_mail(Some(url), "API_TEST_WEBHOOK_SECRET_PG").await;
 }
+
+/// The receiver's own check of signatures agrees with the specification's published vector,
+/// so what it accepts from the daemon is signed as Standard Webhooks says.
+#[test]
+fn the_test_receiver_verifies_the_specification_vector() {
+    let mut r = common::receiver::Received {
+        path: "/".into(),
+        id: "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk".into(),
+        timestamp: "1649367553".into(),
+        signature: "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=".into(),
+        body: r#"{"email":"test@example.com","username":"test_user"}"#.into(),
+        at: std::time::Instant::now(),
+        answered: 204,
+    };
+    assert!(common::receiver::verify(SECRET, &r));
+    r.body = r#"{"email":"test@example.com","username":"test_user2"}"#.into();
+    assert!(!common::receiver::verify(SECRET, &r));
+}

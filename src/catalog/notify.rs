@@ -147,30 +147,95 @@ fn events(node: Option<&Node>, default: &[EventType], cx: &mut Cx) -> Option<Vec
         return None;
     }
     let names: Vec<&str> = EventType::ALL.iter().map(|e| e.as_str()).collect();
-    let mut out = Vec::new();
+    let mut out: Vec<EventType> = Vec::new();
     let mut ok = true;
-    for (name, pos) in &items {
-        match name.parse::<EventType>() {
-            Ok(e) if out.contains(&e) => {
-                cx.error(*pos, format!("`events` lists `{name}` twice"));
-                ok = false;
+    for (i, (name, pos)) in items.iter().enumerate() {
+        if items[..i].iter().any(|(earlier, _)| earlier == name) {
+            cx.error(*pos, format!("`events` lists `{}` twice", shorten(name)));
+            ok = false;
+            continue;
+        }
+        let matched = matching(name);
+        if matched.is_empty() {
+            let mut message = format!(
+                "`events`: unknown event type `{}`; known: {} (or `*`, `instance.*`, `task.*`)",
+                shorten(name),
+                names.join(", ")
+            );
+            if let Some(close) = did_you_mean(name, &names) {
+                message.push_str(&format!("; did you mean `{close}`?"));
             }
-            Ok(e) => out.push(e),
-            Err(()) => {
-                let mut message = format!(
-                    "`events`: unknown event type `{}`; known: {}",
-                    shorten(name),
-                    names.join(", ")
-                );
-                if let Some(close) = did_you_mean(name, &names) {
-                    message.push_str(&format!("; did you mean `{close}`?"));
-                }
-                cx.error(*pos, message);
-                ok = false;
+            cx.error(*pos, message);
+            ok = false;
+        }
+        for e in matched {
+            if !out.contains(&e) {
+                out.push(e);
             }
         }
     }
     ok.then(|| in_order(out))
+}
+
+impl WebhookEndpoint {
+    /// As `catalog show` prints it (the secret's variable, never the secret).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "url": self.url,
+            "secret_env": self.secret_env,
+            "events": self.events.iter().map(|e| e.as_str()).collect::<Vec<_>>(),
+            "timeout_seconds": self.timeout.as_secs(),
+            "defined_at": self.origin.to_string(),
+        })
+    }
+}
+
+impl EmailNotifier {
+    /// As `catalog show` prints it (the password's variable, never the password).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "smtp": {
+                "host": self.smtp.host,
+                "port": self.smtp.port,
+                "tls": self.smtp.tls.as_str(),
+                "username": self.smtp.username,
+                "password_env": self.smtp.password_env,
+            },
+            "from": self.from,
+            "to": self.to,
+            "events": self.events.iter().map(|e| e.as_str()).collect::<Vec<_>>(),
+            "defined_at": self.origin.to_string(),
+        })
+    }
+}
+
+/// The event types a pattern of `events` names: one type, every type (`*`), or every type
+/// of a family (`instance.*`, `task.*`).
+pub fn matching(pattern: &str) -> Vec<EventType> {
+    let family = pattern.strip_suffix('*');
+    EventType::ALL
+        .iter()
+        .copied()
+        .filter(|e| match family {
+            Some(prefix) => {
+                (prefix.is_empty() || prefix.ends_with('.')) && e.as_str().starts_with(prefix)
+            }
+            None => e.as_str() == pattern,
+        })
+        .collect()
+}
+
+/// The `events` list, also accepted as `event_types`.
+fn events_node<'n>(f: &mut Fields<'n>, cx: &mut Cx) -> Option<&'n Node> {
+    let events = f.optional("events");
+    let alias_pos = f.key_pos("event_types");
+    let alias = f.optional("event_types");
+    if let (Some(_), Some(pos)) = (events, alias_pos) {
+        cx.error(pos, "give `events` or `event_types`, not both");
+    }
+    events.or(alias)
 }
 
 /// Why a webhook URL is refused, if it is: http(s), a host, no credentials, no fragment.
@@ -225,7 +290,8 @@ pub(super) fn webhook(
     let secret_env = f
         .required("secret_env", cx)
         .and_then(|n| env_name(n, "secret_env", &owner, cx, env_is_set));
-    let events = events(f.optional("events"), EventType::ALL, cx);
+    let events_node = events_node(f, cx);
+    let events = events(events_node, EventType::ALL, cx);
     let timeout = match f.optional("timeout_seconds") {
         None => Some(15),
         Some(n) => integer_u32(n, "timeout_seconds", 1, cx).and_then(|t| {
@@ -365,7 +431,8 @@ pub(super) fn email(
         }
         ok.then_some(out)
     });
-    let events = events(f.optional("events"), EventType::ADMIN_DEFAULT, cx);
+    let events_node = events_node(f, cx);
+    let events = events(events_node, EventType::ADMIN_DEFAULT, cx);
     let notifier = (|| {
         Some(EmailNotifier {
             id: id.clone()?.0,
@@ -382,6 +449,25 @@ pub(super) fn email(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_patterns_name_types_and_families() {
+        let names = |p: &str| matching(p).iter().map(|e| e.as_str()).collect::<Vec<_>>();
+        assert_eq!(names("*").len(), EventType::ALL.len());
+        assert_eq!(names("task.*"), ["task.opened", "task.completed"]);
+        assert_eq!(names("instance.*").len(), 9);
+        assert_eq!(names("instance.lost"), ["instance.lost"]);
+        for none in [
+            "",
+            "inst*",
+            "instance.",
+            "instance.lost.*",
+            "Instance.lost",
+            "task",
+        ] {
+            assert!(names(none).is_empty(), "{none}");
+        }
+    }
 
     #[test]
     fn webhook_urls_are_checked() {

@@ -55,6 +55,18 @@ fn validate(dir: &Path, format: Format) -> anyhow::Result<ExitCode> {
                         plural(c.accounts.len(), "account"),
                         plural(c.source.files, "file")
                     );
+                    if !c.webhooks.is_empty() {
+                        line.push_str(&format!(
+                            ", {}",
+                            plural(c.webhooks.len(), "webhook endpoint")
+                        ));
+                    }
+                    if !c.notifiers.is_empty() {
+                        line.push_str(&format!(
+                            ", {}",
+                            plural(c.notifiers.len(), "e-mail notifier")
+                        ));
+                    }
                     if warnings > 0 {
                         line.push_str(&format!(", {}", plural(warnings, "warning")));
                     }
@@ -85,6 +97,8 @@ fn validate(dir: &Path, format: Format) -> anyhow::Result<ExitCode> {
                 "warnings": warnings,
                 "products": catalog.map(|c| c.products.len()),
                 "accounts": catalog.map(|c| c.accounts.len()),
+                "webhook_endpoints": catalog.map(|c| c.webhooks.len()),
+                "email_notifiers": catalog.map(|c| c.notifiers.len()),
                 "files": catalog.map(|c| c.source.files),
                 "git_commit": catalog.and_then(|c| c.source.git.as_ref().map(|g| g.commit.clone())),
                 "git_dirty": catalog.and_then(|c| c.source.git.as_ref().map(|g| g.dirty)),
@@ -136,6 +150,8 @@ pub fn resolved(c: &Catalog) -> Value {
         },
         "accounts": accounts,
         "products": products,
+        "webhook_endpoints": c.webhooks.values().map(|w| w.to_json()).collect::<Vec<_>>(),
+        "email_notifiers": c.notifiers.values().map(|n| n.to_json()).collect::<Vec<_>>(),
     })
 }
 
