@@ -15,6 +15,7 @@
 //! | [`metrics`] | the daemon's figures, rendered for Prometheus |
 //! | [`secrets`] | root passwords and panel credentials sealed at rest; keys, the key file beside a SQLite database, rotation |
 //! | [`api`] | the daemon's HTTP endpoints: `/healthz`, `/readyz`, `/metrics`, and the billing API under `/v1` with its OpenAPI document |
+//! | [`console`] | the ops console at `/ui/`: server-rendered pages, sessions and CSRF, built-in assets |
 //! | [`events`] | the event types billing hears of, which change causes which, and what an event carries (pure) |
 //! | [`notify`] | webhook deliveries (Standard Webhooks) and admin e-mail, read from the event outbox |
 //! | [`cli`] | the `provisioner` command line: arguments, output formats, exit codes |
@@ -22,6 +23,7 @@
 pub mod api;
 pub mod catalog;
 pub mod cli;
+pub mod console;
 pub mod events;
 pub mod metrics;
 pub mod notify;

@@ -148,6 +148,27 @@ impl Metrics {
             .sum()
     }
 
+    /// Provider calls of `account` that succeeded, and that failed (any error class).
+    pub fn account_calls(&self, account: &str) -> (u64, u64) {
+        let prefix = format!("account=\"{}\",", escape(account));
+        let m = self
+            .labelled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut ok = 0;
+        let mut failed = 0;
+        for ((name, labels), v) in m.iter() {
+            if *name == "provisioner_provider_calls_total" && labels.starts_with(&prefix) {
+                if labels.ends_with(",result=\"ok\"") {
+                    ok += v;
+                } else {
+                    failed += v;
+                }
+            }
+        }
+        (ok, failed)
+    }
+
     /// The sum of a labelled counter over all its labels.
     pub fn total(&self, name: &str) -> u64 {
         let m = self

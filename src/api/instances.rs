@@ -282,6 +282,7 @@ pub async fn list(
         provider_account: None,
         after_id: q.cursor.as_deref().map(after_cursor).transpose()?,
         limit: Some(limit + 1),
+        search: None,
     };
     let mut found = match &q.billing_ref {
         // A billing reference names one instance at most.

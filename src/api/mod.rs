@@ -110,13 +110,28 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// The router of the daemon's endpoints; `/v1` only with `v1`.
-pub fn router(metrics: Arc<Metrics>, ready: Arc<Readiness>, v1: Option<V1>) -> Router {
-    let base = Router::new()
+/// The router of the daemon's endpoints; `/v1` only with `v1`, `/ui/` only with `console`.
+pub fn router(
+    metrics: Arc<Metrics>,
+    ready: Arc<Readiness>,
+    v1: Option<V1>,
+    console: Option<crate::console::Console>,
+) -> Router {
+    let mut base = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(self::metrics))
         .with_state(AppState { metrics, ready });
+    if let Some(console) = console {
+        base = base.merge(
+            crate::console::router(console)
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+                .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                    axum::http::StatusCode::REQUEST_TIMEOUT,
+                    REQUEST_TIMEOUT,
+                )),
+        );
+    }
     let Some(v1) = v1 else { return base };
     let api = Router::new()
         .route("/v1/openapi.json", get(openapi::serve))
@@ -180,10 +195,11 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     ready: Arc<Readiness>,
     v1: Option<V1>,
+    console: Option<crate::console::Console>,
     limits: Limits,
     shutdown: CancellationToken,
 ) {
-    let app = router(metrics, ready, v1);
+    let app = router(metrics, ready, v1, console);
     let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     loop {
         let permit = tokio::select! {
@@ -243,6 +259,7 @@ mod tests {
             listener,
             Arc::new(Metrics::default()),
             Arc::new(Readiness::default()),
+            None,
             None,
             limits,
             shutdown.clone(),

@@ -161,49 +161,69 @@ pub async fn complete(
     })?;
     let request = format!("POST /v1/tasks/{id}/complete");
     Ok(once(&api, &caller, &headers, &request, &bytes, || async {
-        let task = api.store.task(id).await?.ok_or_else(unknown)?;
-        if task.state != TaskState::Open {
-            return Err(not_open(id, task.state));
-        }
-        let (ip, ipv6) = completion_addresses(
-            task.kind,
-            done.ip.as_deref(),
-            done.ipv6.as_deref(),
-            ["ip", "ipv6"],
-        )
-        .map_err(|m| {
-            Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_completion",
-                "Invalid completion",
-                m,
-            )
-        })?;
         let by = format!("token:{}", caller.token.name);
-        let mut details = serde_json::Map::new();
-        for (key, value) in [("ip", ip), ("ipv6", ipv6), ("note", done.note.clone())] {
-            if let Some(v) = value {
-                details.insert(key.to_owned(), v.into());
-            }
-        }
-        details.insert("completed_by".to_owned(), by.clone().into());
-        let secret = done.password.as_ref().map(|p| {
-            api.keyring
-                .seal(&SecretString::new(p.clone()), &task.secret_context())
-        });
-        let completion = TaskCompletion {
-            by,
-            details: serde_json::Value::Object(details),
-            secret,
-        };
-        match api.store.complete_task(id, &completion).await {
-            Ok(t) => Ok(Reply::new(StatusCode::OK, &TaskView::from(&t))),
-            Err(StoreError::TaskNotOpen { id, state }) => Err(not_open(id, state)),
-            Err(StoreError::TaskNotFound(_)) => Err(unknown()),
-            Err(e) => Err(e.into()),
-        }
+        let t = record_completion(&api.store, &api.keyring, id, &by, &done).await?;
+        Ok(Reply::new(StatusCode::OK, &TaskView::from(&t)))
     })
     .await)
+}
+
+/// Records what an admin did for task `id`, with the checks of `tasks complete`: the task is
+/// open, its addresses parse (a provision task has one), the password is sealed. The API and
+/// the console both complete tasks through this.
+///
+/// # Errors
+/// A problem with its code (`unknown_task`, `task_not_open`, `invalid_completion`).
+pub async fn record_completion(
+    store: &crate::store::SqlStore,
+    keyring: &crate::secrets::Keyring,
+    id: i64,
+    by: &str,
+    done: &Completion,
+) -> Result<Task, Problem> {
+    let unknown = || Problem::not_found("unknown_task", format!("task {id} does not exist"));
+    let task = store.task(id).await?.ok_or_else(unknown)?;
+    if task.state != TaskState::Open {
+        return Err(not_open(id, task.state));
+    }
+    let (ip, ipv6) = completion_addresses(
+        task.kind,
+        done.ip.as_deref().filter(|s| !s.trim().is_empty()),
+        done.ipv6.as_deref().filter(|s| !s.trim().is_empty()),
+        ["ip", "ipv6"],
+    )
+    .map_err(|m| {
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_completion",
+            "Invalid completion",
+            m,
+        )
+    })?;
+    let mut details = serde_json::Map::new();
+    let note = done.note.clone().filter(|n| !n.trim().is_empty());
+    for (key, value) in [("ip", ip), ("ipv6", ipv6), ("note", note)] {
+        if let Some(v) = value {
+            details.insert(key.to_owned(), v.into());
+        }
+    }
+    details.insert("completed_by".to_owned(), by.into());
+    let secret = done
+        .password
+        .as_ref()
+        .filter(|p| !p.is_empty())
+        .map(|p| keyring.seal(&SecretString::new(p.clone()), &task.secret_context()));
+    let completion = TaskCompletion {
+        by: by.to_owned(),
+        details: serde_json::Value::Object(details),
+        secret,
+    };
+    match store.complete_task(id, &completion).await {
+        Ok(t) => Ok(t),
+        Err(StoreError::TaskNotOpen { id, state }) => Err(not_open(id, state)),
+        Err(StoreError::TaskNotFound(_)) => Err(unknown()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn not_open(id: i64, state: TaskState) -> Problem {

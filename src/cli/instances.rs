@@ -202,6 +202,7 @@ async fn dispatch(
                 provider_account: None,
                 after_id: None,
                 limit,
+                search: None,
             };
             let list = store.list_instances(&filter).await?;
             let total = if limit.is_some() {

@@ -194,10 +194,18 @@ pub async fn start(config: DaemonConfig, shutdown: CancellationToken) -> anyhow:
                     keyring: keyring.clone(),
                     feed,
                 }),
+                Some(crate::console::Console {
+                    store: store.clone(),
+                    catalog: catalog_rx.clone(),
+                    reload: watcher.status(),
+                    keyring: keyring.clone(),
+                    metrics: metrics.clone(),
+                    sessions: Arc::default(),
+                }),
                 api::Limits::default(),
                 shutdown.clone(),
             ));
-            tracing::info!(address = %bound, "serving /healthz, /readyz and /metrics");
+            tracing::info!(address = %bound, "serving /healthz, /readyz and /metrics, the API under /v1 and the console under /ui/");
             Some(bound)
         }
         None => None,

@@ -14,6 +14,7 @@ mod attach;
 pub(crate) mod connect;
 pub(crate) mod engine;
 pub mod events;
+pub mod fleet;
 pub mod idempotency;
 mod lifecycle;
 pub mod model;
@@ -774,6 +775,25 @@ fn filter_sql(filter: &InstanceFilter) -> (Vec<String>, Vec<Arg>) {
     }
     if let Some(after) = filter.after_id {
         condition("id >", Arg::Int(after), &mut args);
+    }
+    if let Some(q) = filter
+        .search
+        .as_deref()
+        .map(str::trim)
+        .filter(|q| !q.is_empty())
+    {
+        args.push(q.into());
+        let n = args.len();
+        let by_id = match q.parse::<i64>() {
+            Ok(id) => {
+                args.push(Arg::Int(id));
+                format!(" OR id = ${}", args.len())
+            }
+            Err(_) => String::new(),
+        };
+        conditions.push(format!(
+            "(billing_ref = ${n} OR hostname = ${n} OR ipv4 = ${n} OR ipv6 = ${n}{by_id})"
+        ));
     }
     (conditions, args)
 }

@@ -352,6 +352,9 @@ pub struct InstanceFilter {
     pub after_id: Option<i64>,
     /// At most this many.
     pub limit: Option<u32>,
+    /// Only the instances this names exactly: its id, billing reference, hostname, or an
+    /// address.
+    pub search: Option<String>,
 }
 
 /// One row of the transition log.
