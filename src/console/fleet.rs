@@ -35,6 +35,11 @@ pub(super) async fn overview(
     let catalog = c.catalog.borrow().clone();
     let reload = c.reload.borrow().clone();
     let orphans = c.metrics.orphans.load(Ordering::Relaxed);
+    let driven = c
+        .accounts
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
     let body = html! {
         (flash.render())
         section.cards {
@@ -96,7 +101,7 @@ pub(super) async fn overview(
         h2 { "Accounts" }
         div.scroll {
             table {
-                thead { tr { th { "Account" } th { "Module" } th.num { "Calls ok" } th.num { "Calls failed" } th.num { "Rate-limit waits" } th { "Last error" } } }
+                thead { tr { th { "Account" } th { "Module" } th.num { "Calls ok" } th.num { "Calls failed" } th.num { "Rate budget used" } th.num { "Rate-limit waits" } th { "Last error" } } }
                 tbody {
                     @for a in catalog.accounts.values() {
                         tr {
@@ -105,6 +110,15 @@ pub(super) async fn overview(
                             @let (ok, failed) = c.metrics.account_calls(&a.id);
                             td.num { (ok) }
                             td.num { (failed) }
+                            td.num {
+                                @match driven.get(&a.id) {
+                                    None => span.quiet { "not driven" },
+                                    Some(acc) => @match acc.limiter.used() {
+                                        Some(u) => { (format!("{:.0} %", u * 100.0)) },
+                                        None => "no limit",
+                                    },
+                                }
+                            }
                             td.num { (c.metrics.counter("provisioner_rate_limit_waits_total", &format!("account=\"{}\"", a.id))) }
                             td {
                                 @match errors.iter().find(|e| e.account == a.id) {

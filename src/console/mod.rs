@@ -47,6 +47,8 @@ pub struct Console {
     pub metrics: Arc<Metrics>,
     /// Who is signed in.
     pub sessions: Arc<Sessions>,
+    /// The accounts the daemon drives, with their rate budgets.
+    pub accounts: Arc<std::sync::RwLock<Arc<crate::provider::account::Accounts>>>,
 }
 
 const CSS: &str = include_str!("assets/console.css");

@@ -157,6 +157,20 @@ impl RateLimiter {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The share of the budget in use now, 0 to 1: the emptiest bucket's (`None` when the
+    /// account has no limit).
+    pub fn used(&self) -> Option<f64> {
+        let now = Instant::now();
+        let mut s = self.lock();
+        s.buckets
+            .iter_mut()
+            .map(|b| {
+                b.refill(now);
+                (1.0 - b.tokens / b.capacity).clamp(0.0, 1.0)
+            })
+            .reduce(f64::max)
+    }
+
     /// Takes a token if one is available and at least `reserve` (0 to 1) of every bucket
     /// would remain; otherwise returns how long to wait.
     fn take(&self, reserve: f64) -> Result<(), Duration> {
@@ -330,6 +344,22 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_share_used_is_the_emptiest_buckets() {
+        let unlimited = RateLimiter::new(&RateLimit::default());
+        assert_eq!(unlimited.used(), None);
+        let l = RateLimiter::new(&RateLimit {
+            requests_per_hour: Some(3600),
+            requests_per_minute: Some(10),
+        });
+        assert!(l.used().unwrap() < 0.01);
+        for _ in 0..5 {
+            assert!(l.try_acquire());
+        }
+        let used = l.used().unwrap();
+        assert!((0.45..=0.5).contains(&used), "{used}");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn bursts_then_refills_at_the_configured_rate() {

@@ -201,6 +201,7 @@ pub async fn start(config: DaemonConfig, shutdown: CancellationToken) -> anyhow:
                     keyring: keyring.clone(),
                     metrics: metrics.clone(),
                     sessions: Arc::default(),
+                    accounts: accounts.clone(),
                 }),
                 api::Limits::default(),
                 shutdown.clone(),
