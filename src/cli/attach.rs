@@ -15,9 +15,10 @@ use super::instances::{changed, invalid};
 use super::{output, Format, EXIT_OK};
 use crate::catalog::{self, Catalog};
 use crate::provider::account::{build, Account};
-use crate::provider::{ErrorClass, Server};
+use crate::provider::Server;
+use crate::reconcile::adopt::{adopt_server, attached, inspect};
 use crate::reconcile::attach::{attach_check, is_orphan, AttachRequest};
-use crate::store::{Attached, NewInstance, ObservedStatus, SqlStore, Store, StoreError};
+use crate::store::{NewInstance, SqlStore, Store, StoreError};
 
 /// `instances import`'s arguments.
 #[derive(Debug)]
@@ -55,72 +56,6 @@ async fn module(
         .await
         .map_err(|e| e.to_string())?;
     build(a, store, &keyring)
-}
-
-/// Looks at a server, trying again a few times (as an admin would) while the provider's
-/// trouble is transient: a 503 or a 429 is not a verdict on the server.
-async fn inspect_with_retries(
-    account: &Account,
-    server_id: &str,
-) -> crate::provider::Result<Option<Server>> {
-    let mut wait = std::time::Duration::from_millis(200);
-    let mut attempt = 1;
-    loop {
-        match account.provider.inspect(server_id).await {
-            Err(e) if e.class.is_transient() && attempt < 5 => {
-                let pause = e
-                    .retry_after
-                    .unwrap_or(wait)
-                    .min(std::time::Duration::from_secs(10));
-                tracing::warn!(account = %account.id, server = server_id, error = %e, "looking at the server failed; trying again in {pause:?}");
-                tokio::time::sleep(pause).await;
-                wait *= 2;
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
-}
-
-/// The server at the provider and the live instance whose mark it carries, if any.
-async fn inspect(
-    store: &SqlStore,
-    account: &Account,
-    server_id: &str,
-) -> anyhow::Result<Result<(Option<Server>, Option<i64>), String>> {
-    let found = match inspect_with_retries(account, server_id).await {
-        Ok(found) => found,
-        Err(e) if e.class == ErrorClass::Invalid || e.class == ErrorClass::Auth => {
-            return Ok(Err(e.to_string()))
-        }
-        Err(e) => {
-            return Err(anyhow::Error::new(e).context(format!(
-                "cannot look at server {server_id} of account `{}`",
-                account.id
-            )))
-        }
-    };
-    let mut marked_live = None;
-    if let Some(other) = found.as_ref().and_then(|s| s.instance_id) {
-        if let Some(o) = store.instance(other).await? {
-            if o.observed_status != ObservedStatus::Terminated {
-                marked_live = Some(o.id);
-            }
-        }
-    }
-    Ok(Ok((found, marked_live)))
-}
-
-fn attached(account: &str, server: &Server, status: ObservedStatus, revision: &str) -> Attached {
-    Attached {
-        account: account.to_owned(),
-        server_id: server.id.clone(),
-        status,
-        ipv4: server.ipv4.clone(),
-        ipv6: server.ipv6.clone(),
-        product_revision: revision.to_owned(),
-        details: json!({"name": server.name, "plan": server.plan}),
-    }
 }
 
 /// `instances import`.
@@ -264,35 +199,17 @@ pub(super) async fn adopt(url: &str, store: &SqlStore, args: Adopt) -> anyhow::R
         Ok(a) => a,
         Err(m) => return invalid(m),
     };
-    let (found, marked_live) = match inspect(store, &account, server_id).await? {
-        Ok(f) => f,
+    let i = match adopt_server(store, &catalog, &account, id, server_id, &by).await? {
+        Ok(i) => i,
         Err(m) => return invalid(m),
     };
-    let request = AttachRequest {
-        account: &account.id,
-        server_id,
-        product,
-        instance: Some(id),
-    };
-    let status = match attach_check(&request, found.as_ref(), marked_live) {
-        Ok(s) => s,
-        Err(m) => return invalid(m),
-    };
-    let Some(server) = found else {
-        return invalid(format!(
-            "account `{}` has no server `{server_id}`",
-            account.id
-        ));
-    };
-    store.sync_revisions(&catalog).await?;
-    let attached = attached(&account.id, &server, status, &product.revision.0);
-    let i = store.adopt(id, &attached, &by).await?;
+    let attached_id = i.provider_server_id.clone().unwrap_or_default();
     changed(
         &i,
         format,
         &format!(
             "instance {id}: server {} of account `{}` adopted by {by} in place of {} ({}); the reconciler marks it as ours and goes on from there\n",
-            attached.server_id,
+            attached_id,
             account.id,
             before.provider_server_id.as_deref().unwrap_or("no server"),
             i.observed_status

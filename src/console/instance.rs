@@ -57,6 +57,11 @@ pub(super) async fn page(
         i.observed_status,
         ObservedStatus::Failed | ObservedStatus::Lost
     );
+    let default_account = i.provider_account.clone().or_else(|| {
+        catalog
+            .product(&i.product_id)
+            .map(|p| p.provisioning.account.clone())
+    });
     let fact = |label: &str, value: Option<String>| {
         html! { dt { (label) } dd { @match value { Some(v) => (v), None => span.quiet { "—" } } } }
     };
@@ -135,7 +140,22 @@ pub(super) async fn page(
                         button type="submit" { "Suspend" }
                     }
                 }))
-                p.quiet { "Adopting another server: " code { "provisioner instances adopt " (i.id) " --server-id X" } }
+                @if recoverable {
+                    (action_form(&viewer, &format!("{base}/adopt"), html! {
+                        fieldset {
+                            legend { "Adopt an existing server in place of the old one" }
+                            label for="adopt-server" { "Server id at the provider" }
+                            input #adopt-server type="text" name="server_id" required autocomplete="off";
+                            label for="adopt-account" { "Account" }
+                            select #adopt-account name="account" {
+                                @for a in catalog.accounts.keys() {
+                                    option value=(a) selected[Some(a.as_str()) == default_account.as_deref()] { (a) }
+                                }
+                            }
+                            button type="submit" { "Adopt" }
+                        }
+                    }))
+                }
             }
         }
         section.history {
@@ -187,6 +207,8 @@ pub(super) struct ActionForm {
     csrf: Option<String>,
     kind: Option<String>,
     reason: Option<String>,
+    server_id: Option<String>,
+    account: Option<String>,
 }
 
 pub(super) async fn act(
@@ -258,6 +280,7 @@ pub(super) async fn act(
             .map(|_| "Closed without a provider call.".to_owned())
             .map_err(|e| e.to_string()),
         "reveal" => return reveal(&c, &viewer, &i).await,
+        "adopt" => adopt(&c, &i, &form, &by).await,
         _ => return not_found(&viewer, &format!("{segment}/{action}")),
     };
     back(&base, outcome)
@@ -292,4 +315,38 @@ async fn reveal(c: &Console, viewer: &Viewer, i: &Instance) -> Response {
         body,
     )
     .into_response()
+}
+
+/// Looks at the named server through the daemon's own account (its rate budget) and adopts
+/// it, with the checks of `instances adopt`.
+async fn adopt(c: &Console, i: &Instance, form: &ActionForm, by: &str) -> Result<String, String> {
+    let server_id = form.server_id.as_deref().map(str::trim).unwrap_or("");
+    if server_id.is_empty() || server_id.len() > 200 {
+        return Err("Give the server's id at the provider.".to_owned());
+    }
+    let catalog = c.catalog.borrow().clone();
+    let account_id = form
+        .account
+        .clone()
+        .filter(|a| !a.is_empty())
+        .or_else(|| i.provider_account.clone())
+        .unwrap_or_default();
+    let driven = c
+        .accounts
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&account_id);
+    let Some(account) = driven else {
+        return Err(format!(
+            "Account `{account_id}` is not driven by this daemon (unknown, or its credentials are not set)."
+        ));
+    };
+    match crate::reconcile::adopt::adopt_server(&c.store, &catalog, &account, i.id, server_id, by).await {
+        Ok(Ok(after)) => Ok(format!(
+            "Server {server_id} of `{account_id}` adopted; the instance is {} and the reconciler marks the server as ours.",
+            after.observed_status
+        )),
+        Ok(Err(why)) => Err(why),
+        Err(e) => Err(format!("{e:#}")),
+    }
 }

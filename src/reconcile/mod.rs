@@ -11,6 +11,7 @@
 //! - [`daemon`]: work sources (due rows, NOTIFY, catalog reloads, resyncs), bounded workers,
 //!   graceful shutdown with a drain deadline, and the HTTP endpoints.
 
+pub mod adopt;
 pub mod attach;
 pub mod daemon;
 pub mod decide;
