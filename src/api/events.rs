@@ -19,6 +19,9 @@ use crate::store::{Scope, SqlStore};
 
 /// The longest a client may ask the feed to wait for an event.
 pub const MAX_WAIT_SECONDS: u64 = 25;
+/// Long polls that may wait at once: half the listener's connections.
+pub const MAX_WAITING: usize = 128;
+
 /// How often the newest event is looked up while requests wait (events may come from
 /// another daemon, so the database is asked, not this process).
 const POLL_EVERY: Duration = Duration::from_millis(250);
@@ -78,12 +81,18 @@ impl FeedHead {
         (head, keep)
     }
 
-    /// Waits until an event after `after` exists, or `deadline`.
-    async fn wait_past(&self, after: i64, deadline: tokio::time::Instant) {
-        self.waiting.fetch_add(1, Ordering::SeqCst);
+    /// Waits until an event after `after` exists, or `deadline`. Past [`MAX_WAITING`] waiting
+    /// requests it does not wait and says so (`false`: the client is answered now and polls again): long polls never take all of
+    /// the listener's connections from other calls.
+    async fn wait_past(&self, after: i64, deadline: tokio::time::Instant) -> bool {
+        let before = self.waiting.fetch_add(1, Ordering::SeqCst);
         let _counted = Waiting(self.waiting.clone());
+        if before >= MAX_WAITING {
+            return false;
+        }
         let mut latest = self.latest.clone();
         let _ = tokio::time::timeout_at(deadline, latest.wait_for(|n| *n > after)).await;
+        true
     }
 }
 
@@ -198,16 +207,17 @@ pub async fn feed(
         .transpose()?
         .unwrap_or(0);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+    let mut may_wait = true;
     loop {
         let events = api.store.events_after(after, limit).await?;
-        if !events.is_empty() || tokio::time::Instant::now() >= deadline {
+        if !events.is_empty() || !may_wait || tokio::time::Instant::now() >= deadline {
             let next = events.last().map_or(after, |e| e.seq);
             return Ok(Json(EventPage {
                 events: events.iter().map(EventView::of).collect::<Result<_, _>>()?,
                 next_cursor: cursor_of(next),
             }));
         }
-        api.feed.wait_past(after, deadline).await;
+        may_wait = api.feed.wait_past(after, deadline).await;
     }
 }
 
