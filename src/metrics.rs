@@ -1,258 +1,389 @@
-//! The daemon's figures, rendered in Prometheus' text format on `/metrics`.
+//! The daemon's figures, kept in a Prometheus registry (the `prometheus` crate) and rendered
+//! in the text exposition format on `/metrics`: counters of what happened, gauges of how the
+//! fleet stands, histograms of how long steps, provider requests and convergence take, the
+//! build, and the process (CPU, memory, file descriptors).
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Mutex;
 
-/// Counters and gauges of one daemon. Cheap to update from any task.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    labelled: Mutex<BTreeMap<(&'static str, String), u64>>,
-    /// Instances due now (refreshed periodically).
-    pub due_instances: AtomicI64,
-    /// Instances leased by some worker (refreshed periodically).
-    pub leased_instances: AtomicI64,
-    /// All instances (refreshed periodically).
-    pub total_instances: AtomicI64,
-    /// Steps running in this daemon now.
-    pub in_flight: AtomicI64,
-    /// Catalog reloads that failed (the last good catalog kept serving).
-    pub catalog_reload_failures: AtomicU64,
-    /// Successful catalog reloads.
-    pub catalog_reloads: AtomicU64,
-    /// Whether the files on disk are the catalog being served (1) or not (0).
-    pub catalog_valid: AtomicI64,
-    /// Servers carrying our label that belong to no live instance, at the last resync.
-    pub orphans: AtomicI64,
-}
+use prometheus::core::Collector;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
 
-const HELP: &[(&str, &str, &str)] = &[
-    (
-        "provisioner_reconciles_total",
-        "counter",
-        "Reconcile steps by outcome.",
-    ),
-    (
-        "provisioner_provider_calls_total",
-        "counter",
-        "Provider API calls by account, call and result.",
-    ),
-    (
-        "provisioner_rate_limit_waits_total",
-        "counter",
-        "Provider calls that waited for the account's rate budget.",
-    ),
-    (
-        "provisioner_drift_total",
-        "counter",
-        "Drift found by resyncs, by kind.",
-    ),
-    (
-        "provisioner_webhook_attempts_total",
-        "counter",
-        "Webhook delivery attempts by endpoint and what followed (delivered, retry, failed, disabled).",
-    ),
-    (
-        "provisioner_emails_total",
-        "counter",
-        "Admin e-mails by notifier and result (sent, failed).",
-    ),
+/// Buckets of `provisioner_time_to_converge_seconds`: from a second (a sim reboot) to a day
+/// (a dedicated server racked by hand).
+const CONVERGE_BUCKETS: &[f64] = &[
+    0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0,
+    86400.0,
 ];
 
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// Buckets of the step and provider request histograms: a millisecond to a minute.
+const CALL_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Counters, gauges and histograms of one daemon. Cheap to update from any task.
+pub struct Metrics {
+    registry: Registry,
+    reconciles: IntCounterVec,
+    provider_calls: IntCounterVec,
+    rate_limit_waits: IntCounterVec,
+    drift: IntCounterVec,
+    webhook_attempts: IntCounterVec,
+    emails: IntCounterVec,
+    step_duration: HistogramVec,
+    provider_duration: HistogramVec,
+    time_to_converge: HistogramVec,
+    instances: IntGaugeVec,
+    orphan_servers: IntGaugeVec,
+    /// Instances due now (refreshed periodically): `provisioner_queue_depth`.
+    pub due_instances: IntGauge,
+    /// Instances leased by some worker (refreshed periodically).
+    pub leased_instances: IntGauge,
+    /// Steps running in this daemon now.
+    pub in_flight: IntGauge,
+    /// Catalog reloads that failed (the last good catalog kept serving).
+    pub catalog_reload_failures: IntCounter,
+    /// Successful catalog reloads.
+    pub catalog_reloads: IntCounter,
+    /// Whether the files on disk are the catalog being served (1) or not (0).
+    pub catalog_valid: IntGauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+    register(r, Box::new(c.clone()));
+    c
+}
+
+fn histogram_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )
+    .unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+    register(r, Box::new(h.clone()));
+    h
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+    register(r, Box::new(g.clone()));
+    g
+}
+
+fn register(r: &Registry, c: Box<dyn Collector>) {
+    // Names are fixed above and unique: registering cannot fail.
+    if let Err(e) = r.register(c) {
+        unreachable!("metric registered twice: {e}");
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let r = Registry::new();
+        let reconciles = counter_vec(
+            &r,
+            "provisioner_reconciles_total",
+            "Reconcile steps by outcome.",
+            &["outcome"],
+        );
+        let provider_calls = counter_vec(
+            &r,
+            "provisioner_provider_calls_total",
+            "Provider API calls by account, call and result.",
+            &["account", "call", "result"],
+        );
+        let rate_limit_waits = counter_vec(
+            &r,
+            "provisioner_rate_limit_waits_total",
+            "Provider calls that waited for the account's rate budget.",
+            &["account"],
+        );
+        let drift = counter_vec(
+            &r,
+            "provisioner_drift_total",
+            "Drift found by resyncs, by kind.",
+            &["kind"],
+        );
+        let webhook_attempts = counter_vec(
+            &r,
+            "provisioner_webhook_attempts_total",
+            "Webhook delivery attempts by endpoint and what followed (delivered, retry, failed, disabled).",
+            &["endpoint", "result"],
+        );
+        let emails = counter_vec(
+            &r,
+            "provisioner_emails_total",
+            "Admin e-mails by notifier and result (sent, failed).",
+            &["notifier", "result"],
+        );
+        let step_duration = histogram_vec(
+            &r,
+            "provisioner_step_duration_seconds",
+            "Reconcile steps by the action planned, from claim to the last write.",
+            &["action"],
+            CALL_BUCKETS,
+        );
+        let provider_duration = histogram_vec(
+            &r,
+            "provisioner_provider_request_duration_seconds",
+            "Provider API requests by account, call and result, including waits for the rate budget.",
+            &["account", "call", "result"],
+            CALL_BUCKETS,
+        );
+        let time_to_converge = histogram_vec(
+            &r,
+            "provisioner_time_to_converge_seconds",
+            "From billing's change (desired_changed_at) to the server being what billing asked, by the action that got it there; for create, payment to running.",
+            &["action"],
+            CONVERGE_BUCKETS,
+        );
+        let instances = IntGaugeVec::new(
+            Opts::new(
+                "provisioner_instances",
+                "Instances in the store by observed status (failed and lost included).",
+            ),
+            &["observed_status"],
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        register(&r, Box::new(instances.clone()));
+        let orphan_servers = IntGaugeVec::new(
+            Opts::new(
+                "provisioner_orphan_servers",
+                "Servers with our mark and no live instance, per account, at its last resync.",
+            ),
+            &["account"],
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        register(&r, Box::new(orphan_servers.clone()));
+        let build = IntGaugeVec::new(
+            Opts::new("provisioner_build_info", "The running build; always 1."),
+            &["version"],
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        register(&r, Box::new(build));
+        let catalog_reloads = IntCounter::new(
+            "provisioner_catalog_reloads_total",
+            "Catalog reloads that published a new catalog.",
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        register(&r, Box::new(catalog_reloads.clone()));
+        let catalog_reload_failures = IntCounter::new(
+            "provisioner_catalog_reload_failures_total",
+            "Catalog reloads that failed; the last good catalog kept serving.",
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        register(&r, Box::new(catalog_reload_failures.clone()));
+        #[cfg(target_os = "linux")]
+        register(
+            &r,
+            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
+        );
+        Metrics {
+            reconciles,
+            provider_calls,
+            rate_limit_waits,
+            drift,
+            webhook_attempts,
+            emails,
+            step_duration,
+            provider_duration,
+            time_to_converge,
+            instances,
+            orphan_servers,
+            due_instances: gauge(
+                &r,
+                "provisioner_queue_depth",
+                "Instances due now: the work queue's depth.",
+            ),
+            leased_instances: gauge(
+                &r,
+                "provisioner_leased_instances",
+                "Instances held by a worker.",
+            ),
+            in_flight: gauge(
+                &r,
+                "provisioner_steps_in_flight",
+                "Reconcile steps running in this daemon.",
+            ),
+            catalog_reload_failures,
+            catalog_reloads,
+            catalog_valid: gauge(
+                &r,
+                "provisioner_catalog_valid",
+                "1 when the catalog files on disk are the catalog being served.",
+            ),
+            registry: r,
+        }
+    }
 }
 
 impl Metrics {
-    fn add(&self, name: &'static str, labels: String) {
-        let mut m = self
-            .labelled
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *m.entry((name, labels)).or_default() += 1;
-    }
-
     /// Counts a reconcile step ending in `outcome`.
     pub fn reconcile(&self, outcome: &str) {
-        self.add(
-            "provisioner_reconciles_total",
-            format!("outcome=\"{}\"", escape(outcome)),
-        );
+        self.reconciles.with_label_values(&[outcome]).inc();
+    }
+
+    /// Times a reconcile step whose planned action was `action`.
+    pub fn step(&self, action: &str, seconds: f64) {
+        self.step_duration
+            .with_label_values(&[action])
+            .observe(seconds);
     }
 
     /// Counts a provider call.
     pub fn provider_call(&self, account: &str, call: &str, result: &str) {
-        self.add(
-            "provisioner_provider_calls_total",
-            format!(
-                "account=\"{}\",call=\"{}\",result=\"{}\"",
-                escape(account),
-                escape(call),
-                escape(result)
-            ),
-        );
+        self.provider_calls
+            .with_label_values(&[account, call, result])
+            .inc();
+    }
+
+    /// Times a provider request (waits for the rate budget included).
+    pub fn provider_request(&self, account: &str, call: &str, result: &str, seconds: f64) {
+        self.provider_duration
+            .with_label_values(&[account, call, result])
+            .observe(seconds);
+    }
+
+    /// Records how long an instance took from billing's change to converged, by `action`.
+    pub fn converged(&self, action: &str, seconds: f64) {
+        self.time_to_converge
+            .with_label_values(&[action])
+            .observe(seconds.max(0.0));
     }
 
     /// Counts a call that waited for the rate budget.
     pub fn rate_limit_wait(&self, account: &str) {
-        self.add(
-            "provisioner_rate_limit_waits_total",
-            format!("account=\"{}\"", escape(account)),
-        );
+        self.rate_limit_waits.with_label_values(&[account]).inc();
     }
 
     /// Counts drift of `kind` found by a resync.
     pub fn drift(&self, kind: &str) {
-        self.add(
-            "provisioner_drift_total",
-            format!("kind=\"{}\"", escape(kind)),
-        );
+        self.drift.with_label_values(&[kind]).inc();
     }
 
     /// Counts a webhook attempt of `endpoint` and what followed it.
     pub fn webhook_attempt(&self, endpoint: &str, result: &str) {
-        self.add(
-            "provisioner_webhook_attempts_total",
-            format!(
-                "endpoint=\"{}\",result=\"{}\"",
-                escape(endpoint),
-                escape(result)
-            ),
-        );
+        self.webhook_attempts
+            .with_label_values(&[endpoint, result])
+            .inc();
     }
 
     /// Counts an admin e-mail of `notifier`.
     pub fn email(&self, notifier: &str, result: &str) {
-        self.add(
-            "provisioner_emails_total",
-            format!(
-                "notifier=\"{}\",result=\"{}\"",
-                escape(notifier),
-                escape(result)
-            ),
-        );
+        self.emails.with_label_values(&[notifier, result]).inc();
     }
 
-    /// The value of a labelled counter (for tests and the demo's summary).
-    pub fn counter(&self, name: &str, labels: &str) -> u64 {
-        let m = self
-            .labelled
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        m.iter()
-            .filter(|((n, l), _)| *n == name && l == labels)
-            .map(|(_, v)| *v)
-            .sum()
+    /// Sets the instances by observed status; statuses not listed are 0.
+    pub fn set_instances(&self, counts: &[(String, i64)]) {
+        self.instances.reset();
+        for status in crate::store::ObservedStatus::ALL {
+            self.instances.with_label_values(&[status.as_str()]).set(0);
+        }
+        for (status, n) in counts {
+            self.instances.with_label_values(&[status]).set(*n);
+        }
     }
 
-    /// Provider calls of `account` that succeeded, and that failed (any error class).
-    pub fn account_calls(&self, account: &str) -> (u64, u64) {
-        let prefix = format!("account=\"{}\",", escape(account));
-        let m = self
-            .labelled
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut ok = 0;
-        let mut failed = 0;
-        for ((name, labels), v) in m.iter() {
-            if *name == "provisioner_provider_calls_total" && labels.starts_with(&prefix) {
-                if labels.ends_with(",result=\"ok\"") {
-                    ok += v;
-                } else {
-                    failed += v;
+    /// Sets the orphans found at an account's resync.
+    pub fn set_orphans(&self, account: &str, n: i64) {
+        self.orphan_servers.with_label_values(&[account]).set(n);
+    }
+
+    /// Orphan servers over every account, at their last resyncs.
+    pub fn orphans(&self) -> i64 {
+        self.sum_where("provisioner_orphan_servers", |_| true) as i64
+    }
+
+    /// Sets the failed reloads to `n` (the watcher's count); it only grows.
+    pub fn set_reload_failures(&self, n: u64) {
+        let now = self.catalog_reload_failures.get();
+        if n > now {
+            self.catalog_reload_failures.inc_by(n - now);
+        }
+    }
+
+    /// The sum of series of `name` whose labels pass `keep` (for tests, the demo and the
+    /// console).
+    fn sum_where(&self, name: &str, keep: impl Fn(&BTreeMap<&str, &str>) -> bool) -> f64 {
+        let mut sum = 0.0;
+        for family in self.registry.gather() {
+            if family.name() != name {
+                continue;
+            }
+            for m in family.get_metric() {
+                let labels: BTreeMap<&str, &str> = m
+                    .get_label()
+                    .iter()
+                    .map(|l| (l.name(), l.value()))
+                    .collect();
+                if keep(&labels) {
+                    sum += match family.get_field_type() {
+                        prometheus::proto::MetricType::COUNTER => m.get_counter().get_value(),
+                        _ => m.get_gauge().get_value(),
+                    };
                 }
             }
         }
-        (ok, failed)
+        sum
+    }
+
+    /// The value of a labelled counter, its labels written as in the exposition
+    /// (`account="a",call="create"`, in any order).
+    pub fn counter(&self, name: &str, labels: &str) -> u64 {
+        let wanted: BTreeMap<String, String> = labels
+            .split(',')
+            .filter_map(|kv| {
+                let (k, v) = kv.split_once('=')?;
+                Some((k.trim().to_owned(), v.trim().trim_matches('"').to_owned()))
+            })
+            .collect();
+        self.sum_where(name, |got| {
+            got.len() == wanted.len()
+                && wanted
+                    .iter()
+                    .all(|(k, v)| got.get(k.as_str()) == Some(&v.as_str()))
+        }) as u64
     }
 
     /// The sum of a labelled counter over all its labels.
     pub fn total(&self, name: &str) -> u64 {
-        let m = self
-            .labelled
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        m.iter()
-            .filter(|((n, _), _)| *n == name)
-            .map(|(_, v)| *v)
-            .sum()
+        self.sum_where(name, |_| true) as u64
+    }
+
+    /// Provider calls of `account` that succeeded, and that failed (any error class).
+    pub fn account_calls(&self, account: &str) -> (u64, u64) {
+        let of = |ok: bool| {
+            self.sum_where("provisioner_provider_calls_total", |l| {
+                l.get("account") == Some(&account) && (l.get("result") == Some(&"ok")) == ok
+            }) as u64
+        };
+        (of(true), of(false))
     }
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        let m = self
-            .labelled
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (name, kind, help) in HELP {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for ((n, labels), v) in m.iter() {
-                if n == name {
-                    let _ = writeln!(out, "{name}{{{labels}}} {v}");
-                }
-            }
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "cannot render the metrics");
         }
-        drop(m);
-        let gauges: [(&str, &str, &str, i64); 7] = [
-            (
-                "provisioner_queue_depth",
-                "gauge",
-                "Instances due now: the work queue's depth.",
-                self.due_instances.load(Ordering::Relaxed),
-            ),
-            (
-                "provisioner_leased_instances",
-                "gauge",
-                "Instances held by a worker.",
-                self.leased_instances.load(Ordering::Relaxed),
-            ),
-            (
-                "provisioner_instances",
-                "gauge",
-                "All instances in the store.",
-                self.total_instances.load(Ordering::Relaxed),
-            ),
-            (
-                "provisioner_steps_in_flight",
-                "gauge",
-                "Reconcile steps running in this daemon.",
-                self.in_flight.load(Ordering::Relaxed),
-            ),
-            (
-                "provisioner_catalog_valid",
-                "gauge",
-                "1 when the catalog files on disk are the catalog being served.",
-                self.catalog_valid.load(Ordering::Relaxed),
-            ),
-            (
-                "provisioner_orphan_servers",
-                "gauge",
-                "Servers with our label and no live instance, at the last resync.",
-                self.orphans.load(Ordering::Relaxed),
-            ),
-            (
-                "provisioner_catalog_reloads_total",
-                "counter",
-                "Catalog reloads that published a new catalog.",
-                i64::try_from(self.catalog_reloads.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
-            ),
-        ];
-        for (name, kind, help, value) in gauges {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        }
-        let failures = self.catalog_reload_failures.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "# HELP provisioner_catalog_reload_failures_total Catalog reloads that failed; the last good catalog kept serving.\n# TYPE provisioner_catalog_reload_failures_total counter\nprovisioner_catalog_reload_failures_total {failures}"
-        );
-        out
+        String::from_utf8(out).unwrap_or_default()
     }
 }
 
@@ -266,18 +397,75 @@ mod tests {
         m.reconcile("converged");
         m.reconcile("converged");
         m.provider_call("sim-eu", "create", "ok");
-        m.due_instances.store(3, Ordering::Relaxed);
+        m.provider_call("sim-eu", "create", "transient");
+        m.due_instances.set(3);
+        m.set_instances(&[("active".into(), 5), ("failed".into(), 1)]);
+        m.set_orphans("sim-eu", 2);
+        m.converged("create", 42.0);
         let text = m.render();
         assert!(text.contains("provisioner_reconciles_total{outcome=\"converged\"} 2"));
         assert!(text.contains(
             "provisioner_provider_calls_total{account=\"sim-eu\",call=\"create\",result=\"ok\"} 1"
         ));
         assert!(text.contains("# TYPE provisioner_queue_depth gauge\nprovisioner_queue_depth 3"));
+        assert!(text.contains("provisioner_instances{observed_status=\"failed\"} 1"));
+        assert!(text.contains("provisioner_instances{observed_status=\"lost\"} 0"));
+        assert!(text.contains("provisioner_orphan_servers{account=\"sim-eu\"} 2"));
+        assert!(text.contains(&format!(
+            "provisioner_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )));
+        assert!(text.contains(
+            "provisioner_time_to_converge_seconds_bucket{action=\"create\",le=\"60\"} 1"
+        ));
         assert_eq!(
             m.counter("provisioner_reconciles_total", "outcome=\"converged\""),
             2
         );
+        assert_eq!(m.account_calls("sim-eu"), (1, 1));
+        assert_eq!(m.orphans(), 2);
         m.reconcile("waiting");
         assert_eq!(m.total("provisioner_reconciles_total"), 3);
+        m.set_reload_failures(2);
+        m.set_reload_failures(1);
+        assert_eq!(m.catalog_reload_failures.get(), 2);
+    }
+
+    #[test]
+    fn the_example_alerts_name_only_metrics_that_exist() {
+        let m = Metrics::default();
+        m.reconcile("converged");
+        m.provider_call("a", "create", "ok");
+        m.provider_request("a", "create", "ok", 0.1);
+        m.step("create", 0.1);
+        m.converged("create", 1.0);
+        m.rate_limit_wait("a");
+        m.webhook_attempt("e", "delivered");
+        m.email("n", "sent");
+        m.drift("gone");
+        m.set_orphans("a", 0);
+        m.set_instances(&[]);
+        let exposed: std::collections::BTreeSet<String> = m
+            .render()
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| l.split(['{', ' ']).next().unwrap_or("").to_owned())
+            .collect();
+        let rules: serde_yaml::Value =
+            serde_yaml::from_str(include_str!("../deploy/prometheus/alerts.yml")).unwrap();
+        let mut checked = 0;
+        for group in rules["groups"].as_sequence().unwrap() {
+            for rule in group["rules"].as_sequence().unwrap() {
+                let expr = rule["expr"].as_str().unwrap();
+                assert!(rule["alert"].as_str().is_some_and(|a| !a.is_empty()));
+                for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                    if word.starts_with("provisioner_") {
+                        assert!(exposed.contains(word), "{word} in {expr:?} is not exposed");
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked >= 8, "{checked}");
     }
 }

@@ -976,6 +976,56 @@ to: [ops@example.test]
         "{text}"
     );
 
+    // The metrics an SRE alerts on, in a format a Prometheus parser reads.
+    api.metrics_show("provisioner_time_to_converge_seconds_count{action=\"create\"} 1")
+        .await;
+    // The gauges are refreshed every 2 s.
+    api.metrics_show("provisioner_instances{observed_status=\"active\"} 1")
+        .await;
+    let text = api
+        .http
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let scrape =
+        prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("parses");
+    let find = |name: &str, label: (&str, &str)| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && s.labels.get(label.0) == Some(label.1))
+            .unwrap_or_else(|| panic!("{name}{{{}={}}} in:\n{text}", label.0, label.1))
+    };
+    let converge = find("provisioner_time_to_converge_seconds", ("action", "create"));
+    assert!(
+        matches!(&converge.value, prometheus_parse::Value::Histogram(b) if !b.is_empty()),
+        "{:?}",
+        converge.value
+    );
+    find("provisioner_step_duration_seconds", ("action", "create"));
+    find(
+        "provisioner_provider_request_duration_seconds",
+        ("call", "create"),
+    );
+    let active = find("provisioner_instances", ("observed_status", "active"));
+    assert!(matches!(active.value, prometheus_parse::Value::Gauge(n) if n >= 1.0));
+    find("provisioner_instances", ("observed_status", "lost"));
+    find(
+        "provisioner_build_info",
+        ("version", env!("CARGO_PKG_VERSION")),
+    );
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "process_resident_memory_bytes"),
+        "process metrics"
+    );
+
     // A long poll ends when the next event comes.
     let waiting = {
         let http = api.http.clone();

@@ -2,7 +2,6 @@
 //! the failures (grouped by error, retried in bulk).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
@@ -34,7 +33,7 @@ pub(super) async fn overview(
     };
     let catalog = c.catalog.borrow().clone();
     let reload = c.reload.borrow().clone();
-    let orphans = c.metrics.orphans.load(Ordering::Relaxed);
+    let orphans = c.metrics.orphans();
     let driven = c
         .accounts
         .read()

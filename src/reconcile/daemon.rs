@@ -14,7 +14,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -161,7 +160,7 @@ pub async fn start(config: DaemonConfig, shutdown: CancellationToken) -> anyhow:
         Accounts::default().rebuild(&initial, &store, &keyring),
     )));
     let metrics = Arc::new(Metrics::default());
-    metrics.catalog_valid.store(1, Ordering::Relaxed);
+    metrics.catalog_valid.set(1);
     let wake = Arc::new(Notify::new());
     let executor = Arc::new(Executor::new(
         store.clone(),
@@ -348,7 +347,7 @@ async fn work_loop(w: Worker, shutdown: CancellationToken) {
             let store = store.clone();
             let lease = claim.lease.clone();
             let span = tracing::info_span!("step", instance = claim.instance.id);
-            metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+            metrics.in_flight.inc();
             steps.spawn(
                 async move {
                     tokio::select! {
@@ -365,7 +364,7 @@ async fn work_loop(w: Worker, shutdown: CancellationToken) {
                         }
                         _ = executor.step(claim) => {}
                     }
-                    metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    metrics.in_flight.dec();
                     drop(permit);
                 }
                 .instrument(span),
@@ -425,7 +424,7 @@ async fn follow_catalog(mut f: CatalogFollower, shutdown: CancellationToken) {
                     Ok(_) => {}
                     Err(e) => tracing::error!(error = %e, "cannot wake waiting instances"),
                 }
-                f.metrics.catalog_reloads.fetch_add(1, Ordering::Relaxed);
+                f.metrics.catalog_reloads.inc();
                 f.wake.notify_one();
             }
             changed = f.status.changed() => {
@@ -433,8 +432,8 @@ async fn follow_catalog(mut f: CatalogFollower, shutdown: CancellationToken) {
                     return;
                 }
                 let s = f.status.borrow_and_update().clone();
-                f.metrics.catalog_reload_failures.store(s.failures, Ordering::Relaxed);
-                f.metrics.catalog_valid.store(i64::from(s.last_error.is_none()), Ordering::Relaxed);
+                f.metrics.set_reload_failures(s.failures);
+                f.metrics.catalog_valid.set(i64::from(s.last_error.is_none()));
             }
         }
     }
@@ -465,15 +464,17 @@ async fn stats_loop(
     shutdown: CancellationToken,
 ) {
     loop {
-        let stats = tokio::select! {
+        let (stats, counts) = tokio::select! {
             () = shutdown.cancelled() => return,
-            s = store.queue_stats() => s,
+            s = async { tokio::join!(store.queue_stats(), store.status_counts()) } => s,
         };
+        if let Ok(counts) = counts {
+            metrics.set_instances(&counts);
+        }
         match stats {
             Ok(s) => {
-                metrics.due_instances.store(s.due, Ordering::Relaxed);
-                metrics.leased_instances.store(s.leased, Ordering::Relaxed);
-                metrics.total_instances.store(s.total, Ordering::Relaxed);
+                metrics.due_instances.set(s.due);
+                metrics.leased_instances.set(s.leased);
                 ready.set_database(None);
             }
             Err(e) => ready.set_database(Some(e.to_string())),
@@ -504,7 +505,6 @@ async fn resync_loop(
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        let mut orphans = 0;
         for account in snapshot.iter() {
             if !account.provider.lists_servers() {
                 continue;
@@ -525,11 +525,10 @@ async fn resync_loop(
                 r = resync_account(&store, account, &metrics) => r,
             };
             match resync {
-                Ok(n) => orphans += n,
+                Ok(n) => metrics.set_orphans(&account.id, n),
                 Err(e) => tracing::warn!(account = %account.id, error = %e, "resync failed"),
             }
         }
-        metrics.orphans.store(orphans, Ordering::Relaxed);
     }
 }
 

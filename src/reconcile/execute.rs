@@ -95,6 +95,15 @@ impl Executor {
     /// Performs one step for a claimed instance and gives the lease back. Never panics on bad
     /// data; every failure is recorded on the instance or logged.
     pub async fn step(&self, claim: Claim) -> StepResult {
+        let started = std::time::Instant::now();
+        let action = {
+            let catalog = self.catalog.borrow().clone();
+            super::plan::plan(
+                &claim.instance,
+                &super::plan::product_check(&catalog, &claim.instance),
+            )
+            .label()
+        };
         let result = match self.run(&claim).await {
             Ok(r) => r,
             Err(StoreError::LeaseLost { .. }) => {
@@ -116,6 +125,7 @@ impl Executor {
             }
         };
         self.metrics.reconcile(result);
+        self.metrics.step(action, started.elapsed().as_secs_f64());
         result
     }
 
@@ -145,6 +155,12 @@ impl Executor {
         self.store
             .record(&claim.lease, &patch, d.transition.as_ref())
             .await?;
+        if let (true, Some(t)) = (d.result == "converged", &d.transition) {
+            if t.outcome == crate::store::Outcome::Succeeded {
+                let took = (chrono::Utc::now() - i.desired_changed_at).as_seconds_f64();
+                self.metrics.converged(t.action.as_str(), took);
+            }
+        }
         if d.next == Next::Now {
             self.wake.notify_one();
         }
@@ -760,6 +776,7 @@ impl Executor {
         name: &str,
         fut: impl std::future::Future<Output = crate::provider::Result<T>>,
     ) -> crate::provider::Result<T> {
+        let started = std::time::Instant::now();
         if account.policy.meters_requests {
             // The module's HTTP client takes a token per request; count the wait here.
             if account.limiter.next_slot() > Duration::ZERO {
@@ -768,7 +785,7 @@ impl Executor {
         } else if account.limiter.acquire().await {
             self.metrics.rate_limit_wait(&account.id);
         }
-        self.answered(account, name, fut.await)
+        self.answered(account, name, started, fut.await)
     }
 
     /// Makes a provider call whose first request `paid` pays for.
@@ -779,13 +796,14 @@ impl Executor {
         paid: Reserved,
         fut: impl std::future::Future<Output = crate::provider::Result<T>>,
     ) -> crate::provider::Result<T> {
+        let started = std::time::Instant::now();
         let result = if account.policy.meters_requests {
             paid.metered(fut).await
         } else {
             paid.spend();
             fut.await
         };
-        self.answered(account, name, result)
+        self.answered(account, name, started, result)
     }
 
     /// Counts a call's answer and feeds a 429 to the budget of a module that does not meter
@@ -794,9 +812,16 @@ impl Executor {
         &self,
         account: &Account,
         name: &str,
+        started: std::time::Instant,
         result: crate::provider::Result<T>,
     ) -> crate::provider::Result<T> {
         let metered = account.policy.meters_requests;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.class.as_str(),
+        };
+        self.metrics
+            .provider_request(&account.id, name, outcome, started.elapsed().as_secs_f64());
         match &result {
             Ok(_) => {
                 self.metrics.provider_call(&account.id, name, "ok");

@@ -103,6 +103,25 @@ pub enum Step {
 }
 
 impl Step {
+    /// The step's name in metrics (`provisioner_step_duration_seconds{action}`): a few fixed
+    /// words, never a reason.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Step::Converged => "observe",
+            Step::Wait(_) => "wait",
+            Step::Idle(_) => "idle",
+            Step::Create => "create",
+            Step::Poll(_) => "poll",
+            Step::Suspend => "suspend",
+            Step::Unsuspend => "unsuspend",
+            Step::Reboot | Step::SkipReboot => "reboot",
+            Step::Terminate | Step::Forget => "terminate",
+            Step::Resize => "resize",
+            Step::Reinstall => "reinstall",
+            Step::Claim => "claim",
+        }
+    }
+
     /// One line for `provisioner plan` and logs.
     pub fn describe(&self) -> String {
         match self {
