@@ -182,19 +182,23 @@ impl Api {
         }
     }
 
+    /// `/metrics`, as text.
+    async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Waits until `/metrics` shows `line` (counters move just after what they count).
     async fn metrics_show(&self, line: &str) {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let metrics = self
-                .http
-                .get(format!("{}/metrics", self.base))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let metrics = self.metrics().await;
             if metrics.contains(line) {
                 return;
             }
@@ -982,15 +986,7 @@ to: [ops@example.test]
     // The gauges are refreshed every 2 s.
     api.metrics_show("provisioner_instances{observed_status=\"active\"} 1")
         .await;
-    let text = api
-        .http
-        .get(format!("{}/metrics", api.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = api.metrics().await;
     let scrape =
         prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("parses");
     let find = |name: &str, label: (&str, &str)| {
