@@ -34,6 +34,22 @@ impl Caller {
     }
 }
 
+/// The live token whose SHA-256 is `hash`, the stored hash compared in constant time; `None`
+/// when no live token has it. The API and the console's sessions authenticate through this.
+///
+/// # Errors
+/// When the database cannot be read.
+pub async fn token_with_hash(
+    store: &crate::store::SqlStore,
+    hash: &str,
+) -> crate::store::Result<Option<ApiToken>> {
+    Ok(store
+        .token_by_hash(hash)
+        .await?
+        .filter(|(_, stored)| bool::from(stored.as_bytes().ct_eq(hash.as_bytes())))
+        .map(|(token, _)| token))
+}
+
 impl FromRequestParts<V1> for Caller {
     type Rejection = Problem;
 
@@ -53,17 +69,11 @@ impl FromRequestParts<V1> for Caller {
                 Problem::unauthorized("the Authorization header is not `Bearer <token>`")
             })?;
         let hash = crate::secrets::api_token_hash(token);
-        let found = api.store.token_by_hash(&hash).await?;
-        let Some((stored, stored_hash)) = found else {
+        let Some(stored) = token_with_hash(&api.store, &hash).await? else {
             return Err(Problem::unauthorized(
                 "the token is not known, or was revoked",
             ));
         };
-        if !bool::from(stored_hash.as_bytes().ct_eq(hash.as_bytes())) {
-            return Err(Problem::unauthorized(
-                "the token is not known, or was revoked",
-            ));
-        }
         // At most one write a minute per token: reads stay reads.
         let stale = stored
             .last_used_at

@@ -22,10 +22,10 @@ use axum::routing::{get, post};
 use axum::{Form, Router};
 use maud::{html, Markup, DOCTYPE};
 use serde::Deserialize;
-use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 
 use self::session::{Sessions, COOKIE, SIGNIN_COOKIE};
+use crate::api::auth::token_with_hash;
 use crate::catalog::watch::ReloadStatus;
 use crate::catalog::Catalog;
 use crate::metrics::Metrics;
@@ -197,13 +197,9 @@ impl FromRequestParts<Console> for Viewer {
             return Err(to_signin());
         };
         // The token is looked up again: a revoked token ends its sessions at once.
-        let token = match c.store.token_by_hash(&s.token_hash).await {
-            Ok(Some((token, hash)))
-                if bool::from(hash.as_bytes().ct_eq(s.token_hash.as_bytes())) =>
-            {
-                token
-            }
-            Ok(_) => {
+        let token = match token_with_hash(&c.store, &s.token_hash).await {
+            Ok(Some(token)) => token,
+            Ok(None) => {
                 c.sessions.end(&id);
                 return Err(to_signin());
             }
@@ -397,7 +393,7 @@ async fn signin(
         return retry("Paste an API token.", StatusCode::UNAUTHORIZED);
     }
     let hash = crate::secrets::api_token_hash(token);
-    let found = match c.store.token_by_hash(&hash).await {
+    let found = match token_with_hash(&c.store, &hash).await {
         Ok(f) => f,
         Err(e) => {
             tracing::warn!(error = %e, "console: cannot check a token");
@@ -407,8 +403,7 @@ async fn signin(
             );
         }
     };
-    let Some((stored, _)) = found.filter(|(_, h)| bool::from(h.as_bytes().ct_eq(hash.as_bytes())))
-    else {
+    let Some(stored) = found else {
         return retry(
             "That token is not known, or was revoked.",
             StatusCode::UNAUTHORIZED,

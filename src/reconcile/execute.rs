@@ -96,15 +96,9 @@ impl Executor {
     /// data; every failure is recorded on the instance or logged.
     pub async fn step(&self, claim: Claim) -> StepResult {
         let started = std::time::Instant::now();
-        let action = {
-            let catalog = self.catalog.borrow().clone();
-            super::plan::plan(
-                &claim.instance,
-                &super::plan::product_check(&catalog, &claim.instance),
-            )
-            .label()
-        };
-        let result = match self.run(&claim).await {
+        // The planned step's name, as `run` plans it (none when it stops before planning).
+        let mut action = "none";
+        let result = match self.run(&claim, &mut action).await {
             Ok(r) => r,
             Err(StoreError::LeaseLost { .. }) => {
                 tracing::warn!(
@@ -185,7 +179,11 @@ impl Executor {
         }
     }
 
-    async fn run(&self, claim: &Claim) -> Result<StepResult, StoreError> {
+    async fn run(
+        &self,
+        claim: &Claim,
+        planned: &mut &'static str,
+    ) -> Result<StepResult, StoreError> {
         // Holds placed or lifted since the last look are recorded first, each a transition.
         let noted;
         let claim = if claim.instance.holds == claim.instance.holds_seen {
@@ -202,6 +200,7 @@ impl Executor {
         let catalog = self.catalog.borrow().clone();
         let product = product_check(&catalog, i);
         let step = plan(i, &product);
+        *planned = step.label();
         tracing::debug!(step = %step.describe(), "planned");
         let account = i.provider_account.as_deref().and_then(|a| self.account(a));
         let cx = self.context(claim, account.as_deref(), &product);
