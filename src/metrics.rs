@@ -47,6 +47,8 @@ pub struct Metrics {
     pub catalog_reload_failures: IntCounter,
     /// Successful catalog reloads.
     pub catalog_reloads: IntCounter,
+    /// Lease renewals that failed (the leases of running steps at risk of running out).
+    pub lease_renewal_failures: IntCounter,
     /// Whether the files on disk are the catalog being served (1) or not (0).
     pub catalog_valid: IntGauge,
 }
@@ -190,6 +192,12 @@ impl Default for Metrics {
         )
         .unwrap_or_else(|e| unreachable!("{e}"));
         register(&r, Box::new(catalog_reload_failures.clone()));
+        let lease_renewal_failures = IntCounter::new(
+            "provisioner_lease_renewal_failures_total",
+            "Renewals of the leases of running steps that failed; leases not renewed run out.",
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        register(&r, Box::new(lease_renewal_failures.clone()));
         #[cfg(target_os = "linux")]
         register(
             &r,
@@ -223,6 +231,7 @@ impl Default for Metrics {
                 "Reconcile steps running in this daemon.",
             ),
             catalog_reload_failures,
+            lease_renewal_failures,
             catalog_reloads,
             catalog_valid: gauge(
                 &r,

@@ -3,10 +3,9 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use provisioner::provider::sim;
@@ -14,9 +13,7 @@ use provisioner::store::{
     ConnectOptions, DesiredStatus, Instance, InstanceFilter, NewInstance, SqlStore, Store,
 };
 
-const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
-const PATIENCE: Duration = Duration::from_secs(120);
-const HOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+use common::daemon::{Daemon, HOOK_SECRET, KEY, PATIENCE};
 
 /// A catalog with one fast, slightly faulty simulated account, and billing's webhook
 /// endpoint at `hook` if given.
@@ -70,133 +67,6 @@ secret_env: E2E_WEBHOOK_SECRET
         .unwrap();
     }
     catalog
-}
-
-/// A daemon process; killed when dropped.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-    owner: String,
-}
-
-impl Daemon {
-    fn start(url: &str, catalog: &Path, dir: &Path, owner: &str) -> Daemon {
-        let log = dir.join(format!("{owner}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_provisioner"))
-            .args([
-                "--database-url",
-                url,
-                "run",
-                "--listen",
-                "127.0.0.1:0",
-                "--workers",
-                "32",
-            ])
-            .args([
-                "--idle-poll-ms",
-                "20",
-                "--resync-seconds",
-                "1",
-                "--lease-seconds",
-                "3",
-            ])
-            .arg("--catalog")
-            .arg(catalog)
-            .args(["--owner", owner])
-            .env("PROVISIONER_SECRET_KEY", KEY)
-            .env("E2E_WEBHOOK_SECRET", HOOK_SECRET)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start provisioner run");
-        Daemon {
-            child,
-            log,
-            owner: owner.to_owned(),
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The address of the daemon's HTTP endpoints, from its log.
-    async fn http(&self) -> String {
-        let start = Instant::now();
-        loop {
-            if let Some(addr) = self
-                .log()
-                .lines()
-                .find(|l| l.contains("serving /healthz"))
-                .and_then(|l| l.split("address=").nth(1))
-                .and_then(|rest| rest.split_whitespace().next())
-            {
-                return addr.to_owned();
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "daemon {} never served HTTP:\n{}",
-                self.owner,
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// SIGKILLs the daemon once `at` of the instances satisfy `done`: in the middle of the
-    /// work.
-    async fn kill9_when(&mut self, store: &SqlStore, at: usize, done: impl Fn(&Instance) -> bool) {
-        let start = Instant::now();
-        loop {
-            let n = all_instances(store)
-                .await
-                .iter()
-                .filter(|i| done(i))
-                .count();
-            if n >= at {
-                break;
-            }
-            assert!(start.elapsed() < PATIENCE, "no progress:\n{}", self.log());
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        self.kill9();
-    }
-
-    fn kill9(&mut self) {
-        self.child.kill().expect("SIGKILL the daemon");
-        self.child.wait().unwrap();
-    }
-
-    /// SIGTERM, then the exit status (a graceful drain exits 0).
-    async fn terminate(&mut self) -> Option<i32> {
-        let pid = self.child.id().to_string();
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill -TERM");
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "daemon {} did not stop on SIGTERM:\n{}",
-                self.owner,
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn http_get(addr: &str, path: &str) -> String {
@@ -934,26 +804,7 @@ async fn two_daemons_share_one_postgres_without_overlap() {
     }
     converge(&store, "suspension by two daemons", &[&a, &b]).await;
 
-    let mut by_owner: HashMap<String, usize> = HashMap::new();
-    for id in &ids {
-        let history = store.history(*id).await.unwrap();
-        // A step's intent and its outcome are written by the same worker, with nobody else's
-        // transition in between: no instance is worked on by two daemons at once.
-        let mut open: Option<(&str, String)> = None;
-        for t in &history {
-            let by = t.details["by"].as_str().unwrap_or("?").to_owned();
-            *by_owner.entry(by.clone()).or_default() += 1;
-            if let Some((action, owner)) = &open {
-                assert_eq!(&by, owner, "instance {id}: {action} started by {owner}, next transition by {by}: {history:#?}");
-                if t.action == *action && t.outcome != "started" {
-                    open = None;
-                }
-            }
-            if t.outcome == "started" {
-                open = Some((t.action.as_str(), by));
-            }
-        }
-    }
+    let by_owner = common::daemon::steps_by_owner(&store, &ids).await;
     assert!(
         by_owner.get("daemon-a").copied().unwrap_or(0) > 0,
         "daemon-a did work: {by_owner:?}"

@@ -145,6 +145,8 @@ contract!(
     unknown_products_are_accepted,
     claims_are_exclusive_and_writes_fenced,
     expired_leases_are_taken_over_and_the_old_holder_fenced,
+    renewed_leases_hold_and_ended_ones_are_not_revived,
+    an_owner_name_is_held_by_one_live_daemon_and_taken_back_after_it,
     records_write_state_and_transition_together,
     release_schedules_the_next_check,
     revisions_are_synced_once_and_readable,
@@ -890,6 +892,92 @@ async fn expired_leases_are_taken_over_and_the_old_holder_fenced(db: &Db) {
         .release(&second[0].lease, NextCheck::Now)
         .await
         .unwrap();
+}
+
+async fn renewed_leases_hold_and_ended_ones_are_not_revived(db: &Db) {
+    let a = db.insert("c1", "vps-starter").await;
+    let b = db.insert("c2", "vps-starter").await;
+    let claims = db.store.claim_due("d1", 10, 0.5).await.unwrap();
+    assert_eq!(claims.len(), 2);
+    let lease = |id: i64| {
+        claims
+            .iter()
+            .find(|c| c.instance.id == id)
+            .unwrap()
+            .lease
+            .clone()
+    };
+    let (la, lb) = (lease(a), lease(b));
+    // b's step ends; a's goes on and is renewed, with b's stale pair and a pair of a wrong
+    // epoch among the renewals.
+    db.store
+        .release(&lb, NextCheck::After(Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    let held = [(a, la.epoch), (b, lb.epoch), (a, la.epoch + 5)];
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert_eq!(db.store.renew_leases("d1", &held, 5.0).await.unwrap(), 1);
+    }
+    // A second past the claim's 0.5 s lease, a is still held: nobody else can claim it.
+    assert!(db.store.claim_due("d2", 10, 30.0).await.unwrap().is_empty());
+    let row = db.store.instance(b).await.unwrap().unwrap();
+    assert_eq!(row.lease_owner, None, "an ended lease is not revived");
+    assert!(row.next_check_at > Some(chrono::Utc::now() + chrono::Duration::minutes(50)));
+    // Another owner cannot renew a's lease; once renewals stop it runs out and is taken.
+    assert_eq!(db.store.renew_leases("d2", &held, 30.0).await.unwrap(), 0);
+    assert_eq!(db.store.renew_leases("d1", &held, 0.2).await.unwrap(), 1);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let taken = db.store.claim_due("d2", 10, 30.0).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].instance.id, a);
+    assert_eq!(db.store.renew_leases("d1", &held, 30.0).await.unwrap(), 0);
+    let err = db.store.release(&la, NextCheck::Now).await.unwrap_err();
+    assert!(matches!(err, StoreError::LeaseLost { .. }), "{err}");
+}
+
+async fn an_owner_name_is_held_by_one_live_daemon_and_taken_back_after_it(db: &Db) {
+    let id = db.insert("c", "vps-starter").await;
+    let first = db
+        .store
+        .lock_owner("web-1")
+        .await
+        .unwrap()
+        .expect("free name");
+    assert!(
+        db.store.lock_owner("web-1").await.unwrap().is_none(),
+        "a name held by a live daemon is not given twice"
+    );
+    let other = db
+        .store
+        .lock_owner("web-2")
+        .await
+        .unwrap()
+        .expect("another name");
+    let claimed = db.store.claim_due("web-1", 10, 60.0).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    // The holder dies (its lock ends with it); a daemon restarted under the name takes its
+    // lease back at once instead of waiting a minute, and the dead holder's writes are fenced.
+    drop(first);
+    let again = loop {
+        // PostgreSQL ends the dead session's lock as soon as it sees the connection close.
+        if let Some(lock) = db.store.lock_owner("web-1").await.unwrap() {
+            break lock;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(db.store.take_back_leases(&other).await.unwrap(), 0);
+    assert_eq!(db.store.take_back_leases(&again).await.unwrap(), 1);
+    let reclaimed = db.store.claim_due("web-1", 10, 60.0).await.unwrap();
+    assert_eq!(reclaimed.len(), 1);
+    assert_eq!(reclaimed[0].instance.id, id);
+    assert_eq!(reclaimed[0].lease.epoch, claimed[0].lease.epoch + 1);
+    let err = db
+        .store
+        .release(&claimed[0].lease, NextCheck::Now)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::LeaseLost { .. }), "{err}");
 }
 
 async fn records_write_state_and_transition_together(db: &Db) {

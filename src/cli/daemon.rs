@@ -47,14 +47,16 @@ pub(super) async fn run(url: &str, args: RunArgs) -> anyhow::Result<ExitCode> {
     config.workers = args.workers.max(1);
     config.resync_interval = Duration::from_secs_f64(args.resync_seconds.max(0.1));
     config.idle_poll = Duration::from_millis(args.idle_poll_ms.max(1));
-    config.lease = Duration::from_secs_f64(args.lease_seconds.max(1.0));
+    config.lease =
+        crate::reconcile::lease::LeaseTiming::new(args.lease_seconds, args.lease_renew_seconds)
+            .map_err(anyhow::Error::msg)?;
     config.drain = Duration::from_secs_f64(args.drain_seconds.clamp(0.0, 3600.0));
     if let Some(owner) = args.owner {
         config.owner = owner;
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(signals(shutdown.clone()));
-    tracing::info!(owner = %config.owner, database = %crate::store::redact_url(url), "starting");
+    tracing::info!(database = %crate::store::redact_url(url), "starting");
     let drain = config.drain;
     let running = tokio::select! {
         r = start(config, shutdown.clone()) => match r {
@@ -74,6 +76,7 @@ pub(super) async fn run(url: &str, args: RunArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_OK));
         }
     };
+    tracing::info!(owner = %running.owner, "reconciling");
     super::service::spawn_watchdog(shutdown.clone());
     super::service::ready(&match running.http {
         Some(addr) => format!("reconciling; /healthz, /readyz and /metrics on {addr}"),

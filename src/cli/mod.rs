@@ -342,10 +342,17 @@ pub struct RunArgs {
     /// Milliseconds between looks for due work when nothing wakes the daemon.
     #[arg(long, default_value_t = 100)]
     pub idle_poll_ms: u64,
-    /// Seconds a claim holds an instance before another daemon may take it over.
-    #[arg(long, default_value_t = 60.0)]
+    /// Seconds a claim holds an instance before another daemon may take it over; renewed
+    /// while a step runs, so a dead daemon's instances wait at most this long.
+    #[arg(long, default_value_t = 10.0)]
     pub lease_seconds: f64,
-    /// This daemon's name in leases (default: host:pid).
+    /// Seconds between renewals of the leases of running steps (default: 0.3 × the lease;
+    /// at most half of it).
+    #[arg(long)]
+    pub lease_renew_seconds: Option<f64>,
+    /// This daemon's name in leases (default: the host name). Stable across restarts, so a
+    /// restarted daemon takes back at once what it held; a name a live daemon already holds
+    /// is not shared (this one then runs as NAME:PID).
     #[arg(long)]
     pub owner: Option<String>,
     /// Seconds steps in flight may take to finish after SIGTERM/SIGINT before they are

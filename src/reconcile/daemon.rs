@@ -25,6 +25,7 @@ use tracing::Instrument;
 
 use super::decide::{resynced, Next, Timing};
 use super::execute::Executor;
+use super::lease::{self, Held, LeaseTiming};
 use crate::api;
 use crate::catalog::watch::{spawn as watch_catalog, ReloadStatus, WatchOptions};
 use crate::catalog::Catalog;
@@ -46,13 +47,15 @@ pub struct DaemonConfig {
     pub workers: usize,
     /// Most instances claimed per query.
     pub batch: u32,
-    /// How long a claim holds an instance before another daemon may take it.
-    pub lease: Duration,
+    /// How long a claim holds an instance before another daemon may take it, and how often
+    /// the leases of running steps are renewed.
+    pub lease: LeaseTiming,
     /// How often to look for due work when nothing wakes the daemon.
     pub idle_poll: Duration,
     /// How often each account's servers are listed in bulk.
     pub resync_interval: Duration,
-    /// This daemon's name in leases (`host:pid` by default).
+    /// This daemon's name in leases: the host name by default, stable across restarts, so a
+    /// restarted daemon takes back at once what it held (see [`super::lease`]).
     pub owner: String,
     /// Scheduling of steps.
     pub timing: Timing,
@@ -79,10 +82,10 @@ impl DaemonConfig {
             listen: None,
             workers: 32,
             batch: 64,
-            lease: Duration::from_secs(60),
+            lease: LeaseTiming::default(),
             idle_poll: Duration::from_millis(100),
             resync_interval: Duration::from_secs(60),
-            owner: format!("{host}:{}", std::process::id()),
+            owner: host,
             timing: Timing::default(),
             catalog_watch: WatchOptions::default(),
             max_connections: 16,
@@ -103,6 +106,9 @@ pub struct Running {
     pub http: Option<SocketAddr>,
     /// Wakes the work loop (a hint: the store is the truth).
     pub wake: Arc<Notify>,
+    /// The name its leases are taken under (the configured one, unless a live daemon held
+    /// it).
+    pub owner: String,
     tracker: TaskTracker,
 }
 
@@ -147,6 +153,8 @@ pub async fn start(config: DaemonConfig, shutdown: CancellationToken) -> anyhow:
     })?;
     let keyring = key.finish(&store.sealed_key_ids().await?)?;
     store.migrate().await?;
+    let owner_lock = lease::identify(&store, &config.owner).await?;
+    let owner = owner_lock.name().to_owned();
     let catalog_rx = watcher.catalog();
     let initial = watcher.current();
     let new = store.sync_revisions(&initial).await?;
@@ -216,6 +224,7 @@ pub async fn start(config: DaemonConfig, shutdown: CancellationToken) -> anyhow:
             executor,
             store: store.clone(),
             config: config.clone(),
+            owner: owner_lock,
             wake: wake.clone(),
             metrics: metrics.clone(),
             ready: ready.clone(),
@@ -261,6 +270,7 @@ pub async fn start(config: DaemonConfig, shutdown: CancellationToken) -> anyhow:
         catalog: catalog_rx,
         http,
         wake,
+        owner,
         tracker,
     })
 }
@@ -270,6 +280,8 @@ struct Worker {
     executor: Arc<Executor>,
     store: SqlStore,
     config: DaemonConfig,
+    /// The owner name the daemon holds, kept by the heartbeat until the last step ended.
+    owner: crate::store::lease::OwnerLock,
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
     /// Told when claiming keeps failing.
@@ -284,6 +296,7 @@ async fn work_loop(w: Worker, shutdown: CancellationToken) {
         executor,
         store,
         config,
+        owner: owner_lock,
         wake,
         metrics,
         ready,
@@ -293,6 +306,17 @@ async fn work_loop(w: Worker, shutdown: CancellationToken) {
     // Cancelled when the drain deadline passes: steps still running are abandoned.
     let abandon = CancellationToken::new();
     let mut failures = 0u32;
+    let owner = owner_lock.name().to_owned();
+    let held = Arc::new(Held::default());
+    let stop_heartbeat = CancellationToken::new();
+    let heartbeat = tokio::spawn(lease::heartbeat(
+        store.clone(),
+        owner_lock,
+        held.clone(),
+        config.lease,
+        metrics.clone(),
+        stop_heartbeat.clone(),
+    ));
     while !shutdown.is_cancelled() {
         let free = workers.available_permits();
         if free == 0 {
@@ -305,7 +329,7 @@ async fn work_loop(w: Worker, shutdown: CancellationToken) {
         let want = u32::try_from(free).unwrap_or(u32::MAX).min(config.batch);
         let claimed = tokio::select! {
             () = shutdown.cancelled() => break,
-            c = store.claim_due(&config.owner, want, config.lease.as_secs_f64()) => c,
+            c = store.claim_due(&owner, want, config.lease.length.as_secs_f64()) => c,
         };
         let claims = match claimed {
             Ok(c) => {
@@ -337,6 +361,9 @@ async fn work_loop(w: Worker, shutdown: CancellationToken) {
             }
             continue;
         }
+        for claim in &claims {
+            held.add(&claim.lease);
+        }
         for claim in claims {
             let Ok(permit) = workers.clone().acquire_owned().await else {
                 break;
@@ -346,6 +373,7 @@ async fn work_loop(w: Worker, shutdown: CancellationToken) {
             let abandon = abandon.clone();
             let store = store.clone();
             let lease = claim.lease.clone();
+            let held = held.clone();
             let span = tracing::info_span!("step", instance = claim.instance.id);
             metrics.in_flight.inc();
             steps.spawn(
@@ -364,6 +392,7 @@ async fn work_loop(w: Worker, shutdown: CancellationToken) {
                         }
                         _ = executor.step(claim) => {}
                     }
+                    held.remove(&lease);
                     metrics.in_flight.dec();
                     drop(permit);
                 }
@@ -389,6 +418,10 @@ async fn work_loop(w: Worker, shutdown: CancellationToken) {
         steps.wait().await;
     } else {
         tracing::info!("all steps finished; leases given back");
+    }
+    stop_heartbeat.cancel();
+    if let Err(e) = heartbeat.await {
+        tracing::error!(error = %e, "the lease heartbeat ended abnormally");
     }
 }
 

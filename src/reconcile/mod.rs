@@ -8,6 +8,7 @@
 //!   actions and hard escalation, adoption, not-found, the error policy, drift, the next
 //!   check); pure;
 //! - [`execute`]: one step for one claimed instance: intent, call, decision, record;
+//! - [`lease`]: the daemon's owner name, and the heartbeat renewing its steps' leases;
 //! - [`daemon`]: work sources (due rows, NOTIFY, catalog reloads, resyncs), bounded workers,
 //!   graceful shutdown with a drain deadline, and the HTTP endpoints.
 
@@ -16,5 +17,6 @@ pub mod attach;
 pub mod daemon;
 pub mod decide;
 pub mod execute;
+pub mod lease;
 pub mod plan;
 pub mod resize;

@@ -16,6 +16,7 @@ pub(crate) mod engine;
 pub mod events;
 pub mod fleet;
 pub mod idempotency;
+pub mod lease;
 mod lifecycle;
 pub mod model;
 pub mod pool;

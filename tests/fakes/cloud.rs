@@ -360,7 +360,7 @@ impl Inner {
             .cfg
             .faults
             .spurious_429_every
-            .is_some_and(|n| self.ledger.requests % n == 0);
+            .is_some_and(|n| self.ledger.requests.is_multiple_of(n));
         if spurious {
             self.ledger.throttled += 1;
             self.ledger.throttled_at.push(elapsed);
@@ -422,7 +422,7 @@ impl Inner {
         if *method != Method::GET {
             self.mutations += 1;
             if let Some(n) = self.cfg.faults.server_error_every {
-                if self.mutations % n == 0 {
+                if self.mutations.is_multiple_of(n) {
                     let code = if self.hetzner() {
                         "unavailable"
                     } else {
@@ -584,7 +584,7 @@ impl Inner {
     fn slow_create(&mut self) -> Option<Duration> {
         self.creates += 1;
         let (n, delay) = self.cfg.faults.slow_create_every?;
-        (self.creates % n == 0).then_some(delay)
+        self.creates.is_multiple_of(n).then_some(delay)
     }
 
     fn h_create(&mut self, body: &Value) -> Answer {
