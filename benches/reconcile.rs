@@ -10,6 +10,10 @@
 //!    executor commits right before the provider call (the transition's `at`), p50 and p99;
 //! 3. (SQLite) peak resident memory of the real `provisioner run` process with 100,000
 //!    converged instances in the database, through start-up, claims and bulk resyncs;
+//!    (`-- rss`: only this);
+//! 5. (`-- million`, only that, on PostgreSQL) peak resident memory of `provisioner run` with
+//!    1,000,000 converged instances (a tenth of them due), resyncing every 3 s, and the
+//!    latency of claims of 32 due instances made meanwhile, p50 and p99;
 //! 4. (`-- billing`, only that) billing sharing the SQLite file with a daemon converging
 //!    `BENCH_INSTANCES` orders: the latency of billing's own writes with README's 5 s busy
 //!    timeout, and how many fail with no busy timeout (SQLite's default).
@@ -20,7 +24,9 @@ use std::time::{Duration, Instant};
 
 use provisioner::catalog::watch::WatchOptions;
 use provisioner::reconcile::daemon::{start, DaemonConfig};
-use provisioner::store::{ConnectOptions, Engine, InstanceFilter, ObservedStatus, SqlStore, Store};
+use provisioner::store::{
+    ConnectOptions, Engine, InstanceFilter, NextCheck, ObservedStatus, SqlStore, Store,
+};
 use tokio_util::sync::CancellationToken;
 
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -288,9 +294,12 @@ async fn daemon_memory(dir: &Path, n: usize) {
         .arg("--catalog")
         .arg(&catalog)
         .env("PROVISIONER_SECRET_KEY", KEY)
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("rss.log")).unwrap())
         .spawn()
         .unwrap();
     let status = format!("/proc/{}/status", child.id());
@@ -309,14 +318,135 @@ async fn daemon_memory(dir: &Path, n: usize) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the daemon ended early:\n{}",
+        std::fs::read_to_string(dir.join("rss.log")).unwrap_or_default()
+    );
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
     let _ = child.wait();
+    let log = std::fs::read_to_string(dir.join("rss.log")).unwrap_or_default();
+    assert!(
+        !log.contains("resync failed"),
+        "the resyncs failed, the figure would mean nothing:\n{log}"
+    );
+    if std::env::var("BENCH_LOG").is_ok() {
+        print!(
+            "{}",
+            std::fs::read_to_string(dir.join("rss.log")).unwrap_or_default()
+        );
+    }
     println!(
         "sqlite: peak RSS of `provisioner run` with {n} converged instances (15 s: start, claims, 4 bulk resyncs): {:.1} MiB",
         peak as f64 / 1024.0
     );
+}
+
+/// Peak RSS of `provisioner run` over a million converged instances in PostgreSQL with
+/// resyncs every 3 s, and the latency of claims made meanwhile.
+async fn million_on_postgres(admin: &str, dir: &Path) {
+    const N: i64 = 1_000_000;
+    std::env::set_var("PROVISIONER_SECRET_KEY", KEY);
+    let a = sqlx::PgPool::connect(admin).await.unwrap();
+    for sql in [
+        "DROP DATABASE IF EXISTS provisioner_bench_million",
+        "CREATE DATABASE provisioner_bench_million",
+    ] {
+        sqlx::raw_sql(sql).execute(&a).await.unwrap();
+    }
+    a.close().await;
+    let (base, _) = admin.rsplit_once('/').unwrap();
+    let url = format!("{base}/provisioner_bench_million");
+    let store = SqlStore::open(&url, &ConnectOptions::default())
+        .await
+        .unwrap();
+    let t = Instant::now();
+    raw(
+        &store,
+        &format!(
+            "INSERT INTO sim_servers (id, account, instance_id, made_for, name, state, ipv4)
+                  SELECT x, 'sim-bench', x, x, 'provisioner-' || x, 'running', '198.51.100.7'
+                    FROM generate_series(1, {N}) AS x;
+             INSERT INTO instances (id, customer_id, product_id, observed_status, provider_account,
+                                    provider_server_id, observed_generation, product_revision,
+                                    next_check_at)
+                  SELECT x, 'c' || x, 'bench-vps', 'active', 'sim-bench', x::text, 1, 'bench',
+                         CASE WHEN x % 10 = 0 THEN now() ELSE now() + interval '1 day' END
+                    FROM generate_series(1, {N}) AS x;
+             SELECT setval(pg_get_serial_sequence('instances', 'id'), {N});
+             SELECT setval(pg_get_serial_sequence('sim_servers', 'id'), {N});
+             ANALYZE;"
+        ),
+    )
+    .await;
+    println!(
+        "postgres: {N} converged instances written in {:.0} s",
+        t.elapsed().as_secs_f64()
+    );
+    let catalog = catalog(dir);
+    let log = dir.join("million.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_provisioner"))
+        .args(["--database-url", &url, "run", "--listen", "127.0.0.1:0"])
+        .args(["--resync-seconds", "3"])
+        .arg("--catalog")
+        .arg(&catalog)
+        .env("PROVISIONER_SECRET_KEY", KEY)
+        .env("RUST_LOG", "warn,provisioner::reconcile::resync=debug")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let status = format!("/proc/{}/status", child.id());
+    let mut peak = 0u64;
+    let mut claims = Vec::new();
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(40) {
+        if let Ok(s) = std::fs::read_to_string(&status) {
+            if let Some(v) = s
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                peak = peak.max(v);
+            }
+        }
+        // A claim of due work, as a second daemon makes it, while the first one works and
+        // resyncs.
+        let t = Instant::now();
+        let got = store.claim_due("bench-claims", 32, 30.0).await.unwrap();
+        claims.push(t.elapsed().as_secs_f64() * 1e3);
+        for c in got {
+            store
+                .release(&c.lease, NextCheck::After(Duration::from_secs(86_400)))
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the daemon ended early:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!log.contains("resync failed"), "{log}");
+    let resyncs = log.matches("resync done").count();
+    claims.sort_by(f64::total_cmp);
+    println!(
+        "postgres: peak RSS of `provisioner run` with {N} converged instances (40 s, {resyncs} bulk resyncs of {N} servers): {:.1} MiB; claims of 32 meanwhile: p50 {:.1} ms, p99 {:.1} ms ({} claims)",
+        peak as f64 / 1024.0,
+        percentile(&claims, 0.5),
+        percentile(&claims, 0.99),
+        claims.len()
+    );
+    store.close().await;
 }
 
 #[tokio::main]
@@ -329,6 +459,17 @@ async fn main() {
     if std::env::args().any(|a| a == "billing") {
         std::env::set_var("PROVISIONER_SECRET_KEY", KEY);
         billing_on_shared_sqlite(dir.path(), n).await;
+        return;
+    }
+    if std::env::args().any(|a| a == "million") {
+        let admin = std::env::var("BENCH_DATABASE_URL")
+            .or_else(|_| std::env::var("TEST_DATABASE_URL"))
+            .expect("-- million needs BENCH_DATABASE_URL or TEST_DATABASE_URL (PostgreSQL)");
+        million_on_postgres(&admin, dir.path()).await;
+        return;
+    }
+    if std::env::args().any(|a| a == "rss") {
+        daemon_memory(dir.path(), 100_000).await;
         return;
     }
     let sqlite = format!("sqlite://{}", dir.path().join("steps.db").display());

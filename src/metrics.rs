@@ -49,6 +49,8 @@ pub struct Metrics {
     pub catalog_reloads: IntCounter,
     /// Lease renewals that failed (the leases of running steps at risk of running out).
     pub lease_renewal_failures: IntCounter,
+    /// How long claiming a batch of due work takes.
+    pub claim_duration: prometheus::Histogram,
     /// Whether the files on disk are the catalog being served (1) or not (0).
     pub catalog_valid: IntGauge,
 }
@@ -192,6 +194,15 @@ impl Default for Metrics {
         )
         .unwrap_or_else(|e| unreachable!("{e}"));
         register(&r, Box::new(catalog_reload_failures.clone()));
+        let claim_duration = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "provisioner_claim_duration_seconds",
+                "Claims of a batch of due instances: the queue's own latency.",
+            )
+            .buckets(CALL_BUCKETS.to_vec()),
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        register(&r, Box::new(claim_duration.clone()));
         let lease_renewal_failures = IntCounter::new(
             "provisioner_lease_renewal_failures_total",
             "Renewals of the leases of running steps that failed; leases not renewed run out.",
@@ -232,6 +243,7 @@ impl Default for Metrics {
             ),
             catalog_reload_failures,
             lease_renewal_failures,
+            claim_duration,
             catalog_reloads,
             catalog_valid: gauge(
                 &r,

@@ -167,6 +167,7 @@ contract!(
     reinstalls_are_counted_like_reboots,
     attached_servers_belong_to_one_instance,
     events_are_written_with_their_transition_and_delivered_once_each,
+    a_feed_reader_sees_every_event_once_while_writers_race,
 );
 
 async fn a_billing_ref_is_inserted_once(db: &Db) {
@@ -1096,6 +1097,57 @@ async fn provision(db: &Db, id: i64) {
     db.store.release(&lease, NextCheck::Now).await.unwrap();
 }
 
+async fn a_feed_reader_sees_every_event_once_while_writers_race(db: &Db) {
+    for k in 0..60 {
+        db.insert(&format!("c{k}"), "vps-starter").await;
+    }
+    let claims = db.store.claim_due("racer", 1000, 60.0).await.unwrap();
+    let expected = claims.len();
+    assert_eq!(expected, 60);
+    let writers: Vec<_> = claims
+        .chunks(15)
+        .map(|chunk| {
+            let store = db.store.clone();
+            let chunk = chunk.to_vec();
+            tokio::spawn(async move {
+                for c in chunk {
+                    let patch = ObservedPatch {
+                        observed_status: Some(ObservedStatus::Active),
+                        ..ObservedPatch::default()
+                    };
+                    let t = NewTransition::new(
+                        Action::Create,
+                        Cause::DesiredChange,
+                        Outcome::Succeeded,
+                    );
+                    store.record(&c.lease, &patch, Some(&t)).await.unwrap();
+                    store.release(&c.lease, NextCheck::Now).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    // A reader follows the feed while the writers commit in any order: its cursor never
+    // passes an event that becomes visible later.
+    let mut seen = Vec::new();
+    let mut cursor = 0;
+    let start = std::time::Instant::now();
+    while seen.len() < expected {
+        for e in db.store.events_after(cursor, 7).await.unwrap() {
+            assert!(e.seq > cursor, "the feed goes forward");
+            cursor = e.seq;
+            seen.push(e.instance_id.unwrap());
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "saw {seen:?}");
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert!(db.store.events_after(cursor, 100).await.unwrap().is_empty());
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen.len(), expected, "every event once: {seen:?}");
+}
+
 async fn events_are_written_with_their_transition_and_delivered_once_each(db: &Db) {
     use provisioner::store::events::{AfterAttempt, Attempt, DeliveryFilter, DeliveryState};
     // An endpoint registered before anything happens hears of everything.
@@ -1816,7 +1868,7 @@ async fn migrations_are_idempotent(db: &Db) {
     assert!(db.store.migrate().await.unwrap().is_empty());
     assert_eq!(
         db.scalar("SELECT COUNT(*) FROM schema_migrations").await,
-        12
+        13
     );
 }
 

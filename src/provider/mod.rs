@@ -32,6 +32,7 @@ use std::fmt;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use futures::FutureExt;
 
 use crate::catalog::{Module, ProductConfig, ProviderAccount};
 use crate::secrets::SecretString;
@@ -464,6 +465,22 @@ pub trait Provider: Send + Sync {
 
     /// Every server of the account carrying our label (bulk, paginated by the module).
     fn list_owned(&self) -> BoxFuture<'_, Result<Vec<Server>>>;
+
+    /// [`Provider::list_owned`], each server handed to `sink` as its page arrives, so that a
+    /// module that can stream its pages never holds a large account whole (the default
+    /// lists, then hands over). Returns how many servers were listed.
+    fn list_owned_each<'a>(
+        &'a self,
+        sink: &'a mut (dyn FnMut(Server) + Send),
+    ) -> BoxFuture<'a, Result<usize>> {
+        async move {
+            let all = self.list_owned().await?;
+            let n = all.len();
+            all.into_iter().for_each(&mut *sink);
+            Ok(n)
+        }
+        .boxed()
+    }
 
     /// Creates a server with [`server_name`] and our label.
     fn create<'a>(

@@ -28,6 +28,9 @@ pub use crate::store::sim::Ledger;
 use crate::store::sim::{NewSimServer, SimBusy, SimChange, SimCreated, SimSelect, SimServer};
 use crate::store::{SqlStore, StoreError};
 
+/// Servers read from the simulated cloud's table per page of a listing.
+const LIST_PAGE: u32 = 1000;
+
 /// One simulated account.
 pub struct SimCloud {
     account: String,
@@ -337,8 +340,39 @@ impl Provider for SimCloud {
 
     fn list_owned(&self) -> BoxFuture<'_, Result<Vec<Server>>> {
         async move {
+            let mut all = Vec::new();
+            self.list_owned_each(&mut |s| all.push(s)).await?;
+            Ok(all)
+        }
+        .boxed()
+    }
+
+    fn list_owned_each<'a>(
+        &'a self,
+        sink: &'a mut (dyn FnMut(Server) + Send),
+    ) -> BoxFuture<'a, Result<usize>> {
+        async move {
+            // One request to the simulated API, read page by page from its table and handed
+            // over page by page: a large account is never held whole.
             self.enter().await?;
-            self.servers(SimSelect::Labelled).await
+            let (mut after, mut n) = (0, 0);
+            loop {
+                let page = self
+                    .servers(SimSelect::Labelled {
+                        after,
+                        limit: LIST_PAGE,
+                    })
+                    .await?;
+                let Some(last) = page.last() else { break };
+                after = parse_id(&last.id)?;
+                let full = page.len() >= LIST_PAGE as usize;
+                n += page.len();
+                page.into_iter().for_each(&mut *sink);
+                if !full {
+                    break;
+                }
+            }
+            Ok(n)
         }
         .boxed()
     }

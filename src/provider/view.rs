@@ -22,10 +22,18 @@ use tokio::sync::Mutex;
 
 use crate::provider::{Result, Server};
 
+/// A listing of an account's servers by id, shared (not copied) by whoever reads it.
+pub type Listing = Arc<HashMap<String, Server>>;
+
+/// The listing of `servers`, taking them over.
+pub fn listing(servers: Vec<Server>) -> Listing {
+    Arc::new(servers.into_iter().map(|s| (s.id.clone(), s)).collect())
+}
+
 #[derive(Debug)]
 struct Snapshot {
     started: DateTime<Utc>,
-    servers: Arc<HashMap<String, Server>>,
+    servers: Listing,
     cost: u32,
 }
 
@@ -52,13 +60,19 @@ pub struct View {
 }
 
 impl View {
+    /// Forgets the latest listing: a new one is being made (the periodic resync), and two
+    /// listings of a large account need not be held at once.
+    pub async fn forget(&self) {
+        self.state.lock().await.latest = None;
+    }
+
     /// Offers a listing made elsewhere (the periodic resync), started at `started`.
-    pub async fn offer(&self, started: DateTime<Utc>, servers: &[Server], cost: u32) {
+    pub async fn offer(&self, started: DateTime<Utc>, servers: Listing, cost: u32) {
         let mut s = self.state.lock().await;
         if s.latest.as_ref().is_none_or(|l| l.started < started) {
             s.latest = Some(Snapshot {
                 started,
-                servers: Arc::new(servers.iter().map(|s| (s.id.clone(), s.clone())).collect()),
+                servers,
                 cost,
             });
             s.looks = 0;
@@ -117,7 +131,7 @@ impl View {
             .map_or(Look::Ask, Look::Listed);
         s.latest = Some(Snapshot {
             started,
-            servers: Arc::new(servers.into_iter().map(|s| (s.id.clone(), s)).collect()),
+            servers: listing(servers),
             cost,
         });
         s.looks = 0;
@@ -162,7 +176,7 @@ mod tests {
             Look::Ask,
             "one look is cheaper than a listing of unknown cost"
         );
-        view.offer(since - chrono::Duration::seconds(5), &[], 3)
+        view.offer(since - chrono::Duration::seconds(5), listing(vec![]), 3)
             .await;
         assert_eq!(
             view.look("1", since, Utc::now(), age, list, |_| 3)
@@ -208,7 +222,7 @@ mod tests {
     async fn a_listing_older_than_the_action_is_not_used() {
         let view = View::default();
         let before = Utc::now();
-        view.offer(before, &[server("1")], 1).await;
+        view.offer(before, listing(vec![server("1")]), 1).await;
         let since = before + chrono::Duration::milliseconds(1);
         let fresh = || async { Ok(vec![]) };
         assert_eq!(

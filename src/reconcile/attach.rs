@@ -79,10 +79,17 @@ pub fn attach_check(
 /// and the instance its mark names is not one still waiting for its server (whose create may
 /// be in flight).
 pub fn is_orphan(server: &Server, holdings: &Holdings) -> bool {
-    !holdings.held.contains(server.id.as_str())
-        && !server
-            .instance_id
-            .is_some_and(|owner| holdings.awaiting.contains(&owner))
+    orphaned(
+        holdings.held.contains(server.id.as_str()),
+        server.instance_id,
+        &holdings.awaiting,
+    )
+}
+
+/// [`is_orphan`] from its facts: whether a live instance holds the server, the instance its
+/// mark names, and the live instances still waiting for a server.
+pub fn orphaned(held: bool, mark: Option<i64>, awaiting: &std::collections::HashSet<i64>) -> bool {
+    !held && !mark.is_some_and(|owner| awaiting.contains(&owner))
 }
 
 #[cfg(test)]

@@ -11,7 +11,6 @@
 //! sent nothing; a request already sent has its intent recorded, and adoption or the next
 //! look resolves it once the lease expires); then every task ends.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -23,16 +22,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::decide::{resynced, Next, Timing};
+use super::decide::Timing;
 use super::execute::Executor;
 use super::lease::{self, Held, LeaseTiming};
+use super::resync::resync_loop;
 use crate::api;
 use crate::catalog::watch::{spawn as watch_catalog, ReloadStatus, WatchOptions};
 use crate::catalog::Catalog;
 use crate::metrics::Metrics;
-use crate::provider::account::{Account, Accounts};
+use crate::provider::account::Accounts;
 use crate::secrets::Keyring;
-use crate::store::{ConnectOptions, InstanceFilter, NextCheck, ObservedStatus, SqlStore, Store};
+use crate::store::{ConnectOptions, NextCheck, SqlStore, Store};
 
 /// How a daemon runs.
 #[derive(Debug, Clone)]
@@ -257,6 +257,9 @@ pub async fn start(config: DaemonConfig, shutdown: CancellationToken) -> anyhow:
         shutdown.clone(),
     ));
     tracker.spawn(listen_loop(store.clone(), wake.clone(), shutdown.clone()));
+    if store.engine() == crate::store::Engine::Postgres {
+        tracker.spawn(sequence_loop(store.clone(), shutdown.clone()));
+    }
     tracker.spawn(crate::notify::run(
         store.clone(),
         catalog_rx.clone(),
@@ -327,10 +330,14 @@ async fn work_loop(w: Worker, shutdown: CancellationToken) {
             continue;
         }
         let want = u32::try_from(free).unwrap_or(u32::MAX).min(config.batch);
+        let claiming = std::time::Instant::now();
         let claimed = tokio::select! {
             () = shutdown.cancelled() => break,
             c = store.claim_due(&owner, want, config.lease.length.as_secs_f64()) => c,
         };
+        metrics
+            .claim_duration
+            .observe(claiming.elapsed().as_secs_f64());
         let claims = match claimed {
             Ok(c) => {
                 if failures > 0 {
@@ -490,6 +497,30 @@ async fn listen_loop(store: SqlStore, wake: Arc<Notify>, shutdown: CancellationT
     }
 }
 
+/// Moves PostgreSQL's committed events into the feed every [`SEQUENCE_EVERY`], so that the
+/// `events` table billing may read directly stays current even when nobody reads the feed
+/// through the API.
+async fn sequence_loop(store: SqlStore, shutdown: CancellationToken) {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(SEQUENCE_EVERY) => {}
+        }
+        match store.sequence_events().await {
+            Ok(_) => failing = false,
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "cannot move events into the feed; retrying");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// How often events are moved into the feed (PostgreSQL).
+const SEQUENCE_EVERY: Duration = Duration::from_millis(100);
+
 async fn stats_loop(
     store: SqlStore,
     metrics: Arc<Metrics>,
@@ -517,179 +548,4 @@ async fn stats_loop(
             () = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
     }
-}
-
-async fn resync_loop(
-    store: SqlStore,
-    accounts: Arc<RwLock<Arc<Accounts>>>,
-    metrics: Arc<Metrics>,
-    every: Duration,
-    shutdown: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let snapshot = accounts
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        for account in snapshot.iter() {
-            if !account.provider.lists_servers() {
-                continue;
-            }
-            // A module that meters its own requests takes a token per page; others take one
-            // for the whole listing.
-            let spare = if account.policy.meters_requests {
-                account.limiter.has_spare()
-            } else {
-                account.limiter.try_acquire_background()
-            };
-            if !spare {
-                tracing::debug!(account = %account.id, "resync skipped: the rate budget is kept for mutations");
-                continue;
-            }
-            let resync = tokio::select! {
-                () = shutdown.cancelled() => return,
-                r = resync_account(&store, account, &metrics) => r,
-            };
-            match resync {
-                Ok(n) => metrics.set_orphans(&account.id, n),
-                Err(e) => tracing::warn!(account = %account.id, error = %e, "resync failed"),
-            }
-        }
-    }
-}
-
-/// Lists an account's servers and compares them with the store: records what it finds on
-/// instances nobody is working on (an action that took effect, drift, a server gone), and
-/// reports orphans. Returns the number of orphans.
-///
-/// # Errors
-/// When the provider or the store cannot be read.
-pub async fn resync_account(
-    store: &SqlStore,
-    account: &Account,
-    metrics: &Metrics,
-) -> anyhow::Result<i64> {
-    let started = store.now().await?;
-    let servers = account.provider.list_owned().await?;
-    metrics.provider_call(&account.id, "list", "ok");
-    account
-        .view
-        .offer(
-            started,
-            &servers,
-            account.provider.list_requests(servers.len()),
-        )
-        .await;
-    let by_id: HashMap<&str, &crate::provider::Server> =
-        servers.iter().map(|s| (s.id.as_str(), s)).collect();
-    // Servers created moments ago may not be listed yet; recent changes are left alone.
-    let settled_before = started
-        - chrono::Duration::from_std(account.policy.poll * 4 + Duration::from_secs(5))
-            .unwrap_or_default();
-    // Instances are read a page at a time, so a large account never sits in memory whole;
-    // the servers its live instances hold are kept for the orphan check.
-    let mut holdings = crate::store::Holdings::default();
-    let mut after = None;
-    loop {
-        let page = store
-            .list_instances(&InstanceFilter {
-                provider_account: Some(account.id.clone()),
-                after_id: after,
-                limit: Some(1000),
-                ..InstanceFilter::default()
-            })
-            .await?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.id);
-        for i in &page {
-            holdings.note(i);
-            let state = match i.provider_server_id.as_deref() {
-                // An attached server carries no mark yet, so the listing cannot show it: it is
-                // looked at on its own, with the budget's spare requests only.
-                Some(id) if i.claim_pending && i.observed_status != ObservedStatus::Terminated => {
-                    let spare = if account.policy.meters_requests {
-                        account.limiter.has_spare()
-                    } else {
-                        account.limiter.try_acquire_background()
-                    };
-                    if !spare {
-                        continue;
-                    }
-                    match account.provider.inspect(id).await {
-                        Ok(found) => found.map(|s| s.state),
-                        Err(e) => {
-                            tracing::warn!(account = %account.id, instance = i.id, error = %e, "resync: cannot look at an attached server");
-                            continue;
-                        }
-                    }
-                }
-                Some(id) => by_id.get(id).map(|s| s.state),
-                None => None,
-            };
-            if let Some(found) = resynced(i, state, settled_before) {
-                record_resynced(store, i, found, metrics).await?;
-            }
-        }
-    }
-    let mut orphans = 0;
-    for s in servers
-        .iter()
-        .filter(|s| crate::reconcile::attach::is_orphan(s, &holdings))
-    {
-        orphans += 1;
-        tracing::warn!(
-            account = %account.id,
-            server = %s.id,
-            name = %s.name,
-            label = ?s.instance_id,
-            "orphan server: it carries our label but belongs to no live instance; delete it at the provider, or take it on with `provisioner instances import --account {} --server-id {} --customer CUSTOMER --product PRODUCT`",
-            account.id,
-            s.id
-        );
-    }
-    Ok(orphans)
-}
-
-/// Records what a resync found on one instance, unless someone took it up meanwhile.
-async fn record_resynced(
-    store: &SqlStore,
-    i: &crate::store::Instance,
-    found: crate::reconcile::decide::Resynced,
-    metrics: &Metrics,
-) -> anyhow::Result<()> {
-    let mut patch = found.patch;
-    patch.next_check = Some(match found.next {
-        Next::Now => NextCheck::Now,
-        Next::After(d) => NextCheck::After(d),
-        Next::Backoff(_) | Next::Idle => NextCheck::Never,
-    });
-    if !store
-        .record_drift(i.id, i.observed_status, &patch, &found.transition)
-        .await?
-    {
-        return Ok(());
-    }
-    let what = &found.what;
-    match found.drift {
-        None => tracing::info!(instance = i.id, "resync: {what}"),
-        Some(kind) => {
-            metrics.drift(kind);
-            if found.lost {
-                tracing::error!(
-                    instance = i.id,
-                    "drift: {what}; marked lost (not recreated)"
-                );
-            } else {
-                tracing::warn!(instance = i.id, "drift: {what}; reconciling");
-            }
-        }
-    }
-    Ok(())
 }

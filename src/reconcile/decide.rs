@@ -396,6 +396,24 @@ pub fn created(cx: &Context<'_>, answer: Result<Created, ProviderError>) -> Deci
                 ipv6: created.server.ipv6.clone().map(Some),
                 ..ObservedPatch::default()
             };
+            // A server that answers the create already running, with this instance's label,
+            // is done: no step to look at it again.
+            if created.server.state == PowerState::Running
+                && created.server.instance_id == Some(cx.instance.id)
+            {
+                let mut d = done_with(
+                    cx,
+                    Action::Create,
+                    ObservedStatus::Active,
+                    Some(&created.server),
+                    patch,
+                );
+                d.transition = Some(t);
+                if created.root_password.is_some() {
+                    d.seal = created.root_password;
+                }
+                return d;
+            }
             let pending = Pending {
                 action: Action::Create,
                 action_id: created.action_id,

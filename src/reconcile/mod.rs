@@ -8,6 +8,7 @@
 //!   actions and hard escalation, adoption, not-found, the error policy, drift, the next
 //!   check); pure;
 //! - [`execute`]: one step for one claimed instance: intent, call, decision, record;
+//! - [`resync`]: the periodic bulk listing of each account: drift, servers gone, orphans;
 //! - [`lease`]: the daemon's owner name, and the heartbeat renewing its steps' leases;
 //! - [`daemon`]: work sources (due rows, NOTIFY, catalog reloads, resyncs), bounded workers,
 //!   graceful shutdown with a drain deadline, and the HTTP endpoints.
@@ -20,3 +21,4 @@ pub mod execute;
 pub mod lease;
 pub mod plan;
 pub mod resize;
+pub mod resync;

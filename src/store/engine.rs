@@ -396,11 +396,31 @@ fn pg_row(row: &PgRow, names: &std::sync::Arc<[String]>) -> Result<Row, sqlx::Er
 /// An open transaction on either engine. A SQLite write transaction also holds the store's
 /// writer lock until it ends.
 pub(crate) enum Tx {
-    Sqlite(
-        Transaction<'static, Sqlite>,
-        Option<tokio::sync::OwnedMutexGuard<()>>,
-    ),
-    Postgres(Transaction<'static, Postgres>),
+    Sqlite(Unit<Sqlite>, Option<tokio::sync::OwnedMutexGuard<()>>),
+    Postgres(Unit<Postgres>),
+}
+
+/// A transaction, or a single statement that commits by itself (see [`Pool::single`]).
+pub(crate) enum Unit<DB: sqlx::Database> {
+    Transaction(Transaction<'static, DB>),
+    #[allow(dead_code)] // Constructed for PostgreSQL only.
+    Single(sqlx::pool::PoolConnection<DB>),
+}
+
+impl<DB: sqlx::Database> Unit<DB> {
+    pub(crate) fn conn(&mut self) -> &mut DB::Connection {
+        match self {
+            Unit::Transaction(t) => t,
+            Unit::Single(c) => c,
+        }
+    }
+
+    async fn commit(self) -> Result<(), sqlx::Error> {
+        match self {
+            Unit::Transaction(t) => t.commit().await,
+            Unit::Single(_) => Ok(()),
+        }
+    }
 }
 
 macro_rules! bind_all {
@@ -439,7 +459,7 @@ impl Tx {
             // Rows are converted as they stream in, so a large result is never held twice.
             Tx::Sqlite(tx, _) => {
                 let q = bind_all!(sqlx::query(&sql), args, |v: Value| v.to_string());
-                let mut stream = q.fetch(&mut **tx);
+                let mut stream = q.fetch(tx.conn());
                 let mut out = Vec::new();
                 let mut names = None;
                 while let Some(row) = stream.try_next().await? {
@@ -451,7 +471,7 @@ impl Tx {
             }
             Tx::Postgres(tx) => {
                 let q = bind_all!(sqlx::query(&sql), args, sqlx::types::Json);
-                let mut stream = q.fetch(&mut **tx);
+                let mut stream = q.fetch(tx.conn());
                 let mut out = Vec::new();
                 let mut names = None;
                 while let Some(row) = stream.try_next().await? {
@@ -482,11 +502,11 @@ impl Tx {
         let sql = self.dialect().sql(template);
         Ok(match self {
             Tx::Sqlite(tx, _) => bind_all!(sqlx::query(&sql), args, |v: Value| v.to_string())
-                .execute(&mut **tx)
+                .execute(tx.conn())
                 .await?
                 .rows_affected(),
             Tx::Postgres(tx) => bind_all!(sqlx::query(&sql), args, sqlx::types::Json)
-                .execute(&mut **tx)
+                .execute(tx.conn())
                 .await?
                 .rows_affected(),
         })
@@ -502,13 +522,20 @@ impl Tx {
     }
 }
 
-/// Connection pools of either engine. SQLite has one writer at a time; writers of this process
-/// queue on an async lock instead of on SQLite's busy handler, whose sleeps would throttle a
-/// busy daemon.
+/// Connection pools of either engine: on SQLite, readers, and the writer.
 #[derive(Debug, Clone)]
 pub(crate) enum Pool {
-    Sqlite(sqlx::SqlitePool, std::sync::Arc<tokio::sync::Mutex<()>>),
+    Sqlite(sqlx::SqlitePool, std::sync::Arc<SqliteWriter>),
     Postgres(sqlx::PgPool),
+}
+
+/// SQLite has one writer at a time: this process writes through one connection of its own,
+/// whose page cache no other writer of the process invalidates, and its writers queue on an
+/// async lock instead of on SQLite's busy handler, whose sleeps would throttle a busy daemon.
+#[derive(Debug)]
+pub(crate) struct SqliteWriter {
+    pool: sqlx::SqlitePool,
+    lock: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// How the database tells provisioner's own SQLite writes from billing's.
@@ -630,10 +657,23 @@ impl Pool {
                     .max_connections(options.max_connections.clamp(1, 4))
                     .acquire_timeout(options.acquire_timeout)
                     .after_connect(|conn, _| Box::pin(writer::register(conn)))
+                    .connect_with(opts.clone())
+                    .await
+                    .map_err(connect_error)?;
+                let write = SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(options.acquire_timeout)
+                    .after_connect(|conn, _| Box::pin(writer::register(conn)))
                     .connect_with(opts)
                     .await
                     .map_err(connect_error)?;
-                Ok(Pool::Sqlite(pool, std::sync::Arc::default()))
+                Ok(Pool::Sqlite(
+                    pool,
+                    std::sync::Arc::new(SqliteWriter {
+                        pool: write,
+                        lock: std::sync::Arc::default(),
+                    }),
+                ))
             }
             Engine::Postgres => {
                 let opts = super::connect::postgres(url)?;
@@ -682,25 +722,41 @@ impl Pool {
     /// (`BEGIN IMMEDIATE`), so it waits for other writers instead of failing half-way.
     pub(crate) async fn write(&self) -> Result<Tx, StoreError> {
         Ok(match self {
-            Pool::Sqlite(p, writer) => {
-                let guard = writer.clone().lock_owned().await;
-                Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?, Some(guard))
+            Pool::Sqlite(_, writer) => {
+                let guard = writer.lock.clone().lock_owned().await;
+                let tx = writer.pool.begin_with("BEGIN IMMEDIATE").await?;
+                Tx::Sqlite(Unit::Transaction(tx), Some(guard))
             }
-            Pool::Postgres(p) => Tx::Postgres(p.begin().await?),
+            Pool::Postgres(p) => Tx::Postgres(Unit::Transaction(p.begin().await?)),
         })
+    }
+
+    /// A unit of one writing statement. On PostgreSQL the statement commits by itself: no
+    /// `BEGIN` and `COMMIT` round trips. On SQLite it is a write transaction all the same: a
+    /// statement that began reading could not always upgrade to writing (another writer
+    /// committed meanwhile: `SQLITE_BUSY_SNAPSHOT`, which no busy timeout waits out).
+    /// Only for a write that is one statement; `commit` ends it either way.
+    pub(crate) async fn single(&self) -> Result<Tx, StoreError> {
+        match self {
+            Pool::Sqlite(..) => self.write().await,
+            Pool::Postgres(p) => Ok(Tx::Postgres(Unit::Single(p.acquire().await?))),
+        }
     }
 
     /// Begins a read-only unit of work.
     pub(crate) async fn read(&self) -> Result<Tx, StoreError> {
         Ok(match self {
-            Pool::Sqlite(p, _) => Tx::Sqlite(p.begin().await?, None),
-            Pool::Postgres(p) => Tx::Postgres(p.begin().await?),
+            Pool::Sqlite(p, _) => Tx::Sqlite(Unit::Transaction(p.begin().await?), None),
+            Pool::Postgres(p) => Tx::Postgres(Unit::Transaction(p.begin().await?)),
         })
     }
 
     pub(crate) async fn close(&self) {
         match self {
-            Pool::Sqlite(p, _) => p.close().await,
+            Pool::Sqlite(p, writer) => {
+                p.close().await;
+                writer.pool.close().await;
+            }
             Pool::Postgres(p) => p.close().await,
         }
     }
@@ -782,7 +838,7 @@ impl Pool {
         if let Tx::Postgres(t) = &mut tx {
             // Two daemons starting together: one migrates, the other waits, then finds it done.
             sqlx::query("SELECT pg_advisory_xact_lock(7262851160)")
-                .execute(&mut **t)
+                .execute(t.conn())
                 .await?;
         }
         tx.execute(
@@ -817,8 +873,8 @@ impl Pool {
                 continue;
             }
             match &mut tx {
-                Tx::Sqlite(t, _) => sqlx::raw_sql(sql).execute(&mut **t).await.map(drop),
-                Tx::Postgres(t) => sqlx::raw_sql(sql).execute(&mut **t).await.map(drop),
+                Tx::Sqlite(t, _) => sqlx::raw_sql(sql).execute(t.conn()).await.map(drop),
+                Tx::Postgres(t) => sqlx::raw_sql(sql).execute(t.conn()).await.map(drop),
             }
             .map_err(|e| {
                 StoreError::Migration(format!("migration {version} ({description}) failed: {e}"))
@@ -847,7 +903,7 @@ impl Pool {
         }
         if let Tx::Postgres(t) = &mut tx {
             sqlx::raw_sql(POSTGRES_BILLING_ROLE)
-                .execute(&mut **t)
+                .execute(t.conn())
                 .await
                 .map_err(|e| StoreError::Migration(format!("the provisioner_billing role: {e}")))?;
         }
@@ -925,6 +981,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "events and webhook deliveries",
         include_str!("../../migrations/sqlite/0012_events.sql"),
     ),
+    (
+        13,
+        "event inbox",
+        include_str!("../../migrations/sqlite/0013_event_inbox.sql"),
+    ),
 ];
 
 /// The billing role and its grants, applied after the migrations by every migrate.
@@ -990,6 +1051,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         12,
         "events and webhook deliveries",
         include_str!("../../migrations/postgres/0012_events.sql"),
+    ),
+    (
+        13,
+        "event inbox",
+        include_str!("../../migrations/postgres/0013_event_inbox.sql"),
     ),
 ];
 

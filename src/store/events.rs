@@ -7,7 +7,7 @@ use chacha20poly1305::aead::OsRng;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::engine::{Arg, Engine, Row, Tx};
+use super::engine::{Arg, Engine, Pool, Row, Tx};
 use super::{instance_in, ObservedStatus, Result, SqlStore, Store, StoreError, Task};
 use crate::events::{self, EventType};
 
@@ -182,15 +182,18 @@ pub(super) async fn insert_event(
     instance_id: i64,
     data: Value,
 ) -> Result<()> {
-    if let Tx::Postgres(t) = tx {
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('provisioner.events'))")
-            .execute(&mut **t)
-            .await?;
-    }
+    // SQLite's one writer orders `events.id` by its commits; PostgreSQL's writers go through
+    // the inbox, which [`SqlStore::sequence_events`] empties into `events` in order.
+    let table = match tx {
+        Tx::Sqlite(..) => "events",
+        Tx::Postgres(_) => "event_inbox",
+    };
     let body = events::body(kind, Utc::now(), data);
     tx.execute(
-        "INSERT INTO events (event_id, type, at, instance_id, body)
-         VALUES ($1, $2, {now}, $3, $4)",
+        &format!(
+            "INSERT INTO {table} (event_id, type, at, instance_id, body)
+             VALUES ($1, $2, {{now}}, $3, $4)"
+        ),
         vec![
             new_event_id().into(),
             kind.as_str().into(),
@@ -222,6 +225,19 @@ pub(super) async fn on_transition(
         }),
     };
     insert_event(tx, kind, instance_id, data).await
+}
+
+/// Appends the event a change of status from `from` to `after`'s causes, if it causes one;
+/// `after` is the row as written.
+pub(super) async fn on_transition_of(
+    tx: &mut Tx,
+    after: &super::Instance,
+    from: ObservedStatus,
+) -> Result<()> {
+    match events::for_transition(from, after.observed_status) {
+        Some(kind) => insert_event(tx, kind, after.id, events::instance_data(after)).await,
+        None => Ok(()),
+    }
 }
 
 /// Appends a task event.
@@ -276,12 +292,61 @@ fn consumer_from(r: &Row) -> Result<Consumer> {
 const DELIVERY_SELECT: &str = "SELECT d.*, e.event_id, e.type FROM webhook_deliveries d
                                  JOIN events e ON e.id = d.event";
 
+/// Events moved from the inbox into the feed per transaction.
+const SEQUENCE_BATCH: i64 = 1000;
+
 impl SqlStore {
+    /// Moves the committed events of PostgreSQL's inbox into the feed (`events`), oldest
+    /// first, one transaction at a time across daemons (an advisory lock), so that feed ids
+    /// become visible in order. Every reader of the feed calls it first; nothing to do on
+    /// SQLite. Returns how many were moved.
+    ///
+    /// # Errors
+    /// When the database cannot be written.
+    pub async fn sequence_events(&self) -> Result<u64> {
+        let Pool::Postgres(p) = self.pool() else {
+            return Ok(0);
+        };
+        let mut moved = 0;
+        loop {
+            let waiting: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM event_inbox)")
+                .fetch_one(p)
+                .await?;
+            if !waiting {
+                return Ok(moved);
+            }
+            let mut tx = p.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext('provisioner.events'))")
+                .execute(&mut *tx)
+                .await?;
+            // Read committed: this statement's snapshot is taken after the lock, so it sees
+            // what the sequencer before it moved.
+            let n = sqlx::query(
+                "WITH moved AS (
+                     DELETE FROM event_inbox
+                      WHERE id IN (SELECT id FROM event_inbox ORDER BY id LIMIT $1)
+                  RETURNING *)
+                 INSERT INTO events (event_id, type, at, instance_id, body)
+                 SELECT event_id, type, at, instance_id, body FROM moved ORDER BY id",
+            )
+            .bind(SEQUENCE_BATCH)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            tx.commit().await?;
+            moved += n;
+            if n < SEQUENCE_BATCH as u64 {
+                return Ok(moved);
+            }
+        }
+    }
+
     /// Up to `limit` events after `after` (a feed position; 0 is the start), oldest first.
     ///
     /// # Errors
     /// When the database cannot be read or a row does not decode.
     pub async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<Event>> {
+        self.sequence_events().await?;
         let mut tx = self.pool().read().await?;
         tx.rows(
             "SELECT * FROM events WHERE id > $1 ORDER BY id LIMIT $2",
@@ -298,6 +363,7 @@ impl SqlStore {
     /// # Errors
     /// When the database cannot be read.
     pub async fn latest_event(&self) -> Result<i64> {
+        self.sequence_events().await?;
         let mut tx = self.pool().read().await?;
         let row = tx
             .row("SELECT COALESCE(MAX(id), 0) AS latest FROM events", vec![])
@@ -310,6 +376,7 @@ impl SqlStore {
     /// # Errors
     /// When the database cannot be read or a row does not decode.
     pub async fn instance_events(&self, instance_id: i64) -> Result<Vec<Event>> {
+        self.sequence_events().await?;
         let mut tx = self.pool().read().await?;
         tx.rows(
             "SELECT * FROM events WHERE instance_id = $1 ORDER BY id",
@@ -327,6 +394,7 @@ impl SqlStore {
     /// # Errors
     /// When the database cannot be written.
     pub async fn consumer(&self, name: &str) -> Result<Consumer> {
+        self.sequence_events().await?;
         let mut tx = self.pool().write().await?;
         tx.execute(
             "INSERT INTO event_consumers (name, after_event)

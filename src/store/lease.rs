@@ -181,7 +181,7 @@ impl SqlStore {
                   WHERE lease_owner = $1 AND (id, lease_epoch) IN (VALUES {})",
                 pairs.join(", ")
             );
-            let mut tx = self.pool().write().await?;
+            let mut tx = self.pool().single().await?;
             renewed += tx.execute(&sql, args).await?;
             tx.commit().await?;
         }

@@ -799,6 +799,118 @@ fn filter_sql(filter: &InstanceFilter) -> (Vec<String>, Vec<Arg>) {
     (conditions, args)
 }
 
+/// The write of a step under `lease`: the transition (if any), from the status the row has
+/// now, then the patch, then the event the change of status causes. The transition's
+/// `INSERT … SELECT` reads the status it starts from and checks the fence in one statement,
+/// so a step's write is two statements on SQLite, one on PostgreSQL (a data-modifying `WITH`),
+/// and one without a transition, besides its event.
+async fn fenced_write(
+    tx: &mut Tx,
+    lease: &Lease,
+    patch: &ObservedPatch,
+    transition: Option<&NewTransition>,
+) -> Result<Instance> {
+    let mut args = fence_args(lease);
+    let insert = transition.map(|t| transition_sql(t, patch, lease, &mut args));
+    let (after, from) = match (insert, tx.dialect().engine) {
+        // PostgreSQL: one statement; both parts see the row as it was before.
+        (Some(insert), Engine::Postgres) => {
+            let sets = patch_sql(patch, lease, &mut args);
+            let sql = format!(
+                "WITH t AS ({insert} RETURNING from_status)
+                 UPDATE instances SET {} WHERE {FENCE} AND EXISTS (SELECT 1 FROM t)
+                 RETURNING *, (SELECT from_status FROM t) AS transition_from",
+                sets.join(", ")
+            );
+            let Some(row) = tx.row(&sql, args).await? else {
+                return Err(fence_failure(tx, lease).await);
+            };
+            let from = row.parse::<ObservedStatus>("transition_from")?;
+            (instance_from(&row)?, Some(from))
+        }
+        (Some(insert), Engine::Sqlite) => {
+            let sql = format!("{insert} RETURNING from_status");
+            let Some(row) = tx.row(&sql, args).await? else {
+                return Err(fence_failure(tx, lease).await);
+            };
+            let from = row.parse::<ObservedStatus>("from_status")?;
+            let mut args = fence_args(lease);
+            let sets = patch_sql(patch, lease, &mut args);
+            let update = format!(
+                "UPDATE instances SET {} WHERE {FENCE} RETURNING *",
+                sets.join(", ")
+            );
+            let row = tx
+                .row(&update, args)
+                .await?
+                .ok_or_else(|| StoreError::Corrupt("fenced UPDATE lost its row".into()))?;
+            (instance_from(&row)?, Some(from))
+        }
+        (None, _) => {
+            let sets = patch_sql(patch, lease, &mut args);
+            let update = format!(
+                "UPDATE instances SET {} WHERE {FENCE} RETURNING *",
+                sets.join(", ")
+            );
+            let Some(row) = tx.row(&update, args).await? else {
+                return Err(fence_failure(tx, lease).await);
+            };
+            (instance_from(&row)?, None)
+        }
+    };
+    // The row as updated: no AFTER trigger changes a reconciler write, on either engine.
+    if let Some(from) = from {
+        events::on_transition_of(tx, &after, from).await?;
+    }
+    Ok(after)
+}
+
+/// The `INSERT … SELECT` of transition `t` of the row `lease` fences, from the status the row
+/// has to the one `patch` gives it; its parameters continue after the fence's three.
+fn transition_sql(
+    t: &NewTransition,
+    patch: &ObservedPatch,
+    lease: &Lease,
+    args: &mut Vec<Arg>,
+) -> String {
+    let param = |value: Arg, args: &mut Vec<Arg>| {
+        args.push(value);
+        format!("${}", args.len())
+    };
+    let to = match patch.observed_status {
+        Some(s) => param(s.as_str().into(), args),
+        None => "observed_status".to_owned(),
+    };
+    let revision = match &patch.product_revision {
+        Some(r) => param(r.as_str().into(), args),
+        None => "product_revision".to_owned(),
+    };
+    let action = param(t.action.as_str().into(), args);
+    let cause = param(t.cause.as_str().into(), args);
+    let outcome = param(t.outcome.as_str().into(), args);
+    let error = param(t.error.clone().into(), args);
+    let details = param(Arg::Json(with_actor(&t.details, &lease.owner)), args);
+    format!(
+        "INSERT INTO instance_transitions
+             (instance_id, at, from_status, to_status, action, cause, outcome, error, details,
+              product_revision)
+         SELECT id, {{now}}, observed_status, {to}, {action}, {cause}, {outcome}, {error},
+                {details}, {revision}
+           FROM instances WHERE {FENCE}"
+    )
+}
+
+/// `details` with `by` (the worker holding the lease, `resync`, `manual`) added, so the log
+/// shows who did what.
+fn with_actor(details: &Value, by: &str) -> Value {
+    let mut details = details.clone();
+    if let Value::Object(map) = &mut details {
+        map.entry("by")
+            .or_insert_with(|| Value::String(by.to_owned()));
+    }
+    details
+}
+
 /// Appends a transition; `by` (the worker holding the lease, `resync`, `manual`) is added to
 /// its details, so the log shows who did what.
 async fn insert_transition(
@@ -810,11 +922,7 @@ async fn insert_transition(
     revision: Option<String>,
     by: &str,
 ) -> Result<()> {
-    let mut details = t.details.clone();
-    if let Value::Object(map) = &mut details {
-        map.entry("by")
-            .or_insert_with(|| Value::String(by.to_owned()));
-    }
+    let details = with_actor(&t.details, by);
     tx.execute(
         "INSERT INTO instance_transitions
              (instance_id, at, from_status, to_status, action, cause, outcome, error, details,
@@ -1003,7 +1111,7 @@ impl Store for SqlStore {
     }
 
     async fn claim_due(&self, owner: &str, limit: u32, lease_seconds: f64) -> Result<Vec<Claim>> {
-        let mut tx = self.pool.write().await?;
+        let mut tx = self.pool.single().await?;
         let claim = tx.dialect().claim;
         let rows = tx
             .rows(
@@ -1036,37 +1144,7 @@ impl Store for SqlStore {
         transition: Option<&NewTransition>,
     ) -> Result<Instance> {
         let mut tx = self.pool.write().await?;
-        let select = format!(
-            "SELECT observed_status, product_revision FROM instances WHERE {FENCE}{}",
-            tx.dialect().for_update
-        );
-        let Some(before) = tx.row(&select, fence_args(lease)).await? else {
-            return Err(fence_failure(&mut tx, lease).await);
-        };
-        let from: ObservedStatus = before.parse("observed_status")?;
-        let mut args = fence_args(lease);
-        let sets = patch_sql(patch, lease, &mut args);
-        let update = format!(
-            "UPDATE instances SET {} WHERE {FENCE} RETURNING *",
-            sets.join(", ")
-        );
-        let row = tx
-            .row(&update, args)
-            .await?
-            .ok_or_else(|| StoreError::Corrupt("fenced UPDATE lost its row".into()))?;
-        let after = instance_from(&row)?;
-        if let Some(t) = transition {
-            insert_transition(
-                &mut tx,
-                lease.instance_id,
-                from,
-                after.observed_status,
-                t,
-                after.product_revision.clone(),
-                &lease.owner,
-            )
-            .await?;
-        }
+        let after = fenced_write(&mut tx, lease, patch, transition).await?;
         tx.commit().await?;
         Ok(after)
     }
@@ -1079,20 +1157,20 @@ impl Store for SqlStore {
         transition: &NewTransition,
     ) -> Result<Option<Instance>> {
         let mut tx = self.pool.write().await?;
-        let select = format!(
-            "SELECT observed_status, product_id FROM instances WHERE {FENCE}{}",
-            tx.dialect().for_update
-        );
-        let Some(before) = tx.row(&select, fence_args(lease)).await? else {
-            return Err(fence_failure(&mut tx, lease).await);
-        };
-        let product_id = before.text("product_id")?;
         if let Some(stock) = stock {
+            let select = format!(
+                "SELECT product_id FROM instances WHERE {FENCE}{}",
+                tx.dialect().for_update
+            );
+            let Some(before) = tx.row(&select, fence_args(lease)).await? else {
+                return Err(fence_failure(&mut tx, lease).await);
+            };
+            let product_id = before.text("product_id")?;
             if let Tx::Postgres(t) = &mut tx {
                 // Serialises creates of one product across daemons for the count below.
                 sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
                     .bind(&product_id)
-                    .execute(&mut **t)
+                    .execute(t.conn())
                     .await?;
             }
             let used = tx
@@ -1107,28 +1185,7 @@ impl Store for SqlStore {
                 return Ok(None);
             }
         }
-        let from: ObservedStatus = before.parse("observed_status")?;
-        let mut args = fence_args(lease);
-        let sets = patch_sql(patch, lease, &mut args);
-        let update = format!(
-            "UPDATE instances SET {} WHERE {FENCE} RETURNING *",
-            sets.join(", ")
-        );
-        let row = tx
-            .row(&update, args)
-            .await?
-            .ok_or_else(|| StoreError::Corrupt("fenced UPDATE lost its row".into()))?;
-        let after = instance_from(&row)?;
-        insert_transition(
-            &mut tx,
-            lease.instance_id,
-            from,
-            after.observed_status,
-            transition,
-            after.product_revision.clone(),
-            &lease.owner,
-        )
-        .await?;
+        let after = fenced_write(&mut tx, lease, patch, Some(transition)).await?;
         tx.commit().await?;
         Ok(Some(after))
     }
@@ -1192,7 +1249,7 @@ impl Store for SqlStore {
     }
 
     async fn release(&self, lease: &Lease, next: NextCheck) -> Result<()> {
-        let mut tx = self.pool.write().await?;
+        let mut tx = self.pool.single().await?;
         let mut args = fence_args(lease);
         let expr = next_check_sql(next, lease, &mut args);
         let sql = format!(

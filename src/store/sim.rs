@@ -35,8 +35,13 @@ pub enum SimSelect {
     Id(i64),
     /// Those labelled for an instance.
     Instance(i64),
-    /// Every labelled one.
-    Labelled,
+    /// A page of the labelled ones: at most `limit`, ids above `after`.
+    Labelled {
+        /// Ids above this one.
+        after: i64,
+        /// At most this many.
+        limit: u32,
+    },
 }
 
 /// A server to make.
@@ -122,15 +127,26 @@ fn select() -> String {
     format!("SELECT id, instance_id, name, ipv4, ipv6, size, {STATE_NOW} AS state FROM sim_servers")
 }
 
+/// The addresses of server `id`, from documentation-only ranges (RFC 5737 / RFC 3849): the
+/// sim reaches nothing. Stored addresses (set by hand) take precedence.
+fn addresses(id: i64) -> (String, String) {
+    (
+        format!("198.51.{}.{}", (id >> 8) & 0xff, id & 0xff),
+        format!("2001:db8:{:x}::/64", id & 0xffff),
+    )
+}
+
 fn server_from(row: &Row) -> Result<SimServer> {
+    let id = row.int("id")?;
+    let (ipv4, ipv6) = addresses(id);
     Ok(SimServer {
-        id: row.int("id")?,
+        id,
         instance_id: row.opt_text("instance_id")?.and_then(|s| s.parse().ok()),
         name: row.text("name")?,
         state: row.text("state")?,
         size: row.opt_text("size")?,
-        ipv4: row.opt_text("ipv4")?,
-        ipv6: row.opt_text("ipv6")?,
+        ipv4: Some(row.opt_text("ipv4")?.unwrap_or(ipv4)),
+        ipv6: Some(row.opt_text("ipv6")?.unwrap_or(ipv6)),
     })
 }
 
@@ -143,11 +159,19 @@ impl SqlStore {
         let (condition, mut args) = match which {
             SimSelect::Id(id) => (" AND id = $2", vec![Arg::Int(id)]),
             SimSelect::Instance(id) => (" AND instance_id = $2", vec![Arg::Int(id)]),
-            SimSelect::Labelled => (" AND instance_id IS NOT NULL", vec![]),
+            SimSelect::Labelled { after, limit } => (
+                " AND instance_id IS NOT NULL AND id > $2",
+                vec![Arg::Int(after), Arg::Int(i64::from(limit))],
+            ),
         };
         args.insert(0, account.into());
+        let limit = if matches!(which, SimSelect::Labelled { .. }) {
+            " LIMIT $3"
+        } else {
+            ""
+        };
         let sql = format!(
-            "{} WHERE account = $1 AND deleted_at IS NULL{condition} ORDER BY id",
+            "{} WHERE account = $1 AND deleted_at IS NULL{condition} ORDER BY id{limit}",
             select()
         );
         let mut tx = self.pool().read().await?;
@@ -186,32 +210,20 @@ impl SqlStore {
     /// # Errors
     /// When the database cannot be written.
     pub async fn sim_create(&self, new: &NewSimServer<'_>) -> Result<SimCreated> {
-        let mut tx = self.pool().write().await?;
-        let taken = tx
-            .row(
-                "SELECT id FROM sim_servers WHERE account = $1 AND name = $2 AND deleted_at IS NULL",
-                vec![new.account.into(), new.name.into()],
-            )
-            .await?;
-        if taken.is_some() {
-            return Ok(SimCreated::NameTaken);
-        }
-        if let Some(capacity) = new.capacity {
-            let used = tx
-                .row(
-                    "SELECT COUNT(*) AS n FROM sim_servers WHERE account = $1 AND deleted_at IS NULL",
-                    vec![new.account.into()],
-                )
-                .await?
-                .map_or(Ok(0), |r| r.int("n"))?;
-            if used >= i64::try_from(capacity).unwrap_or(i64::MAX) {
-                return Ok(SimCreated::Full);
-            }
-        }
-        let id = tx
+        // One statement: the name's uniqueness and the account's capacity are checked by the
+        // insert itself.
+        let capacity = new
+            .capacity
+            .map_or(-1, |c| i64::try_from(c).unwrap_or(i64::MAX));
+        let mut tx = self.pool().single().await?;
+        let made = tx
             .row(
                 "INSERT INTO sim_servers (account, instance_id, made_for, name, size, image, location, state, ready_at)
-                 VALUES ($1, $2, $2, $3, $4, $5, $6, 'creating', {later:$7})
+                 SELECT $1, $2, $2, $3, $4, $5, $6, 'creating', {later:$7}
+                  WHERE NOT EXISTS (SELECT 1 FROM sim_servers
+                                     WHERE account = $1 AND name = $3 AND deleted_at IS NULL)
+                    AND ($8 < 0 OR (SELECT COUNT(*) FROM sim_servers
+                                     WHERE account = $1 AND deleted_at IS NULL) < $8)
                  RETURNING id",
                 vec![
                     new.account.into(),
@@ -221,25 +233,40 @@ impl SqlStore {
                     new.image.into(),
                     new.location.into(),
                     Arg::Float(new.boot_seconds),
+                    Arg::Int(capacity),
                 ],
             )
-            .await?
-            .ok_or_else(|| StoreError::Corrupt("sim_servers INSERT returned no row".into()))?
-            .int("id")?;
-        // Documentation-only address ranges (RFC 5737 / RFC 3849): the sim reaches nothing.
-        let ipv4 = format!("198.51.{}.{}", (id >> 8) & 0xff, id & 0xff);
-        let ipv6 = format!("2001:db8:{:x}::/64", id & 0xffff);
-        tx.execute(
-            "UPDATE sim_servers SET ipv4 = $2, ipv6 = $3 WHERE id = $1",
-            vec![Arg::Int(id), ipv4.as_str().into(), ipv6.as_str().into()],
-        )
-        .await?;
+            .await?;
         tx.commit().await?;
+        let Some(made) = made else {
+            // Why not: the name is taken, or else the account is full.
+            let mut tx = self.pool().read().await?;
+            let taken = tx
+                .row(
+                    "SELECT id FROM sim_servers WHERE account = $1 AND name = $2 AND deleted_at IS NULL",
+                    vec![new.account.into(), new.name.into()],
+                )
+                .await?;
+            return Ok(if taken.is_some() {
+                SimCreated::NameTaken
+            } else {
+                SimCreated::Full
+            });
+        };
+        let id = made.int("id")?;
+        let (ipv4, ipv6) = addresses(id);
         Ok(SimCreated::Made(SimServer {
             id,
             instance_id: new.instance_id,
             name: new.name.to_owned(),
-            state: "creating".into(),
+            // A cloud with no boot time answers with the server already running, as a read
+            // right away would show it.
+            state: if new.boot_seconds > 0.0 {
+                "creating"
+            } else {
+                "running"
+            }
+            .into(),
             size: new.size.map(str::to_owned),
             ipv4: Some(ipv4),
             ipv6: Some(ipv6),

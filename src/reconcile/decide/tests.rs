@@ -136,6 +136,17 @@ fn every_answer_has_a_decision() {
         root_password: Some(crate::secrets::SecretString::new("pw")),
         details: serde_json::Value::Null,
     };
+    let running = Created {
+        server: server(PowerState::Running),
+        ..created.clone()
+    };
+    let running_unlabelled = Created {
+        server: Server {
+            instance_id: Some(7),
+            ..server(PowerState::Running)
+        },
+        ..created.clone()
+    };
     let retrying = Instance {
         attempts: 4,
         ..instance(D::Active, O::Active)
@@ -157,6 +168,12 @@ fn every_answer_has_a_decision() {
         // Creates.
         ("A create accepted is followed after the first poll interval.",
             of(&created_answer(&pending, Ok(created.clone()))),
+            is(Next::After(Duration::from_secs(2)), "progressed", None, Some((A::Create, Out::Succeeded)))),
+        ("A create answered with the server running, labelled for the instance, is done: no step to look again.",
+            of(&created_answer(&pending, Ok(running))),
+            is(converged, "converged", Some(O::Active), Some((A::Create, Out::Succeeded)))),
+        ("A running server that carries another instance's label is looked at before it counts.",
+            of(&created_answer(&pending, Ok(running_unlabelled))),
             is(Next::After(Duration::from_secs(2)), "progressed", None, Some((A::Create, Out::Succeeded)))),
         ("A create answered AlreadyExists is adopted at once, not sent again.",
             of(&created_answer(&pending, Err(err(ErrorClass::AlreadyExists)))),
