@@ -13,6 +13,7 @@
 //! | [`provider`] | the provider trait and each module's policy, error classes, accounts built from the catalog, per-account rate budgets, the shared HTTP client and listing; the `sim`, `manual`, `hetzner`, `digitalocean` and `ovh` modules |
 //! | [`reconcile`] | the planner and the decisions after a provider's answer (both pure), the executor that records them, the daemon's work loop, resyncs and shutdown |
 //! | [`metrics`] | the daemon's figures, rendered for Prometheus |
+//! | [`memory`] | the allocator's arenas bounded, and freed memory given back after large listings |
 //! | [`secrets`] | root passwords and panel credentials sealed at rest; keys, the key file beside a SQLite database, rotation |
 //! | [`api`] | the daemon's HTTP endpoints: `/healthz`, `/readyz`, `/metrics`, and the billing API under `/v1` with its OpenAPI document |
 //! | [`console`] | the ops console at `/ui/`: server-rendered pages, sessions and CSRF, built-in assets |
@@ -25,6 +26,7 @@ pub mod catalog;
 pub mod cli;
 pub mod console;
 pub mod events;
+pub mod memory;
 pub mod metrics;
 pub mod notify;
 pub mod provider;

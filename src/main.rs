@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use provisioner::cli::{self, Cli};
 
 fn main() -> ExitCode {
-    bound_malloc_arenas();
+    provisioner::memory::bound_arenas();
     let cli = match Cli::parse_args() {
         Ok(cli) => cli,
         Err(e) => {
@@ -29,21 +29,6 @@ fn main() -> ExitCode {
         Err(e) => {
             cli::report_error(&e);
             ExitCode::from(cli::EXIT_USAGE)
-        }
-    }
-}
-
-/// glibc gives threads malloc arenas of their own, up to eight per core, and keeps what each
-/// freed: the database drivers' threads and the runtime's would each hold a listing's worth of
-/// freed memory, making the daemon's resident size vary from run to run. Two arenas keep it
-/// steady (as `MALLOC_ARENA_MAX=2` does, which still overrides this).
-fn bound_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only sets an allocator parameter; it is called before any other
-        // thread exists.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 2);
         }
     }
 }

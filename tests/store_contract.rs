@@ -979,6 +979,30 @@ async fn an_owner_name_is_held_by_one_live_daemon_and_taken_back_after_it(db: &D
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::LeaseLost { .. }), "{err}");
+    // On PostgreSQL a daemon still running takes a dead one's leases too: it can take the
+    // dead one's lock; a live one's it cannot.
+    if db.store.engine() == Engine::Postgres {
+        db.insert("c3", "vps-starter").await;
+        let claimed = db.store.claim_due("web-3", 10, 60.0).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        let third = db.store.lock_owner("web-3").await.unwrap().unwrap();
+        assert!(db.store.take_over_dead("web-2").await.unwrap().is_empty());
+        drop(third);
+        let taken = loop {
+            let taken = db.store.take_over_dead("web-2").await.unwrap();
+            if !taken.is_empty() {
+                break taken;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(taken, vec![("web-3".to_owned(), 1)]);
+        assert!(
+            db.store.lock_owner("web-3").await.unwrap().is_some(),
+            "the name is free again"
+        );
+    } else {
+        assert!(db.store.take_over_dead("web-2").await.unwrap().is_empty());
+    }
 }
 
 async fn records_write_state_and_transition_together(db: &Db) {
@@ -1868,7 +1892,7 @@ async fn migrations_are_idempotent(db: &Db) {
     assert!(db.store.migrate().await.unwrap().is_empty());
     assert_eq!(
         db.scalar("SELECT COUNT(*) FROM schema_migrations").await,
-        13
+        14
     );
 }
 

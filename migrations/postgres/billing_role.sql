@@ -20,7 +20,7 @@ BEGIN
     END IF;
     REVOKE ALL ON instances, instance_transitions, product_revisions, manual_tasks, ovh_pool,
                   sim_servers, schema_migrations, instance_holds, events, event_consumers,
-                  webhook_deliveries, webhook_attempts, event_inbox
+                  webhook_deliveries, webhook_attempts, event_inbox, daemons
         FROM provisioner_billing;
     -- The event outbox is billing's to read, as the feed `GET /v1/events` serves it.
     GRANT SELECT ON instances, instance_transitions, product_revisions, events

@@ -107,7 +107,17 @@ pub async fn identify(store: &SqlStore, wanted: &str) -> anyhow::Result<OwnerLoc
             "the owner name must be 1 to 200 characters, none of them control characters: {wanted:?}"
         );
     }
-    if let Some(lock) = store.lock_owner(wanted).await? {
+    // A survivor may hold the name's lock for a moment while it checks whether its daemon is
+    // gone: a few tries before the name counts as taken.
+    let mut first = None;
+    for _ in 0..5 {
+        first = store.lock_owner(wanted).await?;
+        if first.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    if let Some(lock) = first {
         let taken = store.take_back_leases(&lock).await?;
         if taken > 0 {
             tracing::info!(owner = %wanted, leases = taken, "took back the leases an earlier run under this name held: its instances are worked on now");
@@ -162,6 +172,14 @@ pub async fn heartbeat(
                     tracing::warn!(error = %e, held = leases.len(), "cannot renew leases: they run out in {:?} unless a renewal gets through", timing.length);
                 }
             }
+        }
+        match store.take_over_dead(&owner).await {
+            Ok(taken) => {
+                for (dead, n) in taken {
+                    tracing::info!(owner = %dead, leases = n, "a daemon is gone (its owner lock is free): its leases are taken back now");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot look for daemons that are gone"),
         }
         if lock.check().await.is_err() {
             if !lost {

@@ -986,6 +986,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "event inbox",
         include_str!("../../migrations/sqlite/0013_event_inbox.sql"),
     ),
+    (
+        14,
+        "daemons",
+        include_str!("../../migrations/sqlite/0014_daemons.sql"),
+    ),
 ];
 
 /// The billing role and its grants, applied after the migrations by every migrate.
@@ -1056,6 +1061,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         13,
         "event inbox",
         include_str!("../../migrations/postgres/0013_event_inbox.sql"),
+    ),
+    (
+        14,
+        "daemons",
+        include_str!("../../migrations/postgres/0014_daemons.sql"),
     ),
 ];
 

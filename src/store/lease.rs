@@ -94,6 +94,13 @@ impl SqlStore {
                     drop(c.close().await);
                     return Ok(None);
                 }
+                sqlx::query(
+                    "INSERT INTO daemons (owner) VALUES ($1)
+                     ON CONFLICT (owner) DO UPDATE SET started_at = now()",
+                )
+                .bind(name)
+                .execute(&mut c)
+                .await?;
                 Held::Postgres(c)
             }
             Pool::Sqlite(p, _) => {
@@ -133,8 +140,9 @@ impl SqlStore {
     }
 
     /// Ends, now, every lease still held under the name `lock` proves ours: they were taken by
-    /// an earlier run of this daemon that is gone. Their instances come due at once; the next
-    /// claim bumps their epochs. Returns how many there were.
+    /// an earlier run of this daemon that is gone. Their instances come due at once, ahead of
+    /// work that came due after their last write; the next claim bumps their epochs. Returns
+    /// how many there were.
     ///
     /// # Errors
     /// When the database cannot be written.
@@ -143,13 +151,68 @@ impl SqlStore {
         let n = tx
             .execute(
                 "UPDATE instances
-                    SET lease_expires_at = {now}, next_check_at = {now}
+                    SET lease_expires_at = {now}, next_check_at = updated_at
                   WHERE lease_owner = $1 AND lease_expires_at > {now}",
                 vec![lock.name.as_str().into()],
             )
             .await?;
         tx.commit().await?;
         Ok(n)
+    }
+
+    /// On PostgreSQL: the listed daemons other than `me` whose owner lock nobody holds — they
+    /// are gone — have their unexpired leases ended now (their instances come due at once;
+    /// the next claims bump the epochs) and are struck off the list. Returns (owner, leases
+    /// taken back) for each. Nothing on SQLite, where a restart under the name does it.
+    ///
+    /// # Errors
+    /// When the database cannot be used.
+    pub async fn take_over_dead(&self, me: &str) -> Result<Vec<(String, u64)>> {
+        let Pool::Postgres(p) = self.pool() else {
+            return Ok(Vec::new());
+        };
+        let owners: Vec<String> =
+            sqlx::query_scalar("SELECT owner FROM daemons WHERE owner <> $1 ORDER BY owner")
+                .bind(me)
+                .fetch_all(p)
+                .await?;
+        let mut taken = Vec::new();
+        if owners.is_empty() {
+            return Ok(taken);
+        }
+        let mut c = p.acquire().await?;
+        for owner in owners {
+            let dead: bool =
+                sqlx::query_scalar(&format!("SELECT pg_try_advisory_lock({OWNER_KEY})"))
+                    .bind(&owner)
+                    .fetch_one(&mut *c)
+                    .await?;
+            if !dead {
+                continue;
+            }
+            let ended = async {
+                let n = sqlx::query(
+                    "UPDATE instances SET lease_expires_at = now(), next_check_at = updated_at
+                      WHERE lease_owner = $1 AND lease_expires_at > now()",
+                )
+                .bind(&owner)
+                .execute(&mut *c)
+                .await?
+                .rows_affected();
+                sqlx::query("DELETE FROM daemons WHERE owner = $1")
+                    .bind(&owner)
+                    .execute(&mut *c)
+                    .await?;
+                Ok::<u64, sqlx::Error>(n)
+            }
+            .await;
+            sqlx::query(&format!("SELECT pg_advisory_unlock({OWNER_KEY})"))
+                .bind(&owner)
+                .execute(&mut *c)
+                .await?;
+            taken.push((owner, ended?));
+        }
+        Ok(taken)
     }
 
     /// Extends the leases `held` — (instance id, epoch) pairs — of owner `owner` to
