@@ -259,6 +259,19 @@ async fn billing_on_shared_sqlite(dir: &Path, n: usize) {
     running.wait().await;
 }
 
+/// The peak resident memory (`VmHWM`) in a `/proc/PID/status` file, in KiB (0 once gone).
+fn high_water_kib(status: &str) -> u64 {
+    std::fs::read_to_string(status)
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// Peak RSS of `provisioner run` over a database of converged instances.
 async fn daemon_memory(dir: &Path, n: usize) {
     let url = format!("sqlite://{}", dir.join("rss.db").display());
@@ -310,16 +323,7 @@ async fn daemon_memory(dir: &Path, n: usize) {
     let mut peak = 0u64;
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(15) {
-        if let Ok(s) = std::fs::read_to_string(&status) {
-            if let Some(v) = s
-                .lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-            {
-                peak = peak.max(v);
-            }
-        }
+        peak = peak.max(high_water_kib(&status));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
@@ -530,16 +534,7 @@ async fn million_on_postgres(admin: &str, dir: &Path) {
     let mut claims = Vec::new();
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(40) {
-        if let Ok(s) = std::fs::read_to_string(&status) {
-            if let Some(v) = s
-                .lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-            {
-                peak = peak.max(v);
-            }
-        }
+        peak = peak.max(high_water_kib(&status));
         // A claim of due work, as a second daemon makes it, while the first one works and
         // resyncs.
         let t = Instant::now();
