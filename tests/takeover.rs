@@ -164,7 +164,7 @@ async fn a_restarted_daemon_takes_back_its_leases_at_once_on_postgres() {
     restart_takes_back_the_leases_at_once(&url, dir.path()).await;
 }
 
-/// Two daemons, leases of 2 s renewed every 0.25 s, provider calls of 3 s: without renewals
+/// Two daemons, leases of 3 s renewed every 0.25 s, provider calls of 4 s: without renewals
 /// each lease would run out mid-call and the other daemon take the instance over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_longer_than_its_lease_keeps_it() {
@@ -172,8 +172,8 @@ async fn a_step_longer_than_its_lease_keeps_it() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let catalog = slow_catalog(dir.path(), 3000);
-    let args = ["--lease-seconds", "2", "--lease-renew-seconds", "0.25"];
+    let catalog = slow_catalog(dir.path(), 4000);
+    let args = ["--lease-seconds", "3", "--lease-renew-seconds", "0.25"];
     let a = Daemon::start_with(&url, &catalog, dir.path(), "daemon-a", &args);
     let b = Daemon::start_with(&url, &catalog, dir.path(), "daemon-b", &args);
     let store = SqlStore::open(&url, &ConnectOptions::default())

@@ -230,6 +230,14 @@ impl DigitalOcean {
 
     async fn by_tag(&self, tag: &str) -> Result<Vec<Server>> {
         let mut out = Vec::new();
+        self.by_tag_each(tag, &mut |s| out.push(s)).await?;
+        Ok(out)
+    }
+
+    /// The droplets tagged `tag`, each handed to `sink` as its page arrives; how many there
+    /// were.
+    async fn by_tag_each(&self, tag: &str, sink: &mut (dyn FnMut(Server) + Send)) -> Result<usize> {
+        let mut n = 0;
         let mut page = 1u64;
         loop {
             let query = [
@@ -242,14 +250,18 @@ impl DigitalOcean {
                 .json(Method::GET, "/droplets", &query, None)
                 .await?;
             let count = list.droplets.len();
-            out.extend(list.droplets.into_iter().map(Droplet::into_server));
+            n += count;
+            list.droplets
+                .into_iter()
+                .map(Droplet::into_server)
+                .for_each(&mut *sink);
             let next = list
                 .links
                 .and_then(|l| l.pages)
                 .and_then(|p| p.next)
                 .is_some();
             if !next || count == 0 {
-                return Ok(out);
+                return Ok(n);
             }
             page += 1;
         }
@@ -454,6 +466,13 @@ impl Provider for DigitalOcean {
 
     fn list_owned(&self) -> BoxFuture<'_, Result<Vec<Server>>> {
         self.by_tag(OWNER_TAG).boxed()
+    }
+
+    fn list_owned_each<'a>(
+        &'a self,
+        sink: &'a mut (dyn FnMut(Server) + Send),
+    ) -> BoxFuture<'a, Result<usize>> {
+        self.by_tag_each(OWNER_TAG, sink).boxed()
     }
 
     fn create<'a>(

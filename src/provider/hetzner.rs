@@ -235,6 +235,19 @@ impl HetznerCloud {
 
     async fn list(&self, selector: Option<String>, name: Option<String>) -> Result<Vec<Server>> {
         let mut out = Vec::new();
+        self.list_each(selector, name, &mut |s| out.push(s)).await?;
+        Ok(out)
+    }
+
+    /// The servers `selector` and `name` select, each handed to `sink` as its page arrives;
+    /// how many there were.
+    async fn list_each(
+        &self,
+        selector: Option<String>,
+        name: Option<String>,
+        sink: &mut (dyn FnMut(Server) + Send),
+    ) -> Result<usize> {
+        let mut n = 0;
         let mut page = 1;
         loop {
             let mut query = vec![
@@ -249,10 +262,14 @@ impl HetznerCloud {
             }
             let (list, _): (ServerList, _) =
                 self.api.json(Method::GET, "/servers", &query, None).await?;
-            out.extend(list.servers.into_iter().map(HServer::into_server));
+            n += list.servers.len();
+            list.servers
+                .into_iter()
+                .map(HServer::into_server)
+                .for_each(&mut *sink);
             match list.meta.and_then(|m| m.pagination.next_page) {
                 Some(next) if next > page => page = next,
-                _ => return Ok(out),
+                _ => return Ok(n),
             }
         }
     }
@@ -478,6 +495,14 @@ impl Provider for HetznerCloud {
 
     fn list_owned(&self) -> BoxFuture<'_, Result<Vec<Server>>> {
         self.list(Some(INSTANCE_LABEL.to_owned()), None).boxed()
+    }
+
+    fn list_owned_each<'a>(
+        &'a self,
+        sink: &'a mut (dyn FnMut(Server) + Send),
+    ) -> BoxFuture<'a, Result<usize>> {
+        self.list_each(Some(INSTANCE_LABEL.to_owned()), None, sink)
+            .boxed()
     }
 
     fn create<'a>(
