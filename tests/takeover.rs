@@ -173,9 +173,19 @@ async fn a_step_longer_than_its_lease_keeps_it() {
     };
     let dir = tempfile::tempdir().unwrap();
     let catalog = slow_catalog(dir.path(), 4000);
-    let args = ["--lease-seconds", "3", "--lease-renew-seconds", "0.25"];
+    // Eight workers each, both running before the orders come: neither can take all 16.
+    let args = [
+        "--lease-seconds",
+        "3",
+        "--lease-renew-seconds",
+        "0.25",
+        "--workers",
+        "8",
+    ];
     let a = Daemon::start_with(&url, &catalog, dir.path(), "daemon-a", &args);
     let b = Daemon::start_with(&url, &catalog, dir.path(), "daemon-b", &args);
+    a.ready().await;
+    b.ready().await;
     let store = SqlStore::open(&url, &ConnectOptions::default())
         .await
         .unwrap();

@@ -23,9 +23,10 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `provisioner run` with 3 s leases.
+    /// Starts `provisioner run` with 3 s leases and 32 workers.
     pub fn start(url: &str, catalog: &Path, dir: &Path, owner: &str) -> Daemon {
-        Daemon::start_with(url, catalog, dir, owner, &["--lease-seconds", "3"])
+        let extra = ["--lease-seconds", "3", "--workers", "32"];
+        Daemon::start_with(url, catalog, dir, owner, &extra)
     }
 
     /// Starts `provisioner run` with `extra` arguments, logging to `dir/<owner>.log`.
@@ -38,15 +39,7 @@ impl Daemon {
     ) -> Daemon {
         let log = dir.join(format!("{owner}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_provisioner"))
-            .args([
-                "--database-url",
-                url,
-                "run",
-                "--listen",
-                "127.0.0.1:0",
-                "--workers",
-                "32",
-            ])
+            .args(["--database-url", url, "run", "--listen", "127.0.0.1:0"])
             .args(["--idle-poll-ms", "20", "--resync-seconds", "1"])
             .args(extra)
             .arg("--catalog")
@@ -69,6 +62,20 @@ impl Daemon {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the daemon has started reconciling (its log says so).
+    pub async fn ready(&self) {
+        let start = Instant::now();
+        while !self.log().contains("reconciling") {
+            assert!(
+                start.elapsed() < PATIENCE,
+                "daemon {} never started:\n{}",
+                self.owner,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The address of the daemon's HTTP endpoints, from its log.
