@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use sqlx::Connection;
 
-use super::engine::{Arg, Pool};
+use super::engine::{Arg, Pool, POSTGRES};
 use super::{Result, SqlStore, StoreError};
 
 /// Proof that no other live daemon runs under an owner name on this database: a PostgreSQL
@@ -55,6 +55,12 @@ impl OwnerLock {
         }
     }
 }
+
+/// Ends now the unexpired leases of owner `$1`, whose daemon is gone: their instances come due
+/// at once, ahead of work that came due after their last write (the claim that leased them).
+const END_LEASES_OF: &str = "UPDATE instances
+                                SET lease_expires_at = {now}, next_check_at = updated_at
+                              WHERE lease_owner = $1 AND lease_expires_at > {now}";
 
 /// The advisory lock key of owner `name` (PostgreSQL computes it, so every version of the
 /// daemon agrees on it).
@@ -149,12 +155,7 @@ impl SqlStore {
     pub async fn take_back_leases(&self, lock: &OwnerLock) -> Result<u64> {
         let mut tx = self.pool().write().await?;
         let n = tx
-            .execute(
-                "UPDATE instances
-                    SET lease_expires_at = {now}, next_check_at = updated_at
-                  WHERE lease_owner = $1 AND lease_expires_at > {now}",
-                vec![lock.name.as_str().into()],
-            )
+            .execute(END_LEASES_OF, vec![lock.name.as_str().into()])
             .await?;
         tx.commit().await?;
         Ok(n)
@@ -191,14 +192,11 @@ impl SqlStore {
                 continue;
             }
             let ended = async {
-                let n = sqlx::query(
-                    "UPDATE instances SET lease_expires_at = now(), next_check_at = updated_at
-                      WHERE lease_owner = $1 AND lease_expires_at > now()",
-                )
-                .bind(&owner)
-                .execute(&mut *c)
-                .await?
-                .rows_affected();
+                let n = sqlx::query(&POSTGRES.sql(END_LEASES_OF))
+                    .bind(&owner)
+                    .execute(&mut *c)
+                    .await?
+                    .rows_affected();
                 sqlx::query("DELETE FROM daemons WHERE owner = $1")
                     .bind(&owner)
                     .execute(&mut *c)

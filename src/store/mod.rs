@@ -835,11 +835,7 @@ async fn fenced_write(
             };
             let from = row.parse::<ObservedStatus>("from_status")?;
             let mut args = fence_args(lease);
-            let sets = patch_sql(patch, lease, &mut args);
-            let update = format!(
-                "UPDATE instances SET {} WHERE {FENCE} RETURNING *",
-                sets.join(", ")
-            );
+            let update = fenced_update(patch, lease, &mut args);
             let row = tx
                 .row(&update, args)
                 .await?
@@ -847,11 +843,7 @@ async fn fenced_write(
             (instance_from(&row)?, Some(from))
         }
         (None, _) => {
-            let sets = patch_sql(patch, lease, &mut args);
-            let update = format!(
-                "UPDATE instances SET {} WHERE {FENCE} RETURNING *",
-                sets.join(", ")
-            );
+            let update = fenced_update(patch, lease, &mut args);
             let Some(row) = tx.row(&update, args).await? else {
                 return Err(fence_failure(tx, lease).await);
             };
@@ -863,6 +855,16 @@ async fn fenced_write(
         events::on_transition_of(tx, &after, from).await?;
     }
     Ok(after)
+}
+
+/// The `UPDATE … RETURNING *` writing `patch` to the row `lease` fences; its parameters
+/// continue after the fence's three in `args`.
+fn fenced_update(patch: &ObservedPatch, lease: &Lease, args: &mut Vec<Arg>) -> String {
+    let sets = patch_sql(patch, lease, args);
+    format!(
+        "UPDATE instances SET {} WHERE {FENCE} RETURNING *",
+        sets.join(", ")
+    )
 }
 
 /// The `INSERT … SELECT` of transition `t` of the row `lease` fences, from the status the row
