@@ -168,7 +168,83 @@ contract!(
     attached_servers_belong_to_one_instance,
     events_are_written_with_their_transition_and_delivered_once_each,
     a_feed_reader_sees_every_event_once_while_writers_race,
+    concurrent_step_writes_each_get_their_own_answer,
 );
+
+/// Steps write at once (the store batches them): each write still stands or falls alone. A
+/// stale lease and a write the database refuses fail only themselves; every other one is
+/// written with its transition and its event, exactly once.
+async fn concurrent_step_writes_each_get_their_own_answer(db: &Db) {
+    for k in 0..40 {
+        db.insert(&format!("c{k}"), "vps-starter").await;
+    }
+    let claims = db.store.claim_due("w1", 1000, 60.0).await.unwrap();
+    assert_eq!(claims.len(), 40);
+    let (stale, refused) = (claims[3].lease.instance_id, claims[7].lease.instance_id);
+    // The refused one claims a generation billing never asked for (`desired_generation` is 1).
+    let writers: Vec<_> = claims
+        .iter()
+        .map(|c| {
+            let store = db.store.clone();
+            let mut lease = c.lease.clone();
+            if lease.instance_id == stale {
+                lease.epoch += 1;
+            }
+            let generation = if lease.instance_id == refused { 2 } else { 1 };
+            tokio::spawn(async move {
+                let patch = ObservedPatch {
+                    observed_status: Some(ObservedStatus::Active),
+                    provider_server_id: Some(Some(format!("srv-{}", lease.instance_id))),
+                    observed_generation: Some(generation),
+                    next_check: Some(NextCheck::After(Duration::from_secs(600))),
+                    release_lease: true,
+                    ..ObservedPatch::default()
+                };
+                let t =
+                    NewTransition::new(Action::Create, Cause::DesiredChange, Outcome::Succeeded);
+                (
+                    lease.instance_id,
+                    store.record(&lease, &patch, Some(&t)).await,
+                )
+            })
+        })
+        .collect();
+    for w in writers {
+        let (id, written) = w.await.unwrap();
+        let history = db.store.history(id).await.unwrap();
+        if id == stale {
+            assert!(
+                matches!(written, Err(StoreError::LeaseLost { .. })),
+                "{written:?}"
+            );
+        } else if id == refused {
+            assert!(written.is_err(), "a generation going back is refused");
+        } else {
+            let i = written.unwrap();
+            assert_eq!(i.observed_status, ObservedStatus::Active);
+            assert_eq!(
+                i.provider_server_id.as_deref(),
+                Some(format!("srv-{id}").as_str())
+            );
+            assert_eq!(i.lease_owner, None, "the lease was given back");
+            assert_eq!(history.len(), 1, "one transition for instance {id}");
+            continue;
+        }
+        assert!(history.is_empty(), "nothing written for instance {id}");
+        let i = db.store.instance(id).await.unwrap().unwrap();
+        assert_eq!(i.observed_status, ObservedStatus::Pending);
+    }
+    let events = db.store.events_after(0, 1000).await.unwrap();
+    let mut ids: Vec<i64> = events.iter().filter_map(|e| e.instance_id).collect();
+    ids.sort_unstable();
+    let mut expected: Vec<i64> = claims
+        .iter()
+        .map(|c| c.lease.instance_id)
+        .filter(|id| *id != stale && *id != refused)
+        .collect();
+    expected.sort_unstable();
+    assert_eq!(ids, expected, "one event for each write that was written");
+}
 
 async fn a_billing_ref_is_inserted_once(db: &Db) {
     db.billing("INSERT INTO instances (customer_id, product_id, billing_ref) VALUES ('c', 'p', 'whmcs-service-42')")
@@ -1892,7 +1968,7 @@ async fn migrations_are_idempotent(db: &Db) {
     assert!(db.store.migrate().await.unwrap().is_empty());
     assert_eq!(
         db.scalar("SELECT COUNT(*) FROM schema_migrations").await,
-        14
+        15
     );
 }
 

@@ -184,6 +184,43 @@ impl Dialect {
     }
 }
 
+/// `template` with each parameter `$N` written `to(N)` instead. The templates are
+/// provisioner's own: a `$` followed by digits is always a parameter.
+pub(crate) fn map_params(template: &str, to: impl Fn(usize) -> String) -> String {
+    let mut out = String::with_capacity(template.len() + 32);
+    let mut rest = template;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        rest = &rest[i + 1..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        match rest[..digits].parse::<usize>() {
+            Ok(n) => out.push_str(&to(n)),
+            Err(_) => out.push('$'),
+        }
+        rest = &rest[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `(VALUES ($o+1, …, $o+w), …)`: `rows` rows of `width` parameters each, numbered from
+/// `offset + 1`. Both engines name its columns `column1`, `column2`, ….
+pub(crate) fn values(rows: usize, width: usize, offset: usize) -> String {
+    let mut out = String::from("(VALUES ");
+    for r in 0..rows {
+        out.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 1..=width {
+            if c > 1 {
+                out.push_str(", ");
+            }
+            out.push_str(&format!("${}", offset + r * width + c));
+        }
+        out.push(')');
+    }
+    out.push(')');
+    out
+}
+
 /// A statement parameter.
 #[derive(Debug, Clone)]
 pub(crate) enum Arg {
@@ -724,6 +761,29 @@ impl Pool {
         Ok(match self {
             Pool::Sqlite(_, writer) => {
                 let guard = writer.lock.clone().lock_owned().await;
+                return self.write_locked(guard).await;
+            }
+            Pool::Postgres(p) => Tx::Postgres(Unit::Transaction(p.begin().await?)),
+        })
+    }
+
+    /// SQLite's writer lock (none on PostgreSQL): whoever holds it may begin a write with
+    /// [`Pool::write_locked`].
+    pub(crate) fn writer_lock(&self) -> Option<std::sync::Arc<tokio::sync::Mutex<()>>> {
+        match self {
+            Pool::Sqlite(_, writer) => Some(writer.lock.clone()),
+            Pool::Postgres(_) => None,
+        }
+    }
+
+    /// Begins a write transaction under a writer lock taken already (see
+    /// [`Pool::writer_lock`]); on PostgreSQL the guard is not needed and is dropped.
+    pub(crate) async fn write_locked(
+        &self,
+        guard: tokio::sync::OwnedMutexGuard<()>,
+    ) -> Result<Tx, StoreError> {
+        Ok(match self {
+            Pool::Sqlite(_, writer) => {
                 let tx = writer.pool.begin_with("BEGIN IMMEDIATE").await?;
                 Tx::Sqlite(Unit::Transaction(tx), Some(guard))
             }
@@ -991,6 +1051,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "daemons",
         include_str!("../../migrations/sqlite/0014_daemons.sql"),
     ),
+    (
+        15,
+        "sim server names",
+        include_str!("../../migrations/sqlite/0015_sim_names.sql"),
+    ),
 ];
 
 /// The billing role and its grants, applied after the migrations by every migrate.
@@ -1067,6 +1132,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "daemons",
         include_str!("../../migrations/postgres/0014_daemons.sql"),
     ),
+    (
+        15,
+        "sim server names",
+        include_str!("../../migrations/postgres/0015_sim_names.sql"),
+    ),
 ];
 
 #[cfg(test)]
@@ -1100,6 +1170,29 @@ mod tests {
                 "{table} has no guarding trigger"
             );
         }
+    }
+
+    #[test]
+    fn parameters_are_rewritten_for_batches() {
+        let column = |n| format!("v.column{n}");
+        for (template, expected) in [
+            (
+                "UPDATE t SET a = $4 WHERE id = $1",
+                "UPDATE t SET a = v.column4 WHERE id = v.column1",
+            ),
+            (
+                "SELECT $10, {later:$9}",
+                "SELECT v.column10, {later:v.column9}",
+            ),
+            ("SELECT $1,$2", "SELECT v.column1,v.column2"),
+            ("SELECT 1", "SELECT 1"),
+            ("SELECT $ || $x", "SELECT $ || $x"),
+            ("SELECT $1 || 'é'", "SELECT v.column1 || 'é'"),
+        ] {
+            assert_eq!(map_params(template, column), expected, "{template}");
+        }
+        assert_eq!(values(1, 1, 0), "(VALUES ($1))");
+        assert_eq!(values(2, 3, 4), "(VALUES ($5, $6, $7), ($8, $9, $10))");
     }
 
     #[test]

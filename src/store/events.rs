@@ -182,27 +182,47 @@ pub(super) async fn insert_event(
     instance_id: i64,
     data: Value,
 ) -> Result<()> {
+    let (sql, args) = events_insert(tx.dialect().engine, vec![(kind, instance_id, data)]);
+    tx.execute(&sql, args).await?;
+    Ok(())
+}
+
+/// The statement appending events, one row each (see [`insert_event`]).
+pub(super) fn events_insert(
+    engine: Engine,
+    appended: Vec<(EventType, i64, Value)>,
+) -> (String, Vec<Arg>) {
     // SQLite's one writer orders `events.id` by its commits; PostgreSQL's writers go through
     // the inbox, which [`SqlStore::sequence_events`] empties into `events` in order.
-    let table = match tx {
-        Tx::Sqlite(..) => "events",
-        Tx::Postgres(_) => "event_inbox",
+    let table = match engine {
+        Engine::Sqlite => "events",
+        Engine::Postgres => "event_inbox",
     };
-    let body = events::body(kind, Utc::now(), data);
-    tx.execute(
-        &format!(
-            "INSERT INTO {table} (event_id, type, at, instance_id, body)
-             VALUES ($1, $2, {{now}}, $3, $4)"
-        ),
-        vec![
+    let mut rows = Vec::with_capacity(appended.len());
+    let mut args = Vec::with_capacity(appended.len() * 4);
+    for (kind, instance_id, data) in appended {
+        let n = args.len();
+        rows.push(format!(
+            "(${}, ${}, {{now}}, ${}, ${})",
+            n + 1,
+            n + 2,
+            n + 3,
+            n + 4
+        ));
+        args.extend([
             new_event_id().into(),
             kind.as_str().into(),
             Arg::Int(instance_id),
-            body.into(),
-        ],
+            events::body(kind, Utc::now(), data).into(),
+        ]);
+    }
+    (
+        format!(
+            "INSERT INTO {table} (event_id, type, at, instance_id, body) VALUES {}",
+            rows.join(", ")
+        ),
+        args,
     )
-    .await?;
-    Ok(())
 }
 
 /// Appends the event a change of status causes, if it causes one.

@@ -236,13 +236,18 @@ impl SqlStore {
                 args.push(Arg::Int(*epoch));
                 pairs.push(format!("(${}, ${})", args.len() - 1, args.len()));
             }
+            let mut tx = self.pool().single().await?;
+            // Rows are locked in the order of their ids, as every writer of several rows
+            // locks them, so that two such writers never wait for each other in a cycle.
             let sql = format!(
                 "UPDATE instances
                     SET lease_expires_at = {{later:$2}}, next_check_at = {{later:$2}}
-                  WHERE lease_owner = $1 AND (id, lease_epoch) IN (VALUES {})",
-                pairs.join(", ")
+                  WHERE id IN (SELECT id FROM instances
+                                WHERE lease_owner = $1 AND (id, lease_epoch) IN (VALUES {})
+                                ORDER BY id{})",
+                pairs.join(", "),
+                tx.dialect().for_update
             );
-            let mut tx = self.pool().single().await?;
             renewed += tx.execute(&sql, args).await?;
             tx.commit().await?;
         }

@@ -11,6 +11,7 @@
 //! - [`SqlStore`]: the verbs, written once over both engines.
 
 mod attach;
+mod combine;
 pub(crate) mod connect;
 pub(crate) mod engine;
 pub mod events;
@@ -88,6 +89,10 @@ pub enum StoreError {
         epoch: i64,
     },
     /// The database refused the change: a constraint or trigger of the billing contract.
+    /// A write queued for the writer was dropped before it committed (shutdown).
+    #[error("the write of instance {0} was abandoned before it committed; nothing was written")]
+    Abandoned(i64),
+    /// The database refused a write.
     #[error("the database refused the change: {0}")]
     Rejected(String),
     /// A stored value does not decode (a bug or manual tampering).
@@ -270,6 +275,7 @@ pub trait Store: Send + Sync {
 #[derive(Debug, Clone)]
 pub struct SqlStore {
     pool: Pool,
+    combiner: std::sync::Arc<combine::Combiner>,
 }
 
 impl SqlStore {
@@ -397,6 +403,7 @@ impl SqlStore {
     pub async fn connect(url: &str, options: &ConnectOptions) -> Result<SqlStore> {
         Ok(SqlStore {
             pool: Pool::connect(url, options).await?,
+            combiner: std::sync::Arc::default(),
         })
     }
 
@@ -799,6 +806,21 @@ fn filter_sql(filter: &InstanceFilter) -> (Vec<String>, Vec<Arg>) {
     (conditions, args)
 }
 
+impl SqlStore {
+    /// A step's fenced write in a transaction of its own.
+    async fn record_alone(
+        &self,
+        lease: &Lease,
+        patch: &ObservedPatch,
+        transition: Option<&NewTransition>,
+    ) -> Result<Instance> {
+        let mut tx = self.pool.write().await?;
+        let after = fenced_write(&mut tx, lease, patch, transition).await?;
+        tx.commit().await?;
+        Ok(after)
+    }
+}
+
 /// The write of a step under `lease`: the transition (if any), from the status the row has
 /// now, then the patch, then the event the change of status causes. The transition's
 /// `INSERT … SELECT` reads the status it starts from and checks the fence in one statement,
@@ -875,6 +897,19 @@ fn transition_sql(
     lease: &Lease,
     args: &mut Vec<Arg>,
 ) -> String {
+    format!(
+        "{} FROM instances WHERE {FENCE}",
+        transition_select(t, patch, lease, args)
+    )
+}
+
+/// [`transition_sql`] up to its `FROM`: the `INSERT … SELECT` list over a row of `instances`.
+fn transition_select(
+    t: &NewTransition,
+    patch: &ObservedPatch,
+    lease: &Lease,
+    args: &mut Vec<Arg>,
+) -> String {
     let param = |value: Arg, args: &mut Vec<Arg>| {
         args.push(value);
         format!("${}", args.len())
@@ -897,8 +932,7 @@ fn transition_sql(
              (instance_id, at, from_status, to_status, action, cause, outcome, error, details,
               product_revision)
          SELECT id, {{now}}, observed_status, {to}, {action}, {cause}, {outcome}, {error},
-                {details}, {revision}
-           FROM instances WHERE {FENCE}"
+                {details}, {revision}"
     )
 }
 
@@ -1145,10 +1179,7 @@ impl Store for SqlStore {
         patch: &ObservedPatch,
         transition: Option<&NewTransition>,
     ) -> Result<Instance> {
-        let mut tx = self.pool.write().await?;
-        let after = fenced_write(&mut tx, lease, patch, transition).await?;
-        tx.commit().await?;
-        Ok(after)
+        self.record_combined(lease, patch, transition).await
     }
 
     async fn begin_create(
@@ -1158,8 +1189,11 @@ impl Store for SqlStore {
         patch: &ObservedPatch,
         transition: &NewTransition,
     ) -> Result<Option<Instance>> {
+        let Some(stock) = stock else {
+            return self.record(lease, patch, Some(transition)).await.map(Some);
+        };
         let mut tx = self.pool.write().await?;
-        if let Some(stock) = stock {
+        {
             let select = format!(
                 "SELECT product_id FROM instances WHERE {FENCE}{}",
                 tx.dialect().for_update
