@@ -88,11 +88,10 @@ pub enum StoreError {
         /// The stale epoch.
         epoch: i64,
     },
-    /// The database refused the change: a constraint or trigger of the billing contract.
     /// A write queued for the writer was dropped before it committed (shutdown).
     #[error("the write of instance {0} was abandoned before it committed; nothing was written")]
     Abandoned(i64),
-    /// The database refused a write.
+    /// The database refused the change: a constraint or trigger of the billing contract.
     #[error("the database refused the change: {0}")]
     Rejected(String),
     /// A stored value does not decode (a bug or manual tampering).
@@ -1193,33 +1192,31 @@ impl Store for SqlStore {
             return self.record(lease, patch, Some(transition)).await.map(Some);
         };
         let mut tx = self.pool.write().await?;
-        {
-            let select = format!(
-                "SELECT product_id FROM instances WHERE {FENCE}{}",
-                tx.dialect().for_update
-            );
-            let Some(before) = tx.row(&select, fence_args(lease)).await? else {
-                return Err(fence_failure(&mut tx, lease).await);
-            };
-            let product_id = before.text("product_id")?;
-            if let Tx::Postgres(t) = &mut tx {
-                // Serialises creates of one product across daemons for the count below.
-                sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-                    .bind(&product_id)
-                    .execute(t.conn())
-                    .await?;
-            }
-            let used = tx
-                .row(
-                    STOCK_USED,
-                    vec![product_id.as_str().into(), Arg::Int(lease.instance_id)],
-                )
-                .await?
-                .map_or(Ok(0), |r| r.int("n"))?;
-            if used >= i64::from(stock) {
-                tx.commit().await?;
-                return Ok(None);
-            }
+        let select = format!(
+            "SELECT product_id FROM instances WHERE {FENCE}{}",
+            tx.dialect().for_update
+        );
+        let Some(before) = tx.row(&select, fence_args(lease)).await? else {
+            return Err(fence_failure(&mut tx, lease).await);
+        };
+        let product_id = before.text("product_id")?;
+        if let Tx::Postgres(t) = &mut tx {
+            // Serialises creates of one product across daemons for the count below.
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                .bind(&product_id)
+                .execute(t.conn())
+                .await?;
+        }
+        let used = tx
+            .row(
+                STOCK_USED,
+                vec![product_id.as_str().into(), Arg::Int(lease.instance_id)],
+            )
+            .await?
+            .map_or(Ok(0), |r| r.int("n"))?;
+        if used >= i64::from(stock) {
+            tx.commit().await?;
+            return Ok(None);
         }
         let after = fenced_write(&mut tx, lease, patch, Some(transition)).await?;
         tx.commit().await?;
