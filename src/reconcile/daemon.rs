@@ -294,6 +294,11 @@ struct Worker {
 /// Claims failing this many times in a row make `/readyz` report not ready.
 const CLAIM_FAILURES_NOT_READY: u32 = 3;
 
+/// With a backlog, how long the loop waits for a quarter of the workers to be free before it
+/// claims for fewer: claims of a few rows each would cost a statement (and on SQLite a write
+/// transaction) per few steps; a short wait makes them several times larger.
+const GATHER: Duration = Duration::from_millis(5);
+
 async fn work_loop(w: Worker, shutdown: CancellationToken) {
     let Worker {
         executor,
@@ -320,6 +325,12 @@ async fn work_loop(w: Worker, shutdown: CancellationToken) {
         metrics.clone(),
         stop_heartbeat.clone(),
     ));
+    // A claim for a quarter of the workers (at most a batch) when work is waiting.
+    let gather = u32::try_from((config.workers / 4).max(1))
+        .unwrap_or(u32::MAX)
+        .min(config.batch.max(1));
+    // Whether the last claim got all it asked for: more is probably due.
+    let mut backlog = false;
     while !shutdown.is_cancelled() {
         let free = workers.available_permits();
         if free == 0 {
@@ -329,6 +340,14 @@ async fn work_loop(w: Worker, shutdown: CancellationToken) {
             }
             continue;
         }
+        if backlog && u32::try_from(free).unwrap_or(u32::MAX) < gather {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                permits = workers.clone().acquire_many_owned(gather) => drop(permits),
+                () = tokio::time::sleep(GATHER) => {}
+            }
+        }
+        let free = workers.available_permits();
         let want = u32::try_from(free).unwrap_or(u32::MAX).min(config.batch);
         let claiming = std::time::Instant::now();
         let claimed = tokio::select! {
@@ -360,6 +379,7 @@ async fn work_loop(w: Worker, shutdown: CancellationToken) {
                 continue;
             }
         };
+        backlog = !claims.is_empty() && claims.len() >= usize::try_from(want).unwrap_or(usize::MAX);
         if claims.is_empty() {
             tokio::select! {
                 () = shutdown.cancelled() => break,

@@ -6,8 +6,13 @@
 //! ~2 µs of SQLite's own work), on PostgreSQL each is parsed, planned, triggered and committed
 //! by the server. So the writes of steps ([`Store::record`](super::Store::record)) queue
 //! here, and whoever gets the turn writes every queued one in one transaction: writes of one
-//! shape (the same columns set) as one statement over a `VALUES` list, each row fenced by its
-//! own lease, and all their events as one `INSERT`. Each write keeps its own answer (a stale
+//! shape (the same columns set) as one statement over their rows of arguments, each row
+//! fenced by its own lease, and all their events as one `INSERT`. The rows are a `VALUES` list
+//! on SQLite; on PostgreSQL they are arrays, one per column, so that the statement's text does
+//! not change with the batch's size and the server plans it once per connection. A batch
+//! locks several rows; the claims and lease renewals, which also lock several, skip locked
+//! rows instead of waiting, so they never wait for a batch in a cycle (should anything else
+//! deadlock with one, PostgreSQL breaks the cycle and the batch is redone write by write). Each write keeps its own answer (a stale
 //! lease fails that write only); when anything else goes wrong the transaction is rolled back
 //! and each write is done again on its own, so one bad write never fails the others.
 //!
@@ -19,9 +24,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::sync::{oneshot, OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, OwnedMutexGuard};
 
-use super::engine::{map_params, values, Arg, Engine};
+use super::engine::{map_params, unnest, values, Arg, Column, Engine};
 use super::{
     events, fence_args, fence_failure, instance_from, patch_sql, transition_select, Instance,
     Lease, NewTransition, ObservedPatch, ObservedStatus, Result, SqlStore, StoreError, FENCE,
@@ -31,46 +36,14 @@ use super::{
 /// limit (SQLite 32,766, PostgreSQL 65,535), and a batch's answers are not held back long.
 const MOST: usize = 64;
 
-/// Batches written at once on PostgreSQL, each in its own transaction. One: with two or four
-/// the benchmark's steps per second fell (the batches grew smaller and contended).
-const POSTGRES_BATCHES: usize = 1;
-
 /// The queue of writes waiting for the writer.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(super) struct Combiner {
     pending: Mutex<Vec<Job>>,
-    /// Turns to write a batch on PostgreSQL (SQLite's writer lock serves on SQLite).
-    slots: Arc<Semaphore>,
-}
-
-impl Default for Combiner {
-    fn default() -> Self {
-        Combiner {
-            pending: Mutex::default(),
-            slots: Arc::new(Semaphore::new(POSTGRES_BATCHES)),
-        }
-    }
-}
-
-/// The right to write a batch.
-enum Turn {
-    /// SQLite's writer lock.
-    Writer(OwnedMutexGuard<()>),
-    /// One of PostgreSQL's slots.
-    Slot(OwnedSemaphorePermit),
-}
-
-/// Waits for a turn: SQLite's writer lock, or else a slot.
-async fn take_turn(writer: Option<Arc<tokio::sync::Mutex<()>>>, slots: Arc<Semaphore>) -> Turn {
-    match writer {
-        Some(lock) => Turn::Writer(lock.lock_owned().await),
-        None => Turn::Slot(
-            slots
-                .acquire_owned()
-                .await
-                .expect("the combiner never closes its semaphore"),
-        ),
-    }
+    /// Whose turn it is to write a batch on PostgreSQL (SQLite's writer lock serves on
+    /// SQLite). One batch at a time: with two or four at once the benchmark's steps per
+    /// second fell (the batches grew smaller).
+    turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// One step's write and where its answer goes.
@@ -90,7 +63,10 @@ impl SqlStore {
         patch: &ObservedPatch,
         transition: Option<&NewTransition>,
     ) -> Result<Instance> {
-        let writer = self.pool().writer_lock();
+        let lock = self
+            .pool()
+            .writer_lock()
+            .unwrap_or_else(|| self.combiner.turn.clone());
         let (reply, mut answer) = oneshot::channel();
         self.combiner
             .pending
@@ -108,7 +84,7 @@ impl SqlStore {
                 written = &mut answer => {
                     return written.unwrap_or(Err(StoreError::Abandoned(lease.instance_id)));
                 }
-                turn = take_turn(writer.clone(), self.combiner.slots.clone()) => turn,
+                turn = lock.clone().lock_owned() => turn,
             };
             let batch = self.next_batch();
             if batch.is_empty() {
@@ -144,7 +120,7 @@ impl SqlStore {
     }
 
     /// Writes `batch` in one transaction, or, if that fails, each on its own.
-    async fn flush(self, turn: Turn, batch: Vec<Job>) {
+    async fn flush(self, turn: OwnedMutexGuard<()>, batch: Vec<Job>) {
         let size = batch.len();
         let answers = match self.write_batch(turn, &batch).await {
             Ok(answers) => answers,
@@ -168,11 +144,15 @@ impl SqlStore {
 
     /// The batch in one transaction: an answer per write (a stale lease is an answer), or an
     /// error for the whole, which then is rolled back.
-    async fn write_batch(&self, turn: Turn, batch: &[Job]) -> Result<Vec<Result<Instance>>> {
+    async fn write_batch(
+        &self,
+        turn: OwnedMutexGuard<()>,
+        batch: &[Job],
+    ) -> Result<Vec<Result<Instance>>> {
         let engine = self.pool().engine();
-        let (mut tx, _slot) = match turn {
-            Turn::Writer(guard) => (self.pool().write_locked(guard).await?, None),
-            Turn::Slot(slot) => (self.pool().write().await?, Some(slot)),
+        let (mut tx, _turn) = match engine {
+            Engine::Sqlite => (self.pool().write_locked(turn).await?, None),
+            Engine::Postgres => (self.pool().write().await?, Some(turn)),
         };
         // Writes of one shape (the same columns, the same expressions) go in one statement.
         let mut groups: Vec<Group> = Vec::new();
@@ -201,20 +181,6 @@ impl SqlStore {
                     groups.push(g);
                 }
             }
-        }
-        if engine == Engine::Postgres {
-            // The rows are locked in the order of their ids first, as every writer of several
-            // rows locks them (lease renewals too), so that two never wait for each other.
-            let mut args = Vec::with_capacity(batch.len() * 3);
-            for job in batch {
-                args.extend(fence_args(&job.lease));
-            }
-            let sql = format!(
-                "SELECT id FROM instances WHERE (id, lease_owner, lease_epoch) IN {}
-                  ORDER BY id FOR UPDATE",
-                values(batch.len(), 3, 0)
-            );
-            tx.rows(&sql, args).await?;
         }
         let mut written: HashMap<i64, (Instance, Option<ObservedStatus>)> = HashMap::new();
         for g in groups {
@@ -247,10 +213,14 @@ impl SqlStore {
                     }
                 }
                 (Engine::Postgres, insert) => {
-                    let sql = postgres_write(insert.as_deref(), &g.sets, g.rows, iw, uw);
-                    let mut args = g.insert_args;
-                    args.extend(g.update_args);
-                    for row in tx.rows(&sql, args).await? {
+                    let mut arrays = match insert {
+                        Some(_) => columns(g.insert_args, iw)?,
+                        None => Vec::new(),
+                    };
+                    let update = columns(g.update_args, uw)?;
+                    let sql = postgres_write(insert.as_deref(), &g.sets, &arrays, &update);
+                    arrays.extend(update);
+                    for row in tx.rows_of_arrays(&sql, arrays).await? {
                         let from = match insert {
                             Some(_) => Some(row.parse::<ObservedStatus>("transition_from")?),
                             None => None,
@@ -271,8 +241,13 @@ impl SqlStore {
             })
             .collect();
         if !appended.is_empty() {
-            let (sql, args) = events::events_insert(engine, appended);
-            tx.execute(&sql, args).await?;
+            let arrays = engine == Engine::Postgres;
+            let (sql, args) = events::events_insert(engine, appended, arrays);
+            if arrays {
+                tx.rows_of_arrays(&sql, columns(args, 4)?).await?;
+            } else {
+                tx.execute(&sql, args).await?;
+            }
         }
         let mut answers = Vec::with_capacity(batch.len());
         for job in batch {
@@ -338,31 +313,37 @@ fn sqlite_update(sets: &str, rows: usize, width: usize) -> String {
     )
 }
 
-/// PostgreSQL: the transitions and updates of `rows` writes in one statement, each fenced by
-/// its own lease; the transitions' arguments come first.
+/// `args` (`width` per row) as PostgreSQL array columns.
+fn columns(args: Vec<Arg>, width: usize) -> Result<Vec<Column>> {
+    Column::split(args, width)
+        .ok_or_else(|| StoreError::Corrupt("writes of one shape with different arguments".into()))
+}
+
+/// PostgreSQL: the transitions and updates of a group of writes in one statement, each fenced
+/// by its own lease; the transitions' arrays come first. Its text depends on the group's
+/// shape only, not on how many writes it has, so the server plans it once per connection.
 fn postgres_write(
     select: Option<&str>,
     sets: &str,
-    rows: usize,
-    insert_width: usize,
-    update_width: usize,
+    insert: &[Column],
+    update: &[Column],
 ) -> String {
-    let update = values(rows, update_width, rows * insert_width);
+    let vu = unnest("vu", update, insert.len());
     let sets = columns_of(sets, "vu");
     let fence = columns_of(FENCE, "vu");
     match select {
         Some(select) => format!(
-            "WITH vi AS {}, vu AS {update},
+            "WITH vi AS {}, vu AS {vu},
                   t AS ({} FROM instances, vi WHERE {} RETURNING instance_id, from_status)
              UPDATE instances SET {sets} FROM vu, t
               WHERE {fence} AND t.instance_id = instances.id
              RETURNING instances.*, t.from_status AS transition_from",
-            values(rows, insert_width, 0),
+            unnest("vi", insert, 0),
             columns_of(select, "vi"),
             columns_of(FENCE, "vi"),
         ),
         None => format!(
-            "WITH vu AS {update}
+            "WITH vu AS {vu}
              UPDATE instances SET {sets} FROM vu WHERE {fence} RETURNING instances.*"
         ),
     }

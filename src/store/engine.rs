@@ -14,7 +14,7 @@ use futures::TryStreamExt;
 use serde_json::Value;
 use sqlx::postgres::{PgPoolOptions, PgRow};
 use sqlx::sqlite::{SqlitePoolOptions, SqliteRow};
-use sqlx::{Column, Postgres, Row as _, Sqlite, Transaction, TypeInfo, ValueRef};
+use sqlx::{Column as _, Postgres, Row as _, Sqlite, Transaction, TypeInfo, ValueRef};
 
 use super::connect::ConnectOptions;
 use super::StoreError;
@@ -219,6 +219,79 @@ pub(crate) fn values(rows: usize, width: usize, offset: usize) -> String {
     }
     out.push(')');
     out
+}
+
+/// A column of parameters bound as one PostgreSQL array: the arguments of many rows that
+/// take the same place in the same statement.
+#[derive(Debug)]
+pub(crate) enum Column {
+    Int(Vec<Option<i64>>),
+    Bool(Vec<bool>),
+    Float(Vec<f64>),
+    Text(Vec<Option<String>>),
+    Json(Vec<sqlx::types::Json<Value>>),
+}
+
+impl Column {
+    /// The columns of `args`, `width` arguments per row, row after row; `None` when a column
+    /// mixes kinds of argument (the rows were not written by one statement builder).
+    pub(crate) fn split(args: Vec<Arg>, width: usize) -> Option<Vec<Column>> {
+        if width == 0 || !args.len().is_multiple_of(width) {
+            return None;
+        }
+        let rows = args.len() / width;
+        let mut columns: Vec<Option<Column>> = (0..width).map(|_| None).collect();
+        for (i, arg) in args.into_iter().enumerate() {
+            let column = &mut columns[i % width];
+            match (column.get_or_insert_with(|| Column::like(&arg, rows)), arg) {
+                (Column::Int(v), Arg::Int(x)) => v.push(Some(x)),
+                (Column::Int(v), Arg::OptInt(x)) => v.push(x),
+                (Column::Bool(v), Arg::Bool(x)) => v.push(x),
+                (Column::Float(v), Arg::Float(x)) => v.push(x),
+                (Column::Text(v), Arg::Text(x)) => v.push(x),
+                (Column::Json(v), Arg::Json(x)) => v.push(sqlx::types::Json(x)),
+                _ => return None,
+            }
+        }
+        columns.into_iter().collect()
+    }
+
+    fn like(arg: &Arg, rows: usize) -> Column {
+        match arg {
+            Arg::Int(_) | Arg::OptInt(_) => Column::Int(Vec::with_capacity(rows)),
+            Arg::Bool(_) => Column::Bool(Vec::with_capacity(rows)),
+            Arg::Float(_) => Column::Float(Vec::with_capacity(rows)),
+            Arg::Text(_) => Column::Text(Vec::with_capacity(rows)),
+            Arg::Json(_) => Column::Json(Vec::with_capacity(rows)),
+        }
+    }
+
+    /// Its PostgreSQL array type.
+    pub(crate) fn array_type(&self) -> &'static str {
+        match self {
+            Column::Int(_) => "int8[]",
+            Column::Bool(_) => "bool[]",
+            Column::Float(_) => "float8[]",
+            Column::Text(_) => "text[]",
+            Column::Json(_) => "jsonb[]",
+        }
+    }
+}
+
+/// `(SELECT * FROM unnest($o+1::type[], …) AS alias(column1, …))`: the rows of `columns`
+/// (bound from parameter `offset + 1` on) as a table named like a `VALUES` list's columns.
+pub(crate) fn unnest(alias: &str, columns: &[Column], offset: usize) -> String {
+    let arrays: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("${}::{}", offset + i + 1, c.array_type()))
+        .collect();
+    let names: Vec<String> = (1..=columns.len()).map(|n| format!("column{n}")).collect();
+    format!(
+        "(SELECT * FROM unnest({}) AS {alias}({}))",
+        arrays.join(", "),
+        names.join(", ")
+    )
 }
 
 /// A statement parameter.
@@ -440,7 +513,6 @@ pub(crate) enum Tx {
 /// A transaction, or a single statement that commits by itself (see [`Pool::single`]).
 pub(crate) enum Unit<DB: sqlx::Database> {
     Transaction(Transaction<'static, DB>),
-    #[allow(dead_code)] // Constructed for PostgreSQL only.
     Single(sqlx::pool::PoolConnection<DB>),
 }
 
@@ -519,6 +591,40 @@ impl Tx {
                 Ok(out)
             }
         }
+    }
+
+    /// PostgreSQL: runs a statement whose parameters are arrays, one per column (see
+    /// [`Column`]), and returns its rows. One text serves batches of any size, so the server
+    /// parses and plans it once per connection.
+    pub(crate) async fn rows_of_arrays(
+        &mut self,
+        sql: &str,
+        columns: Vec<Column>,
+    ) -> Result<Vec<Row>, StoreError> {
+        let sql = self.dialect().sql(sql);
+        let Tx::Postgres(tx) = self else {
+            return Err(StoreError::Schema(
+                "array parameters are PostgreSQL's; SQLite takes VALUES lists".into(),
+            ));
+        };
+        let mut q = sqlx::query(&sql);
+        for column in columns {
+            q = match column {
+                Column::Int(v) => q.bind(v),
+                Column::Bool(v) => q.bind(v),
+                Column::Float(v) => q.bind(v),
+                Column::Text(v) => q.bind(v),
+                Column::Json(v) => q.bind(v),
+            };
+        }
+        let mut stream = q.fetch(tx.conn());
+        let mut out = Vec::new();
+        let mut names = None;
+        while let Some(row) = stream.try_next().await? {
+            let names = names.get_or_insert_with(|| column_names(std::slice::from_ref(&row)));
+            out.push(pg_row(&row, names)?);
+        }
+        Ok(out)
     }
 
     /// Runs a statement and returns its first row, if any.
@@ -791,16 +897,20 @@ impl Pool {
         })
     }
 
-    /// A unit of one writing statement. On PostgreSQL the statement commits by itself: no
-    /// `BEGIN` and `COMMIT` round trips. On SQLite it is a write transaction all the same: a
-    /// statement that began reading could not always upgrade to writing (another writer
-    /// committed meanwhile: `SQLITE_BUSY_SNAPSHOT`, which no busy timeout waits out).
-    /// Only for a write that is one statement; `commit` ends it either way.
+    /// A unit of one writing statement, which commits by itself: no `BEGIN` and `COMMIT`
+    /// round trips. On SQLite it runs on the writer's connection under the writer lock; an
+    /// autocommit write takes SQLite's write lock as it starts, exactly as `BEGIN IMMEDIATE`
+    /// does (both begin from no transaction, where a busy database, a stale snapshot
+    /// included, goes to the busy handler and is retried), so it never fails half-way on
+    /// another process's commit. Only for a write that is one statement; `commit` ends it.
     pub(crate) async fn single(&self) -> Result<Tx, StoreError> {
-        match self {
-            Pool::Sqlite(..) => self.write().await,
-            Pool::Postgres(p) => Ok(Tx::Postgres(Unit::Single(p.acquire().await?))),
-        }
+        Ok(match self {
+            Pool::Sqlite(_, writer) => {
+                let guard = writer.lock.clone().lock_owned().await;
+                Tx::Sqlite(Unit::Single(writer.pool.acquire().await?), Some(guard))
+            }
+            Pool::Postgres(p) => Tx::Postgres(Unit::Single(p.acquire().await?)),
+        })
     }
 
     /// Begins a read-only unit of work.
@@ -1193,6 +1303,30 @@ mod tests {
         }
         assert_eq!(values(1, 1, 0), "(VALUES ($1))");
         assert_eq!(values(2, 3, 4), "(VALUES ($5, $6, $7), ($8, $9, $10))");
+    }
+
+    #[test]
+    fn batch_arguments_become_typed_array_columns() {
+        let args = vec![
+            Arg::Int(1),
+            Arg::Text(Some("a".into())),
+            Arg::OptInt(None),
+            Arg::Int(2),
+            Arg::Text(None),
+            Arg::OptInt(Some(7)),
+        ];
+        let columns = Column::split(args, 3).expect("one kind per column");
+        let types: Vec<_> = columns.iter().map(Column::array_type).collect();
+        assert_eq!(types, ["int8[]", "text[]", "int8[]"]);
+        assert!(matches!(&columns[2], Column::Int(v) if v == &[None, Some(7)]));
+        assert_eq!(
+            unnest("v", &columns, 4),
+            "(SELECT * FROM unnest($5::int8[], $6::text[], $7::int8[]) AS v(column1, column2, column3))"
+        );
+        // A column mixing kinds, or a row cut short, is refused.
+        assert!(Column::split(vec![Arg::Int(1), Arg::Bool(true)], 1).is_none());
+        assert!(Column::split(vec![Arg::Int(1), Arg::Int(2), Arg::Int(3)], 2).is_none());
+        assert!(Column::split(vec![], 0).is_none());
     }
 
     #[test]

@@ -182,15 +182,18 @@ pub(super) async fn insert_event(
     instance_id: i64,
     data: Value,
 ) -> Result<()> {
-    let (sql, args) = events_insert(tx.dialect().engine, vec![(kind, instance_id, data)]);
+    let (sql, args) = events_insert(tx.dialect().engine, vec![(kind, instance_id, data)], false);
     tx.execute(&sql, args).await?;
     Ok(())
 }
 
-/// The statement appending events, one row each (see [`insert_event`]).
+/// The statement appending events, one row each (see [`insert_event`]); on PostgreSQL
+/// with `arrays`, one text for any number of events, its parameters bound as arrays
+/// ([`super::engine::Column`]).
 pub(super) fn events_insert(
     engine: Engine,
     appended: Vec<(EventType, i64, Value)>,
+    arrays: bool,
 ) -> (String, Vec<Arg>) {
     // SQLite's one writer orders `events.id` by its commits; PostgreSQL's writers go through
     // the inbox, which [`SqlStore::sequence_events`] empties into `events` in order.
@@ -198,17 +201,9 @@ pub(super) fn events_insert(
         Engine::Sqlite => "events",
         Engine::Postgres => "event_inbox",
     };
-    let mut rows = Vec::with_capacity(appended.len());
-    let mut args = Vec::with_capacity(appended.len() * 4);
+    let rows = appended.len();
+    let mut args = Vec::with_capacity(rows * 4);
     for (kind, instance_id, data) in appended {
-        let n = args.len();
-        rows.push(format!(
-            "(${}, ${}, {{now}}, ${}, ${})",
-            n + 1,
-            n + 2,
-            n + 3,
-            n + 4
-        ));
         args.extend([
             new_event_id().into(),
             kind.as_str().into(),
@@ -216,11 +211,22 @@ pub(super) fn events_insert(
             events::body(kind, Utc::now(), data).into(),
         ]);
     }
+    let source = if arrays {
+        "SELECT e.column1, e.column2, {now}, e.column3, e.column4
+           FROM (SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[])
+                 AS e(column1, column2, column3, column4)) AS e"
+            .to_owned()
+    } else {
+        let values: Vec<String> = (0..rows)
+            .map(|r| {
+                let n = r * 4;
+                format!("(${}, ${}, {{now}}, ${}, ${})", n + 1, n + 2, n + 3, n + 4)
+            })
+            .collect();
+        format!("VALUES {}", values.join(", "))
+    };
     (
-        format!(
-            "INSERT INTO {table} (event_id, type, at, instance_id, body) VALUES {}",
-            rows.join(", ")
-        ),
+        format!("INSERT INTO {table} (event_id, type, at, instance_id, body) {source}"),
         args,
     )
 }

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use sqlx::Connection;
 
-use super::engine::{Arg, Pool, POSTGRES};
+use super::engine::{Arg, Engine, Pool, POSTGRES};
 use super::{Result, SqlStore, StoreError};
 
 /// Proof that no other live daemon runs under an owner name on this database: a PostgreSQL
@@ -237,16 +237,21 @@ impl SqlStore {
                 pairs.push(format!("(${}, ${})", args.len() - 1, args.len()));
             }
             let mut tx = self.pool().single().await?;
-            // Rows are locked in the order of their ids, as every writer of several rows
-            // locks them, so that two such writers never wait for each other in a cycle.
+            // A row another transaction holds (a batch of step writes, which locks several
+            // rows at once) is skipped, never waited for: this renewal and that batch can then
+            // never wait for each other in a cycle, and the next renewal, a third of a lease
+            // later, renews it.
+            let skip_locked = match tx.dialect().engine {
+                Engine::Postgres => " FOR UPDATE SKIP LOCKED",
+                Engine::Sqlite => "",
+            };
             let sql = format!(
                 "UPDATE instances
                     SET lease_expires_at = {{later:$2}}, next_check_at = {{later:$2}}
                   WHERE id IN (SELECT id FROM instances
                                 WHERE lease_owner = $1 AND (id, lease_epoch) IN (VALUES {})
-                                ORDER BY id{})",
-                pairs.join(", "),
-                tx.dialect().for_update
+                                {skip_locked})",
+                pairs.join(", ")
             );
             renewed += tx.execute(&sql, args).await?;
             tx.commit().await?;
