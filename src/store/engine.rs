@@ -477,6 +477,22 @@ fn sqlite_row(row: &SqliteRow, names: &std::sync::Arc<[String]>) -> Result<Row, 
     })
 }
 
+/// The rows of PostgreSQL query `q`, converted as they stream in, so a large result is never
+/// held twice.
+async fn pg_rows(
+    q: sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
+    conn: &mut sqlx::PgConnection,
+) -> Result<Vec<Row>, StoreError> {
+    let mut stream = q.fetch(conn);
+    let mut out = Vec::new();
+    let mut names = None;
+    while let Some(row) = stream.try_next().await? {
+        let names = names.get_or_insert_with(|| column_names(std::slice::from_ref(&row)));
+        out.push(pg_row(&row, names)?);
+    }
+    Ok(out)
+}
+
 fn pg_row(row: &PgRow, names: &std::sync::Arc<[String]>) -> Result<Row, sqlx::Error> {
     let mut values = Vec::with_capacity(row.len());
     for (i, column) in row.columns().iter().enumerate() {
@@ -579,16 +595,11 @@ impl Tx {
                 Ok(out)
             }
             Tx::Postgres(tx) => {
-                let q = bind_all!(sqlx::query(&sql), args, sqlx::types::Json);
-                let mut stream = q.fetch(tx.conn());
-                let mut out = Vec::new();
-                let mut names = None;
-                while let Some(row) = stream.try_next().await? {
-                    let names =
-                        names.get_or_insert_with(|| column_names(std::slice::from_ref(&row)));
-                    out.push(pg_row(&row, names)?);
-                }
-                Ok(out)
+                pg_rows(
+                    bind_all!(sqlx::query(&sql), args, sqlx::types::Json),
+                    tx.conn(),
+                )
+                .await
             }
         }
     }
@@ -617,14 +628,7 @@ impl Tx {
                 Column::Json(v) => q.bind(v),
             };
         }
-        let mut stream = q.fetch(tx.conn());
-        let mut out = Vec::new();
-        let mut names = None;
-        while let Some(row) = stream.try_next().await? {
-            let names = names.get_or_insert_with(|| column_names(std::slice::from_ref(&row)));
-            out.push(pg_row(&row, names)?);
-        }
-        Ok(out)
+        pg_rows(q, tx.conn()).await
     }
 
     /// Runs a statement and returns its first row, if any.
