@@ -568,10 +568,11 @@ async fn two_servers_for_one_instance_stop_it_until_a_person_retries() {
         .await
         .unwrap()
         .id;
-    // Leftovers of some earlier mishap: two servers carrying this instance's label.
-    for _ in 0..2 {
+    // Leftovers of some earlier mishap: two servers carrying this instance's label, one with
+    // the name its create asks for (so the create is refused and the step looks).
+    for name in [format!("provisioner-{id}"), format!("provisioner-{id}-old")] {
         s.sql(&format!(
-            "INSERT INTO sim_servers (account, instance_id, name, state) VALUES ('sim-t', {id}, 'provisioner-{id}', 'running')"
+            "INSERT INTO sim_servers (account, instance_id, name, state) VALUES ('sim-t', {id}, '{name}', 'running')"
         ))
         .await;
     }
@@ -597,13 +598,13 @@ async fn two_servers_for_one_instance_stop_it_until_a_person_retries() {
     );
 
     // A person deletes one of them and retries.
-    s.sql(&format!("UPDATE sim_servers SET state = 'deleted', deleted_at = '2000-01-01T00:00:00.000Z' WHERE id = (SELECT MIN(id) FROM sim_servers WHERE instance_id = {id})")).await;
+    s.sql(&format!("UPDATE sim_servers SET state = 'deleted', deleted_at = '2000-01-01T00:00:00.000Z' WHERE name = 'provisioner-{id}-old'")).await;
     s.store.retry(id, "admin").await.unwrap();
     s.running.as_ref().unwrap().wake.notify_one();
     let i = s.wait(id, "adopted and active", active).await;
     let kept = s
         .count(&format!(
-            "SELECT MAX(id) FROM sim_servers WHERE instance_id = {id}"
+            "SELECT MAX(id) FROM sim_servers WHERE instance_id = {id} AND deleted_at IS NULL"
         ))
         .await;
     assert_eq!(

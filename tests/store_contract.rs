@@ -169,7 +169,88 @@ contract!(
     events_are_written_with_their_transition_and_delivered_once_each,
     a_feed_reader_sees_every_event_once_while_writers_race,
     concurrent_step_writes_each_get_their_own_answer,
+    concurrent_sim_creates_make_one_server_per_name,
 );
+
+/// The simulated cloud takes a burst of creates at once (the store batches them): each name
+/// gets one live server per account, whoever asked first; every other create of it is told
+/// the name is taken, with nothing made. A name taken before the burst stays taken, and the
+/// same name in another account is another server.
+async fn concurrent_sim_creates_make_one_server_per_name(db: &Db) {
+    use provisioner::store::sim::{NewSimServer, SimCreated, SimSelect};
+    let new = |account: &'static str, instance_id: Option<i64>, name: String| async move {
+        (
+            account,
+            instance_id,
+            name.clone(),
+            db.store
+                .sim_create(&NewSimServer {
+                    account,
+                    instance_id,
+                    name: &name,
+                    size: Some("cx22"),
+                    image: "debian-12",
+                    location: "fsn1",
+                    boot_seconds: 0.0,
+                    capacity: None,
+                })
+                .await
+                .unwrap(),
+        )
+    };
+    // Taken before: by hand (no label), and by an earlier create.
+    assert!(matches!(
+        new("sim-a", None, "s-0".into()).await.3,
+        SimCreated::Made(_)
+    ));
+    // 30 distinct names, each asked for twice by different instances in the same burst,
+    // name 7 also in another account.
+    let mut burst = Vec::new();
+    for k in 0..60i64 {
+        burst.push(new("sim-a", Some(100 + k), format!("s-{}", k % 30)));
+    }
+    burst.push(new("sim-b", Some(200), "s-7".into()));
+    let answers = futures::future::join_all(burst).await;
+    let mut made = std::collections::HashMap::new();
+    for (account, instance_id, name, answer) in answers {
+        match answer {
+            SimCreated::Made(server) => {
+                assert_eq!(server.name, name);
+                assert_eq!(server.instance_id, instance_id);
+                assert_eq!(server.state, "running", "no boot time");
+                let stored = db
+                    .store
+                    .sim_servers(account, SimSelect::Id(server.id))
+                    .await
+                    .unwrap();
+                assert_eq!(stored, vec![server.clone()], "as stored");
+                assert!(
+                    made.insert((account, name.clone()), server.id).is_none(),
+                    "a second live server named {name} in {account}"
+                );
+            }
+            SimCreated::NameTaken => {}
+            SimCreated::Full => panic!("no capacity limit was set"),
+        }
+    }
+    assert!(
+        !made.contains_key(&("sim-a", "s-0".to_owned())),
+        "taken before"
+    );
+    assert_eq!(
+        made.len(),
+        29 + 1,
+        "names s-1 … s-29 in sim-a, s-7 in sim-b"
+    );
+    let ids: HashSet<i64> = made.values().copied().collect();
+    assert_eq!(ids.len(), made.len(), "each its own server");
+    assert_eq!(
+        db.scalar("SELECT COUNT(*) FROM sim_servers WHERE deleted_at IS NULL")
+            .await,
+        31,
+        "nothing made for a name that was taken"
+    );
+}
 
 /// Steps write at once (the store batches them): each write still stands or falls alone. A
 /// stale lease and a write the database refuses fail only themselves; every other one is
@@ -1968,7 +2049,7 @@ async fn migrations_are_idempotent(db: &Db) {
     assert!(db.store.migrate().await.unwrap().is_empty());
     assert_eq!(
         db.scalar("SELECT COUNT(*) FROM schema_migrations").await,
-        15
+        16
     );
 }
 

@@ -908,9 +908,23 @@ impl Pool {
     /// included, goes to the busy handler and is retried), so it never fails half-way on
     /// another process's commit. Only for a write that is one statement; `commit` ends it.
     pub(crate) async fn single(&self) -> Result<Tx, StoreError> {
-        Ok(match self {
+        match self {
             Pool::Sqlite(_, writer) => {
                 let guard = writer.lock.clone().lock_owned().await;
+                self.single_locked(guard).await
+            }
+            Pool::Postgres(p) => Ok(Tx::Postgres(Unit::Single(p.acquire().await?))),
+        }
+    }
+
+    /// [`Pool::single`] under a writer lock taken already (see [`Pool::writer_lock`]); on
+    /// PostgreSQL the guard is not needed and is dropped.
+    pub(crate) async fn single_locked(
+        &self,
+        guard: tokio::sync::OwnedMutexGuard<()>,
+    ) -> Result<Tx, StoreError> {
+        Ok(match self {
+            Pool::Sqlite(_, writer) => {
                 Tx::Sqlite(Unit::Single(writer.pool.acquire().await?), Some(guard))
             }
             Pool::Postgres(p) => Tx::Postgres(Unit::Single(p.acquire().await?)),
@@ -1170,6 +1184,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "sim server names",
         include_str!("../../migrations/sqlite/0015_sim_names.sql"),
     ),
+    (
+        16,
+        "unique sim server names",
+        include_str!("../../migrations/sqlite/0016_sim_unique_names.sql"),
+    ),
 ];
 
 /// The billing role and its grants, applied after the migrations by every migrate.
@@ -1250,6 +1269,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         15,
         "sim server names",
         include_str!("../../migrations/postgres/0015_sim_names.sql"),
+    ),
+    (
+        16,
+        "unique sim server names",
+        include_str!("../../migrations/postgres/0016_sim_unique_names.sql"),
     ),
 ];
 

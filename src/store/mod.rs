@@ -274,7 +274,7 @@ pub trait Store: Send + Sync {
 #[derive(Debug, Clone)]
 pub struct SqlStore {
     pool: Pool,
-    combiner: std::sync::Arc<combine::Combiner>,
+    queues: std::sync::Arc<combine::Queues>,
 }
 
 impl SqlStore {
@@ -402,7 +402,7 @@ impl SqlStore {
     pub async fn connect(url: &str, options: &ConnectOptions) -> Result<SqlStore> {
         Ok(SqlStore {
             pool: Pool::connect(url, options).await?,
-            combiner: std::sync::Arc::default(),
+            queues: std::sync::Arc::default(),
         })
     }
 
@@ -1178,7 +1178,12 @@ impl Store for SqlStore {
         patch: &ObservedPatch,
         transition: Option<&NewTransition>,
     ) -> Result<Instance> {
-        self.record_combined(lease, patch, transition).await
+        self.combined(combine::StepWrite {
+            lease: lease.clone(),
+            patch: patch.clone(),
+            transition: transition.cloned(),
+        })
+        .await
     }
 
     async fn begin_create(

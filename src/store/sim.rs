@@ -5,7 +5,13 @@
 //! action time, …) are resolved by the database clock when read, so every daemon sees the
 //! same cloud. Rows are never deleted.
 
-use super::engine::{Arg, Row};
+use std::collections::HashMap;
+use std::future::Future;
+
+use tokio::sync::OwnedMutexGuard;
+
+use super::combine::{Batched, Queue};
+use super::engine::{map_params, unnest, values, Arg, Column, Engine, Row};
 use super::{Result, SqlStore, StoreError};
 
 /// A simulated server as stored.
@@ -122,6 +128,163 @@ const STATE_NOW: &str =
              WHEN state IN ('resizing', 'rebuilding') AND ready_at <= {now} THEN settle_state
              ELSE state END";
 
+/// A server made from parameters `$1`…`$7` ([`create_args`]); the statement goes on with
+/// its conditions.
+const CREATE: &str =
+    "INSERT INTO sim_servers (account, instance_id, made_for, name, size, image, location, state, ready_at)
+     SELECT $1, $2, $2, $3, $4, $5, $6, 'creating', {later:$7}";
+
+/// What [`CREATE`] does with a name a live server of the account has (migration 16 makes it
+/// unique): nothing. The unique index is the check, so no plan made on stale statistics can
+/// make it read every live server, and two daemons creating one name at once make one server.
+const NAME_TAKEN: &str = "ON CONFLICT (account, name) WHERE deleted_at IS NULL DO NOTHING";
+
+/// The parameters of [`CREATE`].
+fn create_args(new: &NewSimServer<'_>) -> Vec<Arg> {
+    vec![
+        new.account.into(),
+        new.instance_id.into(),
+        new.name.into(),
+        new.size.map(str::to_owned).into(),
+        new.image.into(),
+        new.location.into(),
+        Arg::Float(new.boot_seconds),
+    ]
+}
+
+/// Server `id`, just made from `new`.
+fn made_server(new: &NewSimServer<'_>, id: i64) -> SimServer {
+    let (ipv4, ipv6) = addresses(id);
+    SimServer {
+        id,
+        instance_id: new.instance_id,
+        name: new.name.to_owned(),
+        // A cloud with no boot time answers with the server already running, as a read
+        // right away would show it.
+        state: if new.boot_seconds > 0.0 {
+            "creating"
+        } else {
+            "running"
+        }
+        .into(),
+        size: new.size.map(str::to_owned),
+        ipv4: Some(ipv4),
+        ipv6: Some(ipv6),
+    }
+}
+
+/// A create of a labelled server in an account without a capacity limit, queued to be
+/// written with others ([`SqlStore::sim_create`]).
+#[derive(Debug)]
+pub(super) struct SimCreate {
+    account: String,
+    instance_id: i64,
+    name: String,
+    size: Option<String>,
+    image: String,
+    location: String,
+    boot_seconds: f64,
+}
+
+impl SimCreate {
+    fn new_server(&self) -> NewSimServer<'_> {
+        NewSimServer {
+            account: &self.account,
+            instance_id: Some(self.instance_id),
+            name: &self.name,
+            size: self.size.as_deref(),
+            image: &self.image,
+            location: &self.location,
+            boot_seconds: self.boot_seconds,
+            capacity: None,
+        }
+    }
+}
+
+impl Batched for SimCreate {
+    type Answer = SimCreated;
+    /// A batch's answers are told apart by name: two creates of one name never share one
+    /// (the second waits for the next batch and finds the name taken).
+    type Key = (String, String);
+
+    fn key(&self) -> (String, String) {
+        (self.account.clone(), self.name.clone())
+    }
+
+    fn abandoned(&self) -> StoreError {
+        StoreError::Abandoned(self.instance_id)
+    }
+
+    fn queue(store: &SqlStore) -> &Queue<Self> {
+        &store.queues.sim_creates
+    }
+
+    fn write_batch(
+        store: &SqlStore,
+        turn: OwnedMutexGuard<()>,
+        batch: &[Self],
+    ) -> impl Future<Output = Result<Vec<Result<SimCreated>>>> + Send {
+        create_batch(store, turn, batch)
+    }
+
+    async fn write_alone(store: &SqlStore, w: &Self) -> Result<SimCreated> {
+        store.sim_create_alone(&w.new_server()).await
+    }
+}
+
+/// `batch` in one statement, which commits by itself: the rows are a `VALUES` list on SQLite,
+/// arrays on PostgreSQL. A create whose name a live server has is not made.
+async fn create_batch(
+    store: &SqlStore,
+    turn: OwnedMutexGuard<()>,
+    batch: &[SimCreate],
+) -> Result<Vec<Result<SimCreated>>> {
+    let engine = store.pool().engine();
+    let args: Vec<Arg> = batch
+        .iter()
+        .flat_map(|c| create_args(&c.new_server()))
+        .collect();
+    let width = args.len() / batch.len().max(1);
+    let select = map_params(CREATE, |n| format!("v.column{n}"));
+    // SQLite needs the `WHERE` to read `ON CONFLICT` as the insert's, not a join's.
+    let taken = format!("WHERE true {NAME_TAKEN} RETURNING id, account, name");
+    // On PostgreSQL the turn is held to the end: one batch of creates at a time.
+    let (mut tx, _turn) = match engine {
+        Engine::Sqlite => (store.pool().single_locked(turn).await?, None),
+        Engine::Postgres => (store.pool().single().await?, Some(turn)),
+    };
+    let rows = match engine {
+        Engine::Sqlite => {
+            let sql = format!(
+                "{select} FROM {} AS v {taken}",
+                values(batch.len(), width, 0)
+            );
+            tx.rows(&sql, args).await?
+        }
+        Engine::Postgres => {
+            let columns = Column::split(args, width).ok_or_else(|| {
+                StoreError::Corrupt("sim creates with different arguments".into())
+            })?;
+            let sql = format!("{select} FROM {} AS v {taken}", unnest("v", &columns, 0));
+            tx.rows_of_arrays(&sql, columns).await?
+        }
+    };
+    tx.commit().await?;
+    let mut made = HashMap::with_capacity(rows.len());
+    for row in rows {
+        made.insert((row.text("account")?, row.text("name")?), row.int("id")?);
+    }
+    Ok(batch
+        .iter()
+        .map(|c| {
+            Ok(match made.get(&c.key()) {
+                Some(&id) => SimCreated::Made(made_server(&c.new_server(), id)),
+                None => SimCreated::NameTaken,
+            })
+        })
+        .collect())
+}
+
 /// The live columns of a server, its state as of now.
 fn select() -> String {
     format!("SELECT id, instance_id, name, ipv4, ipv6, size, {STATE_NOW} AS state FROM sim_servers")
@@ -207,34 +370,48 @@ impl SqlStore {
 
     /// Makes a server, unless its name is taken or the account is full.
     ///
+    /// The creates of labelled servers in accounts without a capacity limit are written in
+    /// batches ([`super::combine`]): one statement and one commit for every create queued, as
+    /// a cloud's API would take a burst of requests. Each keeps its own answer.
+    ///
     /// # Errors
     /// When the database cannot be written.
     pub async fn sim_create(&self, new: &NewSimServer<'_>) -> Result<SimCreated> {
+        match (new.capacity, new.instance_id) {
+            (None, Some(instance_id)) => {
+                self.combined(SimCreate {
+                    account: new.account.to_owned(),
+                    instance_id,
+                    name: new.name.to_owned(),
+                    size: new.size.map(str::to_owned),
+                    image: new.image.to_owned(),
+                    location: new.location.to_owned(),
+                    boot_seconds: new.boot_seconds,
+                })
+                .await
+            }
+            _ => self.sim_create_alone(new).await,
+        }
+    }
+
+    /// [`SqlStore::sim_create`] in a statement of its own.
+    async fn sim_create_alone(&self, new: &NewSimServer<'_>) -> Result<SimCreated> {
         // One statement: the name's uniqueness and the account's capacity are checked by the
         // insert itself.
         let capacity = new
             .capacity
             .map_or(-1, |c| i64::try_from(c).unwrap_or(i64::MAX));
+        let mut args = create_args(new);
+        args.push(Arg::Int(capacity));
         let mut tx = self.pool().single().await?;
         let made = tx
             .row(
-                "INSERT INTO sim_servers (account, instance_id, made_for, name, size, image, location, state, ready_at)
-                 SELECT $1, $2, $2, $3, $4, $5, $6, 'creating', {later:$7}
-                  WHERE NOT EXISTS (SELECT 1 FROM sim_servers
-                                     WHERE account = $1 AND name = $3 AND deleted_at IS NULL)
-                    AND ($8 < 0 OR (SELECT COUNT(*) FROM sim_servers
-                                     WHERE account = $1 AND deleted_at IS NULL) < $8)
-                 RETURNING id",
-                vec![
-                    new.account.into(),
-                    new.instance_id.into(),
-                    new.name.into(),
-                    new.size.map(str::to_owned).into(),
-                    new.image.into(),
-                    new.location.into(),
-                    Arg::Float(new.boot_seconds),
-                    Arg::Int(capacity),
-                ],
+                &format!(
+                    "{CREATE} WHERE $8 < 0 OR (SELECT COUNT(*) FROM sim_servers
+                                                WHERE account = $1 AND deleted_at IS NULL) < $8
+                     {NAME_TAKEN} RETURNING id"
+                ),
+                args,
             )
             .await?;
         tx.commit().await?;
@@ -253,24 +430,7 @@ impl SqlStore {
                 SimCreated::Full
             });
         };
-        let id = made.int("id")?;
-        let (ipv4, ipv6) = addresses(id);
-        Ok(SimCreated::Made(SimServer {
-            id,
-            instance_id: new.instance_id,
-            name: new.name.to_owned(),
-            // A cloud with no boot time answers with the server already running, as a read
-            // right away would show it.
-            state: if new.boot_seconds > 0.0 {
-                "creating"
-            } else {
-                "running"
-            }
-            .into(),
-            size: new.size.map(str::to_owned),
-            ipv4: Some(ipv4),
-            ipv6: Some(ipv6),
-        }))
+        Ok(SimCreated::Made(made_server(new, made.int("id")?)))
     }
 
     /// Labels live server `id` of `account` for `instance_id`, in place of any other label;
