@@ -1867,6 +1867,30 @@ async fn listing_filters_and_queue_stats(db: &Db) {
     assert_eq!(claims.len(), 2);
     let stats = db.store.queue_stats().await.unwrap();
     assert_eq!(stats.leased, 2);
+    // The daemon's gauges count the same in one pass, with the fleet by status.
+    db.store
+        .record(
+            &claims[0].lease,
+            &ObservedPatch {
+                observed_status: Some(ObservedStatus::Active),
+                next_check: Some(NextCheck::After(Duration::from_secs(600))),
+                release_lease: true,
+                ..ObservedPatch::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let fleet = db.store.fleet_stats().await.unwrap();
+    assert_eq!(
+        fleet.by_status,
+        [("pending".to_owned(), 2), ("active".to_owned(), 1)]
+    );
+    assert_eq!(fleet.queue, db.store.queue_stats().await.unwrap());
+    assert_eq!(
+        (fleet.queue.due, fleet.queue.leased, fleet.queue.total),
+        (1, 1, 3)
+    );
 }
 
 /// Values billing's SQL can store but the reconciler cannot use: the row is set aside (failed,

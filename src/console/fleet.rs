@@ -21,9 +21,8 @@ pub(super) async fn overview(
     Query(flash): Query<Flash>,
 ) -> Response {
     let store = &c.store;
-    let (counts, stats, troubled, errors, deliveries) = match tokio::try_join!(
-        store.status_counts(),
-        store.queue_stats(),
+    let (fleet, troubled, errors, deliveries) = match tokio::try_join!(
+        store.fleet_stats(),
         troubled(&c),
         store.last_errors_by_account(),
         store.delivery_health(),
@@ -46,7 +45,7 @@ pub(super) async fn overview(
                 h2 { "Instances" }
                 table.compact {
                     tbody {
-                        @for (status, n) in &counts {
+                        @for (status, n) in &fleet.by_status {
                             tr {
                                 td { a href={ "/ui/instances?status=" (status) } { (badge(status)) } }
                                 td.num { (n) }
@@ -54,11 +53,11 @@ pub(super) async fn overview(
                         }
                     }
                 }
-                p { (stats.total) " in all" }
+                p { (fleet.queue.total) " in all" }
             }
             div.card {
                 h2 { "Converging now" }
-                p { strong { (stats.due) } " due now, " strong { (stats.leased) } " being worked on" }
+                p { strong { (fleet.queue.due) } " due now, " strong { (fleet.queue.leased) } " being worked on" }
                 p { a href="/ui/tasks" { "Manual inbox" } }
             }
             div.card {

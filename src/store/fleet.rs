@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 
 use super::engine::Arg;
-use super::{Result, SqlStore};
+use super::{QueueStats, Result, SqlStore};
 
 /// The last error the reconciler recorded on an instance of an account.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,22 +30,44 @@ pub struct DeliveryHealth {
     pub disabled_endpoints: i64,
 }
 
-impl SqlStore {
+/// The fleet by status and the work queue's size, counted in one pass over the instances.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FleetStats {
     /// Instances by observed status, most first.
+    pub by_status: Vec<(String, i64)>,
+    /// The work queue.
+    pub queue: QueueStats,
+}
+
+impl SqlStore {
+    /// [`FleetStats`], in one scan of the instances (at 1,000,000 instances a scan is ~0.3 s
+    /// of a database core).
     ///
     /// # Errors
     /// When the database cannot be read.
-    pub async fn status_counts(&self) -> Result<Vec<(String, i64)>> {
+    pub async fn fleet_stats(&self) -> Result<FleetStats> {
         let mut tx = self.pool().read().await?;
-        tx.rows(
-            "SELECT observed_status, COUNT(*) AS n FROM instances
-              GROUP BY observed_status ORDER BY n DESC, observed_status",
-            vec![],
-        )
-        .await?
-        .iter()
-        .map(|r| Ok((r.text("observed_status")?, r.int("n")?)))
-        .collect()
+        let rows = tx
+            .rows(
+                "SELECT observed_status, COUNT(*) AS n,
+                        CAST(SUM(CASE WHEN next_check_at <= {now} THEN 1 ELSE 0 END) AS BIGINT) AS due,
+                        CAST(SUM(CASE WHEN lease_owner IS NOT NULL THEN 1 ELSE 0 END) AS BIGINT) AS leased
+                   FROM instances GROUP BY observed_status",
+                vec![],
+            )
+            .await?;
+        let mut stats = FleetStats::default();
+        for r in &rows {
+            let n = r.int("n")?;
+            stats.by_status.push((r.text("observed_status")?, n));
+            stats.queue.total += n;
+            stats.queue.due += r.int("due")?;
+            stats.queue.leased += r.int("leased")?;
+        }
+        stats
+            .by_status
+            .sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        Ok(stats)
     }
 
     /// The most recent error recorded on an instance of each account.
