@@ -365,7 +365,7 @@ fn sqlite_insert(select: &str, rows: usize, width: usize) -> String {
     format!(
         "{} FROM instances, {} AS v WHERE {} RETURNING instance_id, from_status",
         columns_of(select, "v"),
-        values(rows, width, 0),
+        values(rows, width),
         columns_of(FENCE, "v")
     )
 }
@@ -376,7 +376,7 @@ fn sqlite_update(sets: &str, rows: usize, width: usize) -> String {
     format!(
         "UPDATE instances SET {} FROM {} AS v WHERE {} RETURNING *",
         columns_of(sets, "v"),
-        values(rows, width, 0),
+        values(rows, width),
         columns_of(FENCE, "v")
     )
 }

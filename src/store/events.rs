@@ -218,9 +218,13 @@ pub(super) fn events_insert(
             .to_owned()
     } else {
         let values: Vec<String> = (0..rows)
-            .map(|r| {
-                let n = r * 4;
-                format!("(${}, ${}, {{now}}, ${}, ${})", n + 1, n + 2, n + 3, n + 4)
+            .map(|r| match engine {
+                // Anonymous parameters, bound in order (see `engine::values`).
+                Engine::Sqlite => "(?, ?, {now}, ?, ?)".to_owned(),
+                Engine::Postgres => {
+                    let n = r * 4;
+                    format!("(${}, ${}, {{now}}, ${}, ${})", n + 1, n + 2, n + 3, n + 4)
+                }
             })
             .collect();
         format!("VALUES {}", values.join(", "))

@@ -255,10 +255,7 @@ async fn create_batch(
     };
     let rows = match engine {
         Engine::Sqlite => {
-            let sql = format!(
-                "{select} FROM {} AS v {taken}",
-                values(batch.len(), width, 0)
-            );
+            let sql = format!("{select} FROM {} AS v {taken}", values(batch.len(), width));
             tx.rows(&sql, args).await?
         }
         Engine::Postgres => {
