@@ -553,28 +553,38 @@ async fn stats_loop(
             () = shutdown.cancelled() => return,
             s = store.fleet_stats() => s,
         };
-        match stats {
+        let pause = match stats {
             Ok(s) => {
                 metrics.set_instances(&s.by_status);
                 metrics.due_instances.set(s.queue.due);
                 metrics.leased_instances.set(s.queue.leased);
                 ready.set_database(None);
+                stats_pause(started.elapsed())
             }
-            Err(e) => ready.set_database(Some(e.to_string())),
-        }
+            Err(e) => {
+                ready.set_database(Some(e.to_string()));
+                STATS_EVERY
+            }
+        };
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(stats_pause(started.elapsed())) => {}
+            () = tokio::time::sleep(pause) => {}
         }
     }
 }
 
-/// How long the gauges wait after a count that took `took`: two seconds, or twenty times the
-/// count if that is longer. The count scans every instance (~0.3 s at 1,000,000 on this
-/// machine); so it never takes more than a twentieth of a database core from the work, whose
-/// claims slowed down behind it.
+/// How often the gauges count the fleet (and `/readyz` learns whether the database answers).
+const STATS_EVERY: Duration = Duration::from_secs(2);
+
+/// The longest pause between counts: the gauges and `/readyz` are never older than this.
+const STATS_EVERY_MOST: Duration = Duration::from_secs(30);
+
+/// How long the gauges wait after a count that took `took`: [`STATS_EVERY`], or twenty times
+/// the count if that is longer (at most [`STATS_EVERY_MOST`]). The count scans every instance
+/// (~0.3 s at 1,000,000 on this machine), so it takes at most a twentieth of a database core
+/// from the work, whose claims slowed down behind it.
 fn stats_pause(took: Duration) -> Duration {
-    (took * 20).max(Duration::from_secs(2))
+    (took * 20).clamp(STATS_EVERY, STATS_EVERY_MOST)
 }
 
 #[cfg(test)]
@@ -588,7 +598,9 @@ mod tests {
             (5, 2000),
             (100, 2000),
             (300, 6000),
-            (2000, 40_000),
+            (1000, 20_000),
+            (2000, 30_000),
+            (60_000, 30_000),
         ] {
             assert_eq!(
                 stats_pause(Duration::from_millis(took_ms)),
