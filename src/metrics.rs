@@ -311,14 +311,31 @@ impl Metrics {
         self.emails.with_label_values(&[notifier, result]).inc();
     }
 
-    /// Sets the instances by observed status; statuses not listed are 0.
+    /// Sets the instances by observed status; statuses not listed are 0. Every series is
+    /// overwritten in place (a scrape never sees the gauge empty halfway through), and one
+    /// no longer counted is removed.
     pub fn set_instances(&self, counts: &[(String, i64)]) {
-        self.instances.reset();
-        for status in crate::store::ObservedStatus::ALL {
-            self.instances.with_label_values(&[status.as_str()]).set(0);
-        }
+        let mut all: BTreeMap<&str, i64> = crate::store::ObservedStatus::ALL
+            .iter()
+            .map(|s| (s.as_str(), 0))
+            .collect();
         for (status, n) in counts {
-            self.instances.with_label_values(&[status]).set(*n);
+            *all.entry(status.as_str()).or_default() += n;
+        }
+        for (status, n) in &all {
+            self.instances.with_label_values(&[*status]).set(*n);
+        }
+        let stale: Vec<String> = self
+            .instances
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .filter_map(|m| m.get_label().first().map(|l| l.value().to_owned()))
+            .filter(|label| !all.contains_key(label.as_str()))
+            .collect();
+        for label in stale {
+            // Removed by now only if another count raced this one; nothing to undo.
+            let _ = self.instances.remove_label_values(&[&label]);
         }
     }
 
@@ -431,6 +448,16 @@ mod tests {
         assert!(text.contains("# TYPE provisioner_queue_depth gauge\nprovisioner_queue_depth 3"));
         assert!(text.contains("provisioner_instances{observed_status=\"failed\"} 1"));
         assert!(text.contains("provisioner_instances{observed_status=\"lost\"} 0"));
+        m.set_instances(&[("active".into(), 4), ("retired".into(), 7)]);
+        let text = m.render();
+        assert!(text.contains("provisioner_instances{observed_status=\"failed\"} 0"));
+        assert!(text.contains("provisioner_instances{observed_status=\"retired\"} 7"));
+        m.set_instances(&[("active".into(), 5), ("failed".into(), 1)]);
+        let text = m.render();
+        assert!(
+            !text.contains("retired"),
+            "a status no longer counted is dropped"
+        );
         assert!(text.contains("provisioner_orphan_servers{account=\"sim-eu\"} 2"));
         assert!(text.contains(&format!(
             "provisioner_build_info{{version=\"{}\"}} 1",
