@@ -88,6 +88,7 @@ pub(super) async fn resync_loop(
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
+        metrics.keep_orphans_of(snapshot.iter().map(|a| a.id.as_str()));
         for account in snapshot.iter() {
             if !account.provider.lists_servers() {
                 continue;
