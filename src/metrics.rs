@@ -325,18 +325,7 @@ impl Metrics {
         for (status, n) in &all {
             self.instances.with_label_values(&[*status]).set(*n);
         }
-        let stale: Vec<String> = self
-            .instances
-            .collect()
-            .iter()
-            .flat_map(|family| family.get_metric())
-            .filter_map(|m| m.get_label().first().map(|l| l.value().to_owned()))
-            .filter(|label| !all.contains_key(label.as_str()))
-            .collect();
-        for label in stale {
-            // Removed by now only if another count raced this one; nothing to undo.
-            let _ = self.instances.remove_label_values(&[&label]);
-        }
+        drop_series_except(&self.instances, |status| all.contains_key(status));
     }
 
     /// Sets the orphans found at an account's resync.
@@ -348,18 +337,7 @@ impl Metrics {
     /// does not alert on its last count forever.
     pub fn keep_orphans_of<'a>(&self, accounts: impl IntoIterator<Item = &'a str>) {
         let keep: std::collections::BTreeSet<&str> = accounts.into_iter().collect();
-        let gone: Vec<String> = self
-            .orphan_servers
-            .collect()
-            .iter()
-            .flat_map(|family| family.get_metric())
-            .filter_map(|m| m.get_label().first().map(|l| l.value().to_owned()))
-            .filter(|account| !keep.contains(account.as_str()))
-            .collect();
-        for account in gone {
-            // Removed by now only if another call raced this one; nothing to undo.
-            let _ = self.orphan_servers.remove_label_values(&[&account]);
-        }
+        drop_series_except(&self.orphan_servers, |account| keep.contains(account));
     }
 
     /// Orphan servers over every account, at their last resyncs.
@@ -440,6 +418,21 @@ impl Metrics {
             tracing::warn!(error = %e, "cannot render the metrics");
         }
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// Removes the series of a one-label gauge whose label `keep` rejects.
+fn drop_series_except(gauge: &IntGaugeVec, keep: impl Fn(&str) -> bool) {
+    let gone: Vec<String> = gauge
+        .collect()
+        .iter()
+        .flat_map(|family| family.get_metric())
+        .filter_map(|m| m.get_label().first().map(|l| l.value().to_owned()))
+        .filter(|label| !keep(label))
+        .collect();
+    for label in gone {
+        // Already removed only if another update raced this one; nothing to undo.
+        let _ = gauge.remove_label_values(&[&label]);
     }
 }
 
